@@ -1,0 +1,3 @@
+from cbhub.cli import main
+
+raise SystemExit(main())

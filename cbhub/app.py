@@ -1,0 +1,42 @@
+"""The application factory: one place that wires config, store, registry, hub and routes."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from cbhub.config import Config
+from cbhub.http import api, ingest, ops
+from cbhub.http.errors import error_middleware
+from cbhub.http.keys import CONFIG, HUB
+from cbhub.hub import Hub
+from cbhub.store import Store, create_store
+
+
+def create_app(config: Config, store: Store | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=config.limits.max_body_bytes)
+    hub = Hub(config, store or create_store(config))
+    app[CONFIG] = config
+    app[HUB] = hub
+    ingest.add_routes(app)
+    api.add_routes(app)
+    ops.add_routes(app)
+    app.on_startup.append(_start)
+    app.on_shutdown.append(_answer_waiters)
+    app.on_cleanup.append(_stop)
+    return app
+
+
+async def _start(app: web.Application) -> None:
+    hub = app[HUB]
+    await hub.store.open()
+    await hub.start()
+
+
+async def _answer_waiters(app: web.Application) -> None:
+    # Before in-flight requests are awaited: long-polls answer 503 at once, while ingests
+    # already submitted go on to commit and answer 200.
+    await app[HUB].stop()
+
+
+async def _stop(app: web.Application) -> None:
+    await app[HUB].store.close()

@@ -1,0 +1,1 @@
+"""HTTP routes, split by audience: public ingest (/cb), client API (/v1), and operations."""

@@ -1,0 +1,164 @@
+"""The client API under /v1: mint callbacks, read them, await them."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from cbhub.http.errors import ApiError, json_response
+from cbhub.http.keys import CONFIG, HUB, base_url
+from cbhub.http.params import (
+    field_int,
+    field_metadata,
+    field_name,
+    json_object,
+    query_int,
+    query_seconds,
+    query_text,
+)
+from cbhub.model import Callback, Delivery, MintSpec
+from cbhub.store import DeliveryFilter
+
+MINT_FIELDS = frozenset({"ttl", "label", "group", "metadata"})
+BATCH_FIELDS = MINT_FIELDS | {"count"}
+MAX_BATCH = 1000
+DEFAULT_WAIT = 30.0
+MAX_CURSOR = 2**63 - 1
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
+# The scope idempotency keys are unique in; per API key once keys exist.
+ANONYMOUS = ""
+
+
+def _callback_json(request: web.Request, callback: Callback) -> dict[str, Any]:
+    return callback.to_json(base_url(request))
+
+
+def _deliveries_json(deliveries: list[Delivery]) -> list[dict[str, Any]]:
+    return [delivery.to_json() for delivery in deliveries]
+
+
+def _mint_spec(request: web.Request, body: dict[str, Any]) -> MintSpec:
+    limits = request.app[CONFIG].callbacks
+    return MintSpec(
+        ttl=field_int(body, "ttl", limits.default_ttl, 1, limits.max_ttl),
+        label=field_name(body, "label"),
+        group=field_name(body, "group"),
+        metadata=field_metadata(body),
+    )
+
+
+def _idempotency(request: web.Request, kind: str, spec: MintSpec, count: int) -> tuple[str, str, str] | None:
+    key = request.headers.get("Idempotency-Key")
+    if not key:
+        return None
+    if len(key) > 255:
+        raise ApiError(400, "invalid_header", "Idempotency-Key: must be at most 255 characters")
+    request_shape = [kind, count, spec.ttl, spec.label, spec.group, spec.metadata]
+    fingerprint = hashlib.sha256(orjson.dumps(request_shape, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return ANONYMOUS, key, fingerprint
+
+
+async def create_callback(request: web.Request) -> web.Response:
+    spec = _mint_spec(request, await json_object(request, MINT_FIELDS))
+    callbacks, created = await request.app[HUB].mint([spec], _idempotency(request, "one", spec, 1))
+    return json_response(_callback_json(request, callbacks[0]), status=201 if created else 200)
+
+
+async def create_batch(request: web.Request) -> web.Response:
+    body = await json_object(request, BATCH_FIELDS)
+    if "count" not in body:
+        raise ApiError(400, "invalid_field", f"count: required, a whole number from 1 to {MAX_BATCH}")
+    count = field_int(body, "count", 1, 1, MAX_BATCH)
+    spec = _mint_spec(request, body)
+    callbacks, created = await request.app[HUB].mint([spec] * count, _idempotency(request, "batch", spec, count))
+    payload = {"callbacks": [_callback_json(request, callback) for callback in callbacks]}
+    return json_response(payload, status=201 if created else 200)
+
+
+async def get_callback(request: web.Request) -> web.Response:
+    callback = await request.app[HUB].store.get_callback(request.match_info["token"])
+    if callback is None:
+        raise ApiError(404, "callback_not_found", "no callback has this token")
+    return json_response(_callback_json(request, callback))
+
+
+async def cancel_callback(request: web.Request) -> web.Response:
+    callback = await request.app[HUB].cancel(request.match_info["token"])
+    return json_response(_callback_json(request, callback))
+
+
+async def wait_callback(request: web.Request) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    timeout = query_seconds(request.query, "timeout", DEFAULT_WAIT, config.callbacks.max_wait)
+    after = query_int(request.query, "after", 0, 0, MAX_CURSOR)
+    update = await request.app[HUB].wait_for_callback(request.match_info["token"], after, timeout)
+    if update is None:
+        return web.Response(status=204)
+    return json_response(
+        {"callback": _callback_json(request, update.callback), "deliveries": _deliveries_json(update.deliveries)}
+    )
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    query = request.query
+    where = DeliveryFilter(
+        token=query_text(query, "token"),
+        group=query_text(query, "group"),
+        correlation_id=query_text(query, "correlation_id"),
+    )
+    after = query_int(query, "after", 0, 0, MAX_CURSOR)
+    limit = query_int(query, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    wait = query_seconds(query, "wait", 0, request.app[CONFIG].callbacks.max_wait)
+    deliveries = await request.app[HUB].wait_for_deliveries(where, after, limit, wait)
+    next_after = deliveries[-1].id if deliveries else after
+    return json_response({"deliveries": _deliveries_json(deliveries), "next_after": next_after})
+
+
+async def delivery_body(request: web.Request) -> web.Response:
+    try:
+        delivery_id = int(request.match_info["id"])
+    except ValueError:
+        raise ApiError(404, "delivery_not_found", "no delivery has this id") from None
+    delivery = await request.app[HUB].store.get_delivery(delivery_id)
+    if delivery is None:
+        raise ApiError(404, "delivery_not_found", "no delivery has this id")
+    # The exact bytes and type received; never rendered by a browser as a page of ours.
+    response = web.Response(body=delivery.raw, headers={"X-Content-Type-Options": "nosniff"})
+    response.headers["Content-Type"] = delivery.content_type or "application/octet-stream"
+    return response
+
+
+async def group_status(request: web.Request) -> web.Response:
+    group = request.match_info["group"]
+    counts = await request.app[HUB].group_counts(group)
+    return json_response(_group_json(group, counts))
+
+
+async def wait_group(request: web.Request) -> web.StreamResponse:
+    group = request.match_info["group"]
+    config = request.app[CONFIG]
+    timeout = query_seconds(request.query, "timeout", DEFAULT_WAIT, config.callbacks.max_wait)
+    counts = await request.app[HUB].wait_for_group(group, timeout)
+    if counts is None:
+        return web.Response(status=204)
+    return json_response(_group_json(group, counts))
+
+
+def _group_json(group: str, counts: dict[str, int]) -> dict[str, Any]:
+    return {"group": group, "total": sum(counts.values()), **counts}
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_post("/v1/callbacks", create_callback)
+    router.add_post("/v1/callbacks/batch", create_batch)
+    router.add_get("/v1/callbacks/{token}", get_callback, allow_head=False)
+    router.add_delete("/v1/callbacks/{token}", cancel_callback)
+    router.add_get("/v1/callbacks/{token}/wait", wait_callback, allow_head=False)
+    router.add_get("/v1/deliveries", list_deliveries, allow_head=False)
+    router.add_get("/v1/deliveries/{id}/body", delivery_body, allow_head=False)
+    router.add_get("/v1/groups/{group}", group_status, allow_head=False)
+    router.add_get("/v1/groups/{group}/wait", wait_group, allow_head=False)

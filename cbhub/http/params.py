@@ -1,0 +1,109 @@
+"""Reading and checking what a client sends: every refusal names the field."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import orjson
+from aiohttp import web
+
+from cbhub.http.errors import ApiError
+
+MAX_NAME_LENGTH = 200
+MAX_METADATA_BYTES = 16 * 1024
+
+
+def invalid(field: str, message: str) -> ApiError:
+    return ApiError(400, "invalid_field", f"{field}: {message}")
+
+
+def invalid_parameter(name: str, message: str) -> ApiError:
+    return ApiError(400, "invalid_parameter", f"{name}: {message}")
+
+
+def query_int(query: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid_parameter(name, f"must be a whole number, got {raw[:40]!r}") from None
+    if not minimum <= value <= maximum:
+        raise invalid_parameter(name, f"must be from {minimum} to {maximum}, got {value}")
+    return value
+
+
+def query_seconds(query: Mapping[str, str], name: str, default: float, cap: float) -> float:
+    """A duration in seconds, at least 0; values above `cap` are lowered to it."""
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return min(default, cap)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise invalid_parameter(name, f"must be a number of seconds, got {raw[:40]!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise invalid_parameter(name, f"must be a number of seconds, 0 or more, got {raw[:40]!r}")
+    return min(value, cap)
+
+
+def query_text(query: Mapping[str, str], name: str) -> str | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_NAME_LENGTH:
+        raise invalid_parameter(name, f"must be at most {MAX_NAME_LENGTH} characters")
+    return value
+
+
+async def json_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
+    """The request body as a JSON object (an empty body is {}); unknown fields are refused."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+    for name in body:
+        if name not in allowed:
+            raise ApiError(400, "unknown_field", f"{name[:40]}: unknown field (allowed: {', '.join(sorted(allowed))})")
+    return body
+
+
+def field_int(body: Mapping[str, Any], name: str, default: int, minimum: int, maximum: int) -> int:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(name, f"must be a whole number, got {orjson.dumps(value).decode()[:40]}")
+    if not minimum <= value <= maximum:
+        raise invalid(name, f"must be from {minimum} to {maximum}, got {value}")
+    return value
+
+
+def field_name(body: Mapping[str, Any], name: str) -> str | None:
+    """An optional short string such as a label or a group."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise invalid(name, "must be a non-empty string or null")
+    if len(value) > MAX_NAME_LENGTH:
+        raise invalid(name, f"must be at most {MAX_NAME_LENGTH} characters")
+    return value
+
+
+def field_metadata(body: Mapping[str, Any], name: str = "metadata") -> dict[str, Any]:
+    value = body.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid(name, "must be a JSON object")
+    if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+        raise invalid(name, f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    return value

@@ -1,0 +1,172 @@
+"""The hub: stores what arrives, wakes who waits, expires what is due.
+
+This is where the store and the registry meet; HTTP handlers call it and render its answers.
+The rule that makes waiting race-free: register the waiter, *then* read the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from cbhub.config import Config
+from cbhub.model import PENDING, Callback, Delivery, Event, Incoming, MintSpec, now_ms
+from cbhub.registry import Registry, Waiter
+from cbhub.store import CallbackNotFound, DeliveryFilter, IngestResult, Store
+
+log = logging.getLogger("cbhub.hub")
+
+# How often the expiry sweep looks for callbacks past their expiry ("within a second").
+EXPIRY_INTERVAL = 0.25
+# The most deliveries one long-poll answer on a callback carries.
+WAIT_BATCH = 100
+
+
+class GroupNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackUpdate:
+    callback: Callback
+    deliveries: list[Delivery]
+
+
+class Hub:
+    def __init__(self, config: Config, store: Store, registry: Registry | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.registry = registry or Registry()
+        self._expiry_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._expiry_task = asyncio.create_task(self._expire_forever(), name="cbhub-expiry")
+
+    async def stop(self) -> None:
+        """Answer every waiter (they get ShuttingDown) and stop the expiry sweep."""
+        self.registry.shut_down()
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            try:
+                await self._expiry_task
+            except asyncio.CancelledError:
+                pass
+
+    # Writes
+
+    async def mint(
+        self, specs: list[MintSpec], idempotency: tuple[str, str, str] | None = None
+    ) -> tuple[list[Callback], bool]:
+        return await self.store.mint(specs, now_ms(), idempotency)
+
+    async def ingest(self, incoming: Incoming) -> IngestResult:
+        result = await self.store.ingest(incoming)
+        if not result.duplicate:
+            self.registry.publish(Event("delivery", result.callback, result.delivery))
+        return result
+
+    async def cancel(self, token: str) -> Callback:
+        callback, changed = await self.store.cancel(token, now_ms())
+        if changed:
+            self.registry.publish(Event("status", callback))
+        return callback
+
+    # Waiting
+
+    async def wait_for_callback(self, token: str, after: int, timeout: float) -> CallbackUpdate | None:
+        """The callback's deliveries with id > after as soon as there are some, or the callback
+        once it can receive no more; None when `timeout` passes first."""
+        waiter = Waiter(DeliveryFilter(token=token))
+        self.registry.add(waiter)
+        try:
+            callback = await self.store.get_callback(token)
+            if callback is None:
+                raise CallbackNotFound(token)
+            deliveries: list[Delivery] = []
+            if callback.result is not None and callback.result.id > after:
+                deliveries = await self.store.find_deliveries(DeliveryFilter(token=token), after, WAIT_BATCH)
+            now = now_ms()
+            if deliveries or callback.closed(now):
+                return CallbackUpdate(callback, deliveries)
+            if callback.status != PENDING:
+                # A received callback gets no "expired" event (it stays received): wake at its
+                # expiry to tell the waiter that nothing more will come.
+                timeout = min(timeout, (callback.expires_at - now) / 1000)
+            if not await waiter.wait( timeout):
+                return CallbackUpdate(callback, []) if callback.closed(now_ms()) else None
+            events = waiter.events
+            fresh = [e.delivery for e in events if e.delivery is not None and e.delivery.id > after]
+            return CallbackUpdate(events[-1].callback, fresh[:WAIT_BATCH])
+        finally:
+            self.registry.remove(waiter)
+
+    async def wait_for_deliveries(self, where: DeliveryFilter, after: int, limit: int, wait: float) -> list[Delivery]:
+        """Deliveries matching `where` with id > after, oldest first; if there are none yet,
+        wait up to `wait` seconds for one (an empty list when none came)."""
+        if wait <= 0:
+            return await self.store.find_deliveries(where, after, limit)
+        waiter = Waiter(where)
+        self.registry.add(waiter)
+        try:
+            found = await self.store.find_deliveries(where, after, limit)
+            deadline = time.monotonic() + wait
+            while not found:
+                if not await waiter.wait( deadline - time.monotonic()):
+                    return []
+                found = [e.delivery for e in waiter.events if e.delivery is not None and e.delivery.id > after]
+                waiter.rearm()
+            return found[:limit]
+        finally:
+            self.registry.remove(waiter)
+
+    async def group_counts(self, group: str) -> dict[str, int]:
+        counts = await self.store.group_counts(group)
+        if not any(counts.values()):
+            raise GroupNotFound(group)
+        return counts
+
+    async def wait_for_group(self, group: str, timeout: float) -> dict[str, int] | None:
+        """The group's counts as soon as none of its callbacks is pending; None on timeout."""
+        waiter = Waiter(DeliveryFilter(group=group))
+        self.registry.add(waiter)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                # Re-armed before the read: an event during the read triggers one more read.
+                waiter.rearm()
+                counts = await self.group_counts(group)
+                if counts[PENDING] == 0:
+                    return counts
+                if not await waiter.wait( deadline - time.monotonic()):
+                    return None
+        finally:
+            self.registry.remove(waiter)
+
+    # Expiry
+
+    async def expire_due(self) -> int:
+        """Expire every pending callback past its expiry and wake its waiters."""
+        now = now_ms()
+        if not await self.store.has_due(now):
+            return 0
+        total = 0
+        while True:
+            expired = await self.store.expire_due(now)
+            for callback in expired:
+                self.registry.publish(Event("status", callback))
+            total += len(expired)
+            if not expired:
+                return total
+
+    async def _expire_forever(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_INTERVAL)
+            try:
+                await self.expire_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The store may be briefly unwritable; the next round tries again.
+                log.warning("expiry sweep failed", exc_info=True)

@@ -1,0 +1,158 @@
+"""The records cbhub keeps and their JSON shape, shared by the store, the registry and HTTP.
+
+Times are integer milliseconds since the epoch inside cbhub and RFC 3339 UTC strings outside.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from cbhub.bodies import ParsedBody, parse_body
+
+PENDING = "pending"
+RECEIVED = "received"
+EXPIRED = "expired"
+CANCELLED = "cancelled"
+STATUSES = (PENDING, RECEIVED, EXPIRED, CANCELLED)
+TERMINAL = (EXPIRED, CANCELLED)
+
+# Headers a client API reader never sees: they carry the sender's credentials.
+HIDDEN_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def rfc3339(ms: int) -> str:
+    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One request received on a callback URL, exactly as it came."""
+
+    id: int
+    token: str
+    received_at: int
+    method: str
+    content_type: str | None
+    remote_addr: str | None
+    headers: dict[str, str]
+    query: dict[str, Any]
+    raw: bytes
+    correlation_id: str | None
+    group: str | None = None
+    _parsed: ParsedBody | None = field(default=None, repr=False)
+    _json: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def parsed(self) -> ParsedBody:
+        if self._parsed is None:
+            self._parsed = parse_body(self.raw, self.content_type)
+        return self._parsed
+
+    def to_json(self) -> dict[str, Any]:
+        # Cached: one delivery is often rendered for many waiters.
+        if self._json is None:
+            parsed = self.parsed
+            self._json = {
+                "id": self.id,
+                "token": self.token,
+                "received_at": rfc3339(self.received_at),
+                "method": self.method,
+                "content_type": self.content_type,
+                "remote_addr": self.remote_addr,
+                "headers": self.headers,
+                "size": len(self.raw),
+                "body": parsed.body,
+                "body_base64": parsed.body_base64,
+                "parse_error": parsed.parse_error,
+                "query": self.query,
+                "correlation_id": self.correlation_id,
+            }
+        return self._json
+
+
+@dataclass(slots=True)
+class Callback:
+    """A minted callback URL and its state; `result` is its latest delivery, when loaded."""
+
+    token: str
+    status: str
+    created_at: int
+    expires_at: int
+    label: str | None
+    group: str | None
+    metadata: dict[str, Any]
+    deliveries: int = 0
+    result: Delivery | None = None
+
+    def to_json(self, base_url: str) -> dict[str, Any]:
+        return {
+            "token": self.token,
+            "status": self.status,
+            "callback_url": f"{base_url}/cb/{self.token}",
+            "created_at": rfc3339(self.created_at),
+            "expires_at": rfc3339(self.expires_at),
+            "label": self.label,
+            "group": self.group,
+            "metadata": self.metadata,
+            "deliveries": self.deliveries,
+            "result": self.result.to_json() if self.result is not None else None,
+        }
+
+    def closed(self, at_ms: int) -> bool:
+        """True once no delivery can arrive any more."""
+        return self.status in TERMINAL or self.expires_at <= at_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A request to a callback URL, read and ready to be stored."""
+
+    token: str
+    received_at: int
+    method: str
+    content_type: str | None
+    remote_addr: str | None
+    headers: dict[str, str]
+    query_string: str
+    raw: bytes
+    correlation_id: str | None
+    parsed: ParsedBody
+    # The sender's message id (webhook-id, svix-id or Idempotency-Key): a retry is stored once.
+    dedupe_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MintSpec:
+    ttl: int
+    label: str | None
+    group: str | None
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What the registry carries to waiters: a new delivery, or a status change."""
+
+    kind: str  # "delivery" | "status"
+    callback: Callback
+    delivery: Delivery | None = None
+
+    @property
+    def token(self) -> str:
+        return self.callback.token
+
+    @property
+    def group(self) -> str | None:
+        return self.callback.group
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.delivery.correlation_id if self.delivery is not None else None

@@ -1,0 +1,34 @@
+"""Durable storage of callbacks and deliveries, behind one interface (`Store`)."""
+
+from cbhub.config import Config
+from cbhub.store.base import (
+    CallbackClosed,
+    CallbackNotFound,
+    DeliveryFilter,
+    IdempotencyConflict,
+    IngestResult,
+    SchemaTooNew,
+    Store,
+    StoreError,
+    StoreUnavailable,
+)
+
+__all__ = [
+    "CallbackClosed",
+    "CallbackNotFound",
+    "DeliveryFilter",
+    "IdempotencyConflict",
+    "IngestResult",
+    "SchemaTooNew",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "create_store",
+]
+
+
+def create_store(config: Config) -> Store:
+    """The store the configuration names, not yet opened (`await store.open()`)."""
+    from cbhub.store.sqlite import SQLiteStore
+
+    return SQLiteStore(config.storage.path, synchronous=config.storage.synchronous)

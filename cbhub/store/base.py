@@ -1,0 +1,140 @@
+"""The store interface: what any backend promises. It knows nothing of HTTP or waiters."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from cbhub.model import Callback, Delivery, Event, Incoming, MintSpec
+
+IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
+
+
+class StoreError(Exception):
+    """Base of the errors a store raises on purpose."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not commit (disk full, read-only, locked): nothing was written; retry later."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer cbhub; it is left untouched."""
+
+
+class CallbackNotFound(StoreError):
+    pass
+
+
+class CallbackClosed(StoreError):
+    """The callback no longer accepts deliveries: it expired or was cancelled."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class IdempotencyConflict(StoreError):
+    """An idempotency key was reused with a different request."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    delivery: Delivery
+    callback: Callback  # after this delivery, with `result` set
+    duplicate: bool  # a sender's retry of a message already stored
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFilter:
+    """Filters combined with AND; all None means every delivery."""
+
+    token: str | None = None
+    group: str | None = None
+    correlation_id: str | None = None
+
+    def accepts(self, event: Event) -> bool:
+        """Whether a waiter with these filters cares about `event`. A status change (no
+        delivery) concerns the filters on the callback: its token and its group."""
+        if event.delivery is not None:
+            return self.matches(event.delivery)
+        return (self.token is None or event.token == self.token) and (
+            self.group is None or event.group == self.group
+        )
+
+    def matches(self, delivery: Delivery) -> bool:
+        return (
+            (self.token is None or delivery.token == self.token)
+            and (self.group is None or delivery.group == self.group)
+            and (self.correlation_id is None or delivery.correlation_id == self.correlation_id)
+        )
+
+
+class Store(abc.ABC):
+    """Every write is durable (committed) when its coroutine returns."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, and migrate the schema forward; raises SchemaTooNew."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish the writes already submitted, then disconnect."""
+
+    @property
+    @abc.abstractmethod
+    def writable(self) -> bool:
+        """False from a failed commit until a commit succeeds again."""
+
+    # Writes
+
+    @abc.abstractmethod
+    async def mint(
+        self,
+        specs: list[MintSpec],
+        now: int,
+        idempotency: tuple[str, str, str] | None = None,
+    ) -> tuple[list[Callback], bool]:
+        """Create callbacks in one transaction; returns them and whether they are new.
+
+        `idempotency` is (scope, key, fingerprint of the request): a repeat within 24 h returns
+        the callbacks minted the first time, a different request under the same key raises
+        IdempotencyConflict.
+        """
+
+    @abc.abstractmethod
+    async def ingest(self, incoming: Incoming) -> IngestResult:
+        """Store a delivery; raises CallbackNotFound or CallbackClosed."""
+
+    @abc.abstractmethod
+    async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
+        """Cancel a pending or received callback; returns it and whether it changed."""
+
+    @abc.abstractmethod
+    async def expire_due(self, now: int, limit: int = 500) -> list[Callback]:
+        """Turn pending callbacks past their expiry into expired ones; returns those."""
+
+    # Reads
+
+    @abc.abstractmethod
+    async def has_due(self, now: int) -> bool:
+        """Whether some pending callback is past its expiry (cheap, index only)."""
+
+    @abc.abstractmethod
+    async def get_callback(self, token: str) -> Callback | None:
+        """The callback with its latest delivery as `result`."""
+
+    @abc.abstractmethod
+    async def find_deliveries(self, where: DeliveryFilter, after: int, limit: int) -> list[Delivery]:
+        """Deliveries with id > after matching `where`, oldest first."""
+
+    @abc.abstractmethod
+    async def get_delivery(self, delivery_id: int) -> Delivery | None: ...
+
+    @abc.abstractmethod
+    async def group_counts(self, group: str) -> dict[str, int]:
+        """Callbacks of a group by status (every status present, zero included)."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise unless the store answers a query."""

@@ -1,0 +1,68 @@
+"""SQLite schema migrations: MIGRATIONS[n] takes a database from version n to n + 1.
+
+The version lives in `PRAGMA user_version`. Steps are append-only: a released step is never
+edited, so every database, however old, walks the same path forward.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Callable
+
+
+def _v1_initial(conn: sqlite3.Connection) -> None:
+    # AUTOINCREMENT: ids are never reused, even after retention deletes the newest rows, so a
+    # delivery id is a cursor a client can keep forever.
+    conn.execute(
+        """CREATE TABLE callbacks (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            token TEXT NOT NULL UNIQUE,
+            status TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            label TEXT,
+            group_name TEXT,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            deliveries INTEGER NOT NULL DEFAULT 0,
+            last_delivery_id INTEGER
+        )"""
+    )
+    conn.execute("CREATE INDEX callbacks_group ON callbacks (group_name, status) WHERE group_name IS NOT NULL")
+    conn.execute("CREATE INDEX callbacks_pending_expiry ON callbacks (expires_at) WHERE status = 'pending'")
+    conn.execute(
+        """CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            callback_id INTEGER NOT NULL,
+            group_name TEXT,
+            received_at INTEGER NOT NULL,
+            method TEXT NOT NULL,
+            content_type TEXT,
+            remote_addr TEXT,
+            headers BLOB NOT NULL,
+            query TEXT NOT NULL,
+            body BLOB NOT NULL,
+            correlation_id TEXT,
+            dedupe_key TEXT
+        )"""
+    )
+    conn.execute("CREATE INDEX deliveries_callback ON deliveries (callback_id, id)")
+    conn.execute("CREATE INDEX deliveries_group ON deliveries (group_name, id) WHERE group_name IS NOT NULL")
+    conn.execute(
+        "CREATE INDEX deliveries_correlation ON deliveries (correlation_id, id) WHERE correlation_id IS NOT NULL"
+    )
+    conn.execute(
+        "CREATE UNIQUE INDEX deliveries_dedupe ON deliveries (callback_id, dedupe_key) WHERE dedupe_key IS NOT NULL"
+    )
+    conn.execute(
+        """CREATE TABLE idempotency_keys (
+            scope TEXT NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            callback_ids TEXT NOT NULL,
+            PRIMARY KEY (scope, key)
+        ) WITHOUT ROWID"""
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial]
