@@ -1,0 +1,159 @@
+"""Fixtures: a real cbhub app on a real port over a real SQLite file in tmp_path."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from cbhub.app import create_app
+from cbhub.config import Config, load_config
+from cbhub.http.keys import HUB
+
+# The ten fields Marketing Cloud POSTs to an async call's ResponseAddress.
+MARKETING_CLOUD_FIELDS = {
+    "RequestID": "5b3f2a7e-8c1d-4e2f-9a6b-1c2d3e4f5a6b",
+    "ConversationID": "",
+    "OverallStatusCode": "OK",
+    "StatusCode": "OK",
+    "StatusMessage": "",
+    "ErrorCode": "",
+    "RequestType": "Asynchronous",
+    "ResultType": "DataExtensionObject",
+    "ResultDetailXML": (
+        '<Result xmlns="http://exacttarget.com/wsdl/partnerAPI"><StatusCode>OK</StatusCode>'
+        "<StatusMessage>Created DataExtensionObject</StatusMessage><OrdinalID>0</OrdinalID>"
+        "<NewID>0</NewID></Result>"
+    ),
+    "SequenceCode": "1",
+}
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "cbhub.db"
+
+
+@pytest.fixture
+def make_config(db_path: Path) -> Callable[..., Config]:
+    def make(**overrides: Any) -> Config:
+        values = {"storage.path": str(db_path), **overrides}
+        return load_config(env={}, overrides=values)
+
+    return make
+
+
+@pytest.fixture
+def config(make_config: Callable[..., Config]) -> Config:
+    return make_config()
+
+
+@pytest.fixture
+def start_hub(aiohttp_client: Any) -> Callable[[Config], Awaitable[TestClient]]:
+    """Start a cbhub app on a real port; several may run one after another on one file."""
+
+    async def start(config: Config) -> TestClient:
+        return await aiohttp_client(create_app(config))
+
+    return start
+
+
+@pytest.fixture
+async def client(start_hub: Callable[[Config], Awaitable[TestClient]], config: Config) -> TestClient:
+    return await start_hub(config)
+
+
+def registry_size(client: TestClient) -> int:
+    return len(client.app[HUB].registry)
+
+
+async def mint(client: TestClient, status: int = 201, **fields: Any) -> dict[str, Any]:
+    response = await client.post("/v1/callbacks", json=fields)
+    assert response.status == status, await response.text()
+    return await response.json()
+
+
+async def post_callback(client: TestClient, callback: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """POST to the callback's public URL as a third party would, expecting 200."""
+    async with client.post(f"/cb/{callback['token']}", **kwargs) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+class ServerProcess:
+    """`cbhub serve` as a real subprocess, as a user runs it."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.log_lines: list[str] = []
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("CBHUB_")}
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cbhub", "serve", *args],
+            cwd=cwd,
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.url = ""
+
+    def wait_until_serving(self, timeout: float = 15.0) -> str:
+        """Read the log until the listening line; the URL it names."""
+        import re
+        import selectors
+
+        assert self.proc.stderr is not None
+        selector = selectors.DefaultSelector()
+        selector.register(self.proc.stderr, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=0.1):
+                continue
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.log_lines.append(line)
+            match = re.search(r"serving on (http\S+)", line)
+            if match:
+                self.url = match.group(1)
+                return self.url
+        raise AssertionError("server did not start:\n" + "".join(self.log_lines))
+
+    def finish(self, timeout: float = 15.0) -> tuple[int, str]:
+        """Wait for exit; the exit code and everything logged."""
+        _, rest = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, "".join(self.log_lines) + (rest or "")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+@pytest.fixture
+def serve_process(tmp_path: Path):
+    started: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> ServerProcess:
+        server = ServerProcess(list(args), cwd or tmp_path, env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
