@@ -7,16 +7,21 @@ from aiohttp import web
 from cbhub.config import Config
 from cbhub.http import api, ingest, ops
 from cbhub.http.errors import error_middleware
-from cbhub.http.keys import CONFIG, HUB
+from cbhub.http.keys import CONFIG, HUB, METRICS
 from cbhub.hub import Hub
+from cbhub.metrics import Metrics
+from cbhub.registry import Registry
 from cbhub.store import Store, create_store
 
 
 def create_app(config: Config, store: Store | None = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=config.limits.max_body_bytes)
-    hub = Hub(config, store or create_store(config))
+    registry = Registry()
+    metrics = Metrics(registry.count_by_kind)
+    hub = Hub(config, store or create_store(config, on_commit=metrics.on_commit), registry)
     app[CONFIG] = config
     app[HUB] = hub
+    app[METRICS] = metrics
     ingest.add_routes(app)
     api.add_routes(app)
     ops.add_routes(app)

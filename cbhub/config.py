@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 ENV_PREFIX = "CBHUB_"
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 DAY = 86400
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -59,11 +61,32 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    # Callbacks and their deliveries are deleted this many days after they expire; 0 keeps all.
+    days: int = 30
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # When set, GET /metrics needs "Authorization: Bearer <token>".
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 def _positive(value: Any) -> bool:
@@ -93,11 +116,16 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "callbacks.max_wait": (_positive, "a number of seconds greater than 0"),
     "callbacks.correlation_fields": (lambda v: all(v), "a list of field names"),
     "limits.max_body_bytes": (_positive, "a number of bytes greater than 0"),
+    "retention.days": (lambda v: v >= 0, "a whole number of days, 0 or more (0 keeps everything)"),
+    "log.level": (lambda v: v in LOG_LEVELS, "one of " + ", ".join(LOG_LEVELS)),
+    "log.format": (lambda v: v in LOG_FORMATS, "one of " + ", ".join(LOG_FORMATS)),
 }
 
 _NORMALISE: dict[str, Callable[[Any], Any]] = {
     "storage.synchronous": lambda v: v.upper(),
     "server.public_url": lambda v: v.rstrip("/"),
+    "log.level": lambda v: v.lower(),
+    "log.format": lambda v: v.lower(),
 }
 
 

@@ -14,12 +14,16 @@ from dataclasses import dataclass
 from cbhub.config import Config
 from cbhub.model import PENDING, Callback, Delivery, Event, Incoming, MintSpec, now_ms
 from cbhub.registry import Registry, Waiter
-from cbhub.store import CallbackNotFound, DeliveryFilter, IngestResult, Store
+from cbhub.store import CallbackNotFound, DeliveryFilter, IngestResult, Store, StoreUnavailable
 
 log = logging.getLogger("cbhub.hub")
 
-# How often the expiry sweep looks for callbacks past their expiry ("within a second").
+# How often the expiry sweep looks for callbacks past their expiry ("within a second"); an
+# unwritable store is probed as often, so it is seen healthy again as soon as it is.
 EXPIRY_INTERVAL = 0.25
+# How often retention looks for what it may delete.
+RETENTION_INTERVAL = 60.0
+DAY_MS = 86_400_000
 # The most deliveries one long-poll answer on a callback carries.
 WAIT_BATCH = 100
 
@@ -38,21 +42,25 @@ class Hub:
     def __init__(self, config: Config, store: Store, registry: Registry | None = None) -> None:
         self.config = config
         self.store = store
-        self.registry = registry or Registry()
+        self.registry = registry if registry is not None else Registry()
         self._expiry_task: asyncio.Task | None = None
+        self._retention_task: asyncio.Task | None = None
 
     async def start(self) -> None:
         self._expiry_task = asyncio.create_task(self._expire_forever(), name="cbhub-expiry")
+        if self.config.retention.days > 0:
+            self._retention_task = asyncio.create_task(self._retain_forever(), name="cbhub-retention")
 
     async def stop(self) -> None:
         """Answer every waiter (they get ShuttingDown) and stop the expiry sweep."""
         self.registry.shut_down()
-        if self._expiry_task is not None:
-            self._expiry_task.cancel()
-            try:
-                await self._expiry_task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._expiry_task, self._retention_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
 
     # Writes
 
@@ -164,9 +172,39 @@ class Hub:
         while True:
             await asyncio.sleep(EXPIRY_INTERVAL)
             try:
+                if not self.store.writable:
+                    await self.store.probe_write(now_ms())
+                    log.info("the store accepts writes again")
                 await self.expire_due()
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable:
+                pass  # already logged by the store; the next round tries again
             except Exception:
-                # The store may be briefly unwritable; the next round tries again.
                 log.warning("expiry sweep failed", exc_info=True)
+
+    # Retention
+
+    async def apply_retention(self, now: int | None = None) -> int:
+        """Delete what expired more than retention.days ago, one short transaction at a time
+        (ingests queued meanwhile commit between them). Returns how many rows went."""
+        if self.config.retention.days <= 0:
+            return 0
+        now = now_ms() if now is None else now
+        cutoff = now - self.config.retention.days * DAY_MS
+        total = 0
+        while gone := await self.store.purge(cutoff, now):
+            total += gone
+        if total:
+            log.info("retention deleted %d rows", total)
+        return total
+
+    async def _retain_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RETENTION_INTERVAL)
+            try:
+                await self.apply_retention()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("retention failed; trying again later", exc_info=True)

@@ -44,6 +44,7 @@ class ShuttingDown(Exception):
 
 class Subscriber(Protocol):
     key: Key
+    kind: str  # for metrics: "long_poll", "websocket", "sse"
 
     def push(self, event: Event) -> None: ...
 
@@ -54,6 +55,7 @@ class Waiter:
     """A one-shot subscriber for a long-poll: collects matching events and wakes its owner."""
 
     __slots__ = ("key", "where", "events", "_woken", "_shut_down")
+    kind = "long_poll"
 
     def __init__(self, where: DeliveryFilter) -> None:
         self.key = key_for(where)
@@ -130,5 +132,9 @@ class Registry:
         """How many subscribers are registered (0 when nobody waits)."""
         return sum(len(subscribers) for subscribers in self._by_key.values())
 
-    def waiting(self) -> bool:
-        return bool(self._by_key)
+    def count_by_kind(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for subscribers in self._by_key.values():
+            for subscriber in subscribers:
+                counts[subscriber.kind] = counts.get(subscriber.kind, 0) + 1
+        return counts

@@ -5,13 +5,17 @@ Whatever the body is, it is stored; the 200 goes out only once it is committed.
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from cbhub.bodies import correlation_id, parse_body
-from cbhub.http.errors import ApiError, json_response
-from cbhub.http.keys import CONFIG, HUB
+from cbhub.http.errors import json_response
+from cbhub.http.keys import CONFIG, HUB, METRICS
 from cbhub.model import HIDDEN_HEADERS, Incoming, now_ms
+from cbhub.registry import ShuttingDown
+from cbhub.store import CallbackClosed, CallbackNotFound, IngestResult, StoreUnavailable
 
 # Headers by which senders name a message, so that their retries are stored once.
 DEDUPE_HEADERS = ("webhook-id", "svix-id", "idempotency-key")
@@ -37,10 +41,33 @@ def dedupe_key(headers: CIMultiDictProxy[str]) -> str | None:
     return None
 
 
+# Why a callback request was refused, for the deliveries metric.
+REFUSALS: dict[type[Exception], str] = {
+    CallbackNotFound: "not_found",
+    CallbackClosed: "closed",
+    StoreUnavailable: "store_unavailable",
+    ShuttingDown: "shutting_down",
+    web.HTTPRequestEntityTooLarge: "too_large",
+}
+
+
 async def receive(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    started = time.perf_counter()
+    try:
+        result = await _store(request)
+    except Exception as exc:
+        metrics.deliveries.labels(REFUSALS.get(type(exc), "error")).inc()
+        raise
+    metrics.deliveries.labels("duplicate" if result.duplicate else "stored").inc()
+    metrics.ingest_seconds.observe(time.perf_counter() - started)
+    return json_response({"ok": True, "delivery_id": result.delivery.id, "duplicate": result.duplicate})
+
+
+async def _store(request: web.Request) -> IngestResult:
     token = request.match_info["token"]
     if len(token) > MAX_TOKEN_LENGTH:
-        raise ApiError(404, "callback_not_found", "no callback has this token")
+        raise CallbackNotFound(token)
     config = request.app[CONFIG]
     received_at = now_ms()
     raw = await request.read()  # bounded by the app's client_max_size: 413 beyond it
@@ -59,8 +86,7 @@ async def receive(request: web.Request) -> web.Response:
         parsed=parsed,
         dedupe_key=dedupe_key(request.headers),
     )
-    result = await request.app[HUB].ingest(incoming)
-    return json_response({"ok": True, "delivery_id": result.delivery.id, "duplicate": result.duplicate})
+    return await request.app[HUB].ingest(incoming)
 
 
 def add_routes(app: web.Application) -> None:

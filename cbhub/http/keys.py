@@ -4,9 +4,11 @@ from aiohttp import web
 
 from cbhub.config import Config
 from cbhub.hub import Hub
+from cbhub.metrics import Metrics
 
 CONFIG = web.AppKey("config", Config)
 HUB = web.AppKey("hub", Hub)
+METRICS = web.AppKey("metrics", Metrics)
 
 
 def base_url(request: web.Request) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+import hmac
 
-from cbhub.http.errors import error_response, json_response
-from cbhub.http.keys import HUB
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cbhub.http.errors import ApiError, error_response, json_response
+from cbhub.http.keys import CONFIG, HUB, METRICS
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -16,5 +19,29 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """Ready means writable: after a failed commit, not ready until a commit succeeds again."""
+    if not request.app[HUB].store.writable:
+        return error_response(
+            503, "store_unavailable", "the last commit failed; waiting for one to succeed", {"Retry-After": "1"}
+        )
+    return json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    token = request.app[CONFIG].metrics.token
+    if token:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise ApiError(401, "unauthorized", "GET /metrics needs the metrics token", {"WWW-Authenticate": "Bearer"})
+    registry = request.app[METRICS]
+    registry.set_callbacks(await request.app[HUB].store.status_counts())
+    response = web.Response(body=generate_latest(registry.registry))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=True)
+    app.router.add_get("/readyz", readyz, allow_head=True)

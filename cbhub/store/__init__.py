@@ -1,5 +1,7 @@
 """Durable storage of callbacks and deliveries, behind one interface (`Store`)."""
 
+from typing import Callable
+
 from cbhub.config import Config
 from cbhub.store.base import (
     CallbackClosed,
@@ -27,8 +29,10 @@ __all__ = [
 ]
 
 
-def create_store(config: Config) -> Store:
-    """The store the configuration names, not yet opened (`await store.open()`)."""
+def create_store(config: Config, on_commit: Callable[[int, float], None] | None = None) -> Store:
+    """The store the configuration names, not yet opened (`await store.open()`).
+
+    `on_commit(batch_size, seconds)` is told of every commit."""
     from cbhub.store.sqlite import SQLiteStore
 
-    return SQLiteStore(config.storage.path, synchronous=config.storage.synchronous)
+    return SQLiteStore(config.storage.path, synchronous=config.storage.synchronous, on_commit=on_commit)

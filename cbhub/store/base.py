@@ -114,6 +114,16 @@ class Store(abc.ABC):
     async def expire_due(self, now: int, limit: int = 500) -> list[Callback]:
         """Turn pending callbacks past their expiry into expired ones; returns those."""
 
+    @abc.abstractmethod
+    async def probe_write(self, now: int) -> None:
+        """A small real write, to learn whether a store that failed to commit can again."""
+
+    @abc.abstractmethod
+    async def purge(self, expired_before: int, now: int, batch: int = 500) -> int:
+        """Delete one small batch of what retention lets go: deliveries, then callbacks whose
+        expiry is older than `expired_before`, and idempotency keys past their window. Returns
+        how many rows went; call again until 0. Each call is one short transaction."""
+
     # Reads
 
     @abc.abstractmethod
@@ -134,6 +144,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def group_counts(self, group: str) -> dict[str, int]:
         """Callbacks of a group by status (every status present, zero included)."""
+
+    @abc.abstractmethod
+    async def status_counts(self) -> dict[str, int]:
+        """All callbacks by status (every status present, zero included)."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

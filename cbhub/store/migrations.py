@@ -29,6 +29,9 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
     )
     conn.execute("CREATE INDEX callbacks_group ON callbacks (group_name, status) WHERE group_name IS NOT NULL")
     conn.execute("CREATE INDEX callbacks_pending_expiry ON callbacks (expires_at) WHERE status = 'pending'")
+    # Retention walks callbacks by expiry whatever their status; metrics count them by status.
+    conn.execute("CREATE INDEX callbacks_expiry ON callbacks (expires_at)")
+    conn.execute("CREATE INDEX callbacks_status ON callbacks (status)")
     conn.execute(
         """CREATE TABLE deliveries (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -63,6 +66,9 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
             PRIMARY KEY (scope, key)
         ) WITHOUT ROWID"""
     )
+    conn.execute("CREATE INDEX idempotency_keys_age ON idempotency_keys (created_at)")
+    # One row rewritten by the write probe that tells when a failing store is writable again.
+    conn.execute("CREATE TABLE write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL)")
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial]

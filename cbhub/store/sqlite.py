@@ -89,6 +89,12 @@ def _delivery_from_row(row: tuple) -> Delivery:
     )
 
 
+def _by_status(rows: list[tuple]) -> dict[str, int]:
+    counts = dict.fromkeys(STATUSES, 0)
+    counts.update({status: count for status, count in rows})
+    return counts
+
+
 def _delivery_where(where: DeliveryFilter, after: int) -> tuple[str, list[Any]]:
     clauses = ["d.id > ?"]
     params: list[Any] = [after]
@@ -105,9 +111,16 @@ def _delivery_where(where: DeliveryFilter, after: int) -> tuple[str, list[Any]]:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: str | os.PathLike, synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        synchronous: str = "FULL",
+        on_commit: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
+        # Told (batch size, seconds) after each commit: metrics hook in here.
+        self._on_commit = on_commit
         self._writer_conn: sqlite3.Connection | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbhub-writer")
         self._reader: aiosqlite.Connection | None = None
@@ -156,6 +169,9 @@ class SQLiteStore(Store):
             )
         if version == latest:
             return
+        if version == 0:
+            # Only possible before the first table exists: lets retention give pages back.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
             for step in MIGRATIONS[version:]:
@@ -206,14 +222,16 @@ class SQLiteStore(Store):
                 return
 
     async def _commit(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[WriteOp, asyncio.Future]]) -> None:
+        started = time.perf_counter()
         try:
             results = await loop.run_in_executor(self._executor, self._run_batch, [op for op, _ in batch])
         except Exception as exc:
             # Nothing of the batch was committed: every writer in it is told so, and the
             # loop goes on to the next batch.
             if isinstance(exc, sqlite3.Error):
+                # Said loudly once per outage, not at every retry.
+                (log.error if self._writable else log.debug)("commit of %d writes failed: %s", len(batch), exc)
                 self._writable = False
-                log.error("commit of %d writes failed: %s", len(batch), exc)
                 exc = StoreUnavailable(f"the store cannot commit: {exc}")
             else:
                 log.error("a batch of %d writes failed", len(batch), exc_info=exc)
@@ -222,6 +240,8 @@ class SQLiteStore(Store):
                     future.set_exception(exc)
             return
         self._writable = True
+        if self._on_commit is not None:
+            self._on_commit(len(batch), time.perf_counter() - started)
         for (_, future), result in zip(batch, results):
             if future.done():
                 continue
@@ -387,6 +407,42 @@ class SQLiteStore(Store):
 
         return await self._submit(op)
 
+    async def probe_write(self, now: int) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO write_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at", (now,)
+            )
+
+        await self._submit(op)
+
+    async def purge(self, expired_before: int, now: int, batch: int = 500) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            # Deliveries first, a bounded number at a time, so no transaction grows long
+            # however many deliveries one old callback has.
+            gone = conn.execute(
+                "DELETE FROM deliveries WHERE id IN (SELECT d.id FROM deliveries d WHERE d.callback_id IN"
+                " (SELECT id FROM callbacks WHERE expires_at < ? ORDER BY expires_at LIMIT 50) LIMIT ?)",
+                (expired_before, batch),
+            ).rowcount
+            if gone == 0:
+                gone = conn.execute(
+                    "DELETE FROM callbacks WHERE id IN (SELECT c.id FROM callbacks c WHERE c.expires_at < ?"
+                    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.callback_id = c.id)"
+                    " ORDER BY c.expires_at LIMIT ?)",
+                    (expired_before, batch),
+                ).rowcount
+            if gone == 0:
+                gone = conn.execute(
+                    "DELETE FROM idempotency_keys WHERE (scope, key) IN"
+                    " (SELECT scope, key FROM idempotency_keys WHERE created_at < ? LIMIT ?)",
+                    (now - IDEMPOTENCY_WINDOW_MS, batch),
+                ).rowcount
+            if gone == 0:
+                conn.execute("PRAGMA incremental_vacuum(2000)").fetchall()
+            return gone
+
+        return await self._submit(op)
+
     def _load_callback_by_id(self, conn: sqlite3.Connection, callback_id: int) -> Callback:
         row = conn.execute(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id = ?", (callback_id,)).fetchone()
         callback = _callback_from_row(row)
@@ -440,12 +496,12 @@ class SQLiteStore(Store):
         return _delivery_from_row(row) if row is not None else None
 
     async def group_counts(self, group: str) -> dict[str, int]:
-        rows = await self._fetchall(
-            "SELECT status, COUNT(*) FROM callbacks WHERE group_name = ? GROUP BY status", (group,)
+        return _by_status(
+            await self._fetchall("SELECT status, COUNT(*) FROM callbacks WHERE group_name = ? GROUP BY status", (group,))
         )
-        counts = dict.fromkeys(STATUSES, 0)
-        counts.update({status: count for status, count in rows})
-        return counts
+
+    async def status_counts(self) -> dict[str, int]:
+        return _by_status(await self._fetchall("SELECT status, COUNT(*) FROM callbacks GROUP BY status", ()))
 
     async def ping(self) -> None:
         await self._fetchone("SELECT 1", ())
