@@ -14,9 +14,13 @@ from aiohttp import web
 from cbhub import __version__
 from cbhub.app import create_app
 from cbhub.config import Config, ConfigError, load_config
+from cbhub.http.ingest import INGESTS
+from cbhub.http.keys import HUB
+from cbhub.logs import AccessLogger, setup_logging
 from cbhub.store import StoreError
 
 log = logging.getLogger("cbhub")
+STRAGGLER_GRACE = 0.5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (server.host)")
     serve.add_argument("--port", help="port to listen on (server.port)")
     serve.add_argument("--db", metavar="PATH", help="SQLite database file (storage.path)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", help="debug, info, warning or error (log.level)")
+    serve.add_argument("--log-format", help="text or json (log.format)")
     serve.set_defaults(run=_serve)
     return parser
 
@@ -40,19 +45,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # aiosqlite logs every statement at debug: not what "cbhub debug" means.
-    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     try:
         config = load_config(
             args.config,
-            overrides={"server.host": args.host, "server.port": args.port, "storage.path": args.db},
+            overrides={
+                "server.host": args.host,
+                "server.port": args.port,
+                "storage.path": args.db,
+                "log.level": args.log_level,
+                "log.format": args.log_format,
+            },
         )
     except ConfigError as exc:
         print(f"cbhub: {exc}", file=sys.stderr)
         return 2
+    setup_logging(config.log.level, config.log.format)
     try:
         asyncio.run(serve(config))
     except (StoreError, OSError) as exc:
@@ -67,8 +74,10 @@ async def serve(config: Config) -> None:
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # a client that hangs up cancels its long-poll at once
-        access_log=None,
-        shutdown_timeout=config.server.shutdown_timeout,
+        access_log=logging.getLogger("cbhub.access"),
+        access_log_class=AccessLogger,
+        # The real wait happens in _stop_gracefully; this is only for what is left after it.
+        shutdown_timeout=STRAGGLER_GRACE,
     )
     await runner.setup()
     try:
@@ -83,6 +92,17 @@ async def serve(config: Config) -> None:
             shown = f"[{host}]" if ":" in host else host
             log.info("cbhub %s serving on http://%s:%d (database %s)", __version__, shown, port, config.storage.path)
         await stop.wait()
-        log.info("stopping")
+        await _stop_gracefully(app, site, config.server.shutdown_timeout)
     finally:
         await runner.cleanup()
+
+
+async def _stop_gracefully(app: web.Application, site: web.BaseSite, timeout: float) -> None:
+    """Stop accepting, answer every waiter "come back later", and let callback requests
+    already arriving finish (body, commit, 200) within `timeout`."""
+    in_flight = app[INGESTS]
+    log.info("stopping: %d callback requests in flight", in_flight.count)
+    await site.stop()
+    await app[HUB].stop()
+    if not await in_flight.drained(max(timeout - STRAGGLER_GRACE, 0.1)):
+        log.warning("stopping with %d callback requests unfinished after %.0f s", in_flight.count, timeout)

@@ -142,7 +142,7 @@ class ServerProcess:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate()
+        self.proc.communicate()  # reaps the process and closes its pipe
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from cbhub.hub import GroupNotFound
+from cbhub.logs import redacted_path
 from cbhub.registry import ShuttingDown
 from cbhub.store import CallbackClosed, CallbackNotFound, IdempotencyConflict, StoreUnavailable
 
@@ -79,11 +80,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception as exc:
         mapped = _from_domain(exc)
         if mapped is None:
-            log.exception("unhandled error on %s %s", request.method, request.rel_url.path[:64])
+            log.exception("unhandled error on %s %s", request.method, redacted_path(request))
             return error_response(500, "internal_error", "internal server error")
         err = mapped
-    if err.status >= 500:
-        log.warning("%s %s answered %d %s", request.method, request.rel_url.path[:12], err.status, err.code)
-    else:
-        log.debug("%s %s answered %d %s", request.method, request.rel_url.path[:12], err.status, err.code)
+    # The server's own faults are worth a warning; a client's mistakes only at debug.
+    level = logging.WARNING if err.status >= 500 else logging.DEBUG
+    if log.isEnabledFor(level):
+        log.log(level, "%s %s answered %d %s", request.method, redacted_path(request), err.status, err.code)
     return error_response(err.status, err.code, err.message, err.headers)

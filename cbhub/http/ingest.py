@@ -5,7 +5,10 @@ Whatever the body is, it is stored; the 200 goes out only once it is committed.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
@@ -51,11 +54,44 @@ REFUSALS: dict[type[Exception], str] = {
 }
 
 
+class InFlight:
+    """Counts callback requests being received, so a graceful stop can let them finish:
+    aiohttp alone stops reading request bodies once its shutdown begins."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        self.count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until none is in flight; False if `timeout` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+INGESTS = web.AppKey("ingests_in_flight", InFlight)
+
+
 async def receive(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     started = time.perf_counter()
     try:
-        result = await _store(request)
+        with request.app[INGESTS].track():
+            result = await _store(request)
     except Exception as exc:
         metrics.deliveries.labels(REFUSALS.get(type(exc), "error")).inc()
         raise
@@ -90,5 +126,6 @@ async def _store(request: web.Request) -> IngestResult:
 
 
 def add_routes(app: web.Application) -> None:
+    app[INGESTS] = InFlight()
     for method in ("POST", "PUT", "PATCH"):
         app.router.add_route(method, "/cb/{token}", receive)

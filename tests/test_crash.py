@@ -1,0 +1,146 @@
+"""What a 200 promises: proven by killing a real `cbhub serve` process."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+
+import aiohttp
+import orjson
+
+
+async def _mint(session: aiohttp.ClientSession, url: str, count: int) -> list[str]:
+    async with session.post(f"{url}/v1/callbacks/batch", json={"count": count, "ttl": 3600}) as response:
+        assert response.status == 201
+        return [c["token"] for c in (await response.json())["callbacks"]]
+
+
+async def _all_deliveries(session: aiohttp.ClientSession, url: str) -> list[dict]:
+    found, after = [], 0
+    while True:
+        async with session.get(f"{url}/v1/deliveries?after={after}&limit=1000") as response:
+            page = await response.json()
+        if not page["deliveries"]:
+            return found
+        found += page["deliveries"]
+        after = page["next_after"]
+
+
+async def test_kill_9_under_load_loses_nothing_that_was_answered_200(serve_process, tmp_path):
+    acknowledged: dict[bytes, int] = {}  # body -> delivery id answered
+    tokens: list[str] = []
+    for round_no in range(5):
+        server = serve_process("--port", "0", "--db", str(tmp_path / "crash.db"))
+        started = time.monotonic()
+        url = server.wait_until_serving()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            async with session.get(f"{url}/readyz") as response:
+                assert response.status == 200
+            assert time.monotonic() - started < 10, "the server must answer at once after a restart"
+            if not tokens:
+                tokens = await _mint(session, url, 50)
+            stop = asyncio.Event()
+
+            async def sender(worker: int) -> None:
+                seq = 0
+                while not stop.is_set():
+                    body = f"round={round_no}&worker={worker}&seq={seq}&pad={'x' * random.randint(0, 2000)}".encode()
+                    seq += 1
+                    try:
+                        async with session.post(
+                            f"{url}/cb/{random.choice(tokens)}",
+                            data=body,
+                            headers={"Content-Type": "application/x-www-form-urlencoded"},
+                        ) as response:
+                            if response.status == 200:
+                                acknowledged[body] = (await response.json())["delivery_id"]
+                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                        return  # the server died under us: this request was never acknowledged
+
+            senders = [asyncio.create_task(sender(w)) for w in range(32)]
+            await asyncio.sleep(random.uniform(0.3, 0.8))
+            server.proc.send_signal(signal.SIGKILL)
+            server.proc.wait()
+            stop.set()
+            await asyncio.gather(*senders)
+
+    server = serve_process("--port", "0", "--db", str(tmp_path / "crash.db"))
+    url = server.wait_until_serving()
+    async with aiohttp.ClientSession() as session:
+        stored = await _all_deliveries(session, url)
+        raw_by_id = {}
+        for delivery in random.sample(stored, min(50, len(stored))):
+            async with session.get(f"{url}/v1/deliveries/{delivery['id']}/body") as response:
+                raw_by_id[delivery["id"]] = await response.read()
+    assert len(acknowledged) > 100, "the load must have been real"
+    by_body: dict[bytes, list[int]] = {}
+    for delivery in stored:
+        body = "&".join(f"{k}={v}" for k, v in delivery["body"].items()).encode()
+        by_body.setdefault(body, []).append(delivery["id"])
+    for body, delivery_id in acknowledged.items():
+        assert by_body.get(body) == [delivery_id], "every acknowledged POST is stored exactly once"
+    for delivery_id, raw in raw_by_id.items():
+        [body] = [b for b, ids in by_body.items() if ids == [delivery_id]]
+        assert raw == body, "byte for byte"
+    ids = [d["id"] for d in stored]
+    assert ids == sorted(ids) and len(ids) == len(set(ids))
+
+
+async def test_sigterm_lets_an_ingest_in_flight_commit_and_answer_then_exits_0(serve_process, tmp_path):
+    server = serve_process("--port", "0")
+    url = server.wait_until_serving()
+    async with aiohttp.ClientSession() as session:
+        [token] = await _mint(session, url, 1)
+        half_sent = asyncio.Event()
+        go_on = asyncio.Event()
+
+        async def slow_body():
+            yield b'{"part": 1, '
+            half_sent.set()
+            await go_on.wait()
+            yield b'"done": true}'
+
+        posting = asyncio.create_task(
+            session.post(f"{url}/cb/{token}", data=slow_body(), headers={"Content-Type": "application/json"})
+        )
+        await half_sent.wait()
+        await asyncio.sleep(0.2)
+        server.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        go_on.set()
+        response = await asyncio.wait_for(posting, 10)
+        assert response.status == 200
+        delivery_id = (await response.json())["delivery_id"]
+        response.release()
+    code, log = await asyncio.to_thread(server.finish)
+    assert code == 0, log
+
+    server = serve_process("--port", "0")
+    url = server.wait_until_serving()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/v1/callbacks/{token}") as response:
+            result = (await response.json())["result"]
+    assert result["id"] == delivery_id and result["body"] == {"part": 1, "done": True}
+
+
+async def test_the_log_is_one_json_object_per_line_and_never_shows_a_whole_token(serve_process):
+    server = serve_process("--port", "0", "--log-format", "json")
+    url = server.wait_until_serving()
+    async with aiohttp.ClientSession() as session:
+        [token] = await _mint(session, url, 1)
+        async with session.post(f"{url}/cb/{token}", data="a=1") as response:
+            assert response.status == 200
+        async with session.get(f"{url}/v1/callbacks/{token}/wait?timeout=1") as response:
+            assert response.status == 200
+        async with session.post(f"{url}/cb/{token}zz", data="a=1") as response:
+            assert response.status == 404
+    server.proc.send_signal(signal.SIGTERM)
+    code, log = await asyncio.to_thread(server.finish)
+    assert code == 0
+    entries = [orjson.loads(line) for line in log.splitlines() if line.strip()]
+    access = [e for e in entries if e["logger"] == "cbhub.access"]
+    assert [(e["method"], e["status"]) for e in access] == [("POST", 201), ("POST", 200), ("GET", 200), ("POST", 404)]
+    assert access[1]["path"] == f"/cb/{token[:6]}…"
+    assert token not in log and token[:7] not in log
