@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sqlite3
 import sys
 from typing import Sequence
 
@@ -18,6 +19,7 @@ from cbhub.http.ingest import INGESTS
 from cbhub.http.keys import HUB
 from cbhub.logs import AccessLogger, setup_logging
 from cbhub.store import StoreError
+from cbhub.store.sqlite import backup_database
 
 log = logging.getLogger("cbhub")
 STRAGGLER_GRACE = 0.5
@@ -36,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", help="debug, info, warning or error (log.level)")
     serve.add_argument("--log-format", help="text or json (log.format)")
     serve.set_defaults(run=_serve)
+
+    backup = commands.add_parser("backup", help="copy the database to DEST, safely while the server runs")
+    backup.add_argument("dest", metavar="DEST", help="the backup file to write (replaced if it exists)")
+    backup.add_argument("--config", metavar="PATH", help="a TOML configuration file")
+    backup.add_argument("--db", metavar="PATH", help="SQLite database file (storage.path)")
+    backup.set_defaults(run=_backup)
     return parser
 
 
@@ -65,6 +73,21 @@ def _serve(args: argparse.Namespace) -> int:
     except (StoreError, OSError) as exc:
         print(f"cbhub: cannot start: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config, overrides={"storage.path": args.db})
+    except ConfigError as exc:
+        print(f"cbhub: {exc}", file=sys.stderr)
+        return 2
+    try:
+        pages = backup_database(config.storage.path, args.dest)
+    except (OSError, sqlite3.Error, StoreError) as exc:
+        print(f"cbhub: backup failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"backed up {config.storage.path} to {args.dest} ({pages} pages)", file=sys.stderr)
     return 0
 
 

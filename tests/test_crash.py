@@ -144,3 +144,69 @@ async def test_the_log_is_one_json_object_per_line_and_never_shows_a_whole_token
     assert [(e["method"], e["status"]) for e in access] == [("POST", 201), ("POST", 200), ("GET", 200), ("POST", 404)]
     assert access[1]["path"] == f"/cb/{token[:6]}…"
     assert token not in log and token[:7] not in log
+
+
+async def test_backup_while_the_server_takes_callbacks(serve_process, tmp_path):
+    import sqlite3
+    import subprocess
+    import sys
+
+    db = tmp_path / "live.db"
+    server = serve_process("--port", "0", "--db", str(db))
+    url = server.wait_until_serving()
+    async with aiohttp.ClientSession() as session:
+        tokens = await _mint(session, url, 20)
+        before = []
+        for n in range(100):
+            async with session.post(f"{url}/cb/{tokens[n % 20]}", data=f"n={n}") as response:
+                before.append((await response.json())["delivery_id"])
+        stop = asyncio.Event()
+
+        async def keep_posting():
+            n = 0
+            while not stop.is_set():
+                async with session.post(f"{url}/cb/{tokens[n % 20]}", data=f"later={n}") as response:
+                    assert response.status == 200
+                n += 1
+
+        load = asyncio.create_task(keep_posting())
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "cbhub", "backup", str(tmp_path / "copy.db"), "--db", str(db)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        stop.set()
+        await load
+    assert result.returncode == 0, result.stderr
+    assert "backed up" in result.stderr
+    copy = tmp_path / "copy.db"
+    assert copy.stat().st_mode & 0o777 == 0o600
+    conn = sqlite3.connect(copy)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    stored = {row[0] for row in conn.execute("SELECT id FROM deliveries")}
+    conn.close()
+    assert set(before) <= stored
+
+    # The copy is a working database: a server starts on it with everything in it.
+    restored = serve_process("--port", "0", "--db", str(copy))
+    url = restored.wait_until_serving()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/v1/deliveries?limit=1000") as response:
+            ids = [d["id"] for d in (await response.json())["deliveries"]]
+    assert set(before) <= set(ids)
+
+
+def test_backup_of_a_missing_database_fails_with_a_message(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "cbhub", "backup", str(tmp_path / "copy.db"), "--db", str(tmp_path / "none.db")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "no database" in result.stderr and "Traceback" not in result.stderr
