@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from cbhub.config import Config
-from cbhub.http import api, ingest, ops
+from cbhub.http import api, ingest, openapi, ops
 from cbhub.http.errors import error_middleware
 from cbhub.http.keys import CONFIG, HUB, METRICS
 from cbhub.hub import Hub
@@ -25,6 +25,7 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     ingest.add_routes(app)
     api.add_routes(app)
     ops.add_routes(app)
+    openapi.add_routes(app)
     app.on_startup.append(_start)
     app.on_shutdown.append(_answer_waiters)
     app.on_cleanup.append(_stop)

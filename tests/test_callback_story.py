@@ -317,3 +317,22 @@ async def test_healthz_answers_when_the_store_does(client):
     response = await client.get("/healthz")
     assert response.status == 200
     assert await response.json() == {"status": "ok"}
+
+
+async def test_headers_that_are_not_utf8_are_kept_as_latin1_text(client):
+    callback = await mint(client)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    body = b"a=1"
+    writer.write(
+        b"POST /cb/" + callback["token"].encode() + b" HTTP/1.1\r\nHost: x\r\n"
+        b"X-City: K\xf6ln\r\nContent-Type: text/pl\xe4in\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+    )
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    assert b" 200 " in status_line
+    delivery = (await (await client.get(f"/v1/callbacks/{callback['token']}")).json())["result"]
+    assert delivery["headers"]["X-City"] == "Köln"
+    assert delivery["content_type"] == "text/pläin"

@@ -121,14 +121,25 @@ async def delivery_body(request: web.Request) -> web.Response:
     try:
         delivery_id = int(request.match_info["id"])
     except ValueError:
-        raise ApiError(404, "delivery_not_found", "no delivery has this id") from None
-    delivery = await request.app[HUB].store.get_delivery(delivery_id)
+        delivery_id = -1
+    delivery = await request.app[HUB].store.get_delivery(delivery_id) if 0 < delivery_id <= MAX_CURSOR else None
     if delivery is None:
         raise ApiError(404, "delivery_not_found", "no delivery has this id")
     # The exact bytes and type received; never rendered by a browser as a page of ours.
     response = web.Response(body=delivery.raw, headers={"X-Content-Type-Options": "nosniff"})
-    response.headers["Content-Type"] = delivery.content_type or "application/octet-stream"
+    response.headers["Content-Type"] = _sendable_header(delivery.content_type) or "application/octet-stream"
     return response
+
+
+def _sendable_header(value: str | None) -> str | None:
+    """`value` if it can go back out as a header as it is (printable ISO-8859-1), else None."""
+    if not value or not value.isprintable():
+        return None
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 async def group_status(request: web.Request) -> web.Response:

@@ -25,13 +25,26 @@ DEDUPE_HEADERS = ("webhook-id", "svix-id", "idempotency-key")
 MAX_TOKEN_LENGTH = 128
 
 
+def _header_text(text: str) -> str:
+    """Header bytes that are not UTF-8 reach us as surrogate escapes; read them as the
+    ISO-8859-1 that HTTP historically meant, so nothing is lost and all is valid text."""
+    if text.isascii():
+        return text
+    raw = text.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def visible_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
     """The request's headers as an object, without credentials; repeats joined by ", "."""
     visible: dict[str, str] = {}
     for name, value in headers.items():
-        name = str(name)  # aiohttp's istr is a str subclass orjson will not take as a key
+        name = _header_text(str(name))  # str(): orjson takes no istr as a key
         if name.lower() in HIDDEN_HEADERS:
             continue
+        value = _header_text(value)
         visible[name] = f"{visible[name]}, {value}" if name in visible else value
     return visible
 
@@ -40,7 +53,7 @@ def dedupe_key(headers: CIMultiDictProxy[str]) -> str | None:
     for name in DEDUPE_HEADERS:
         value = headers.get(name)
         if value:
-            return f"{name}:{value[:200]}"
+            return f"{name}:{_header_text(value)[:200]}"
     return None
 
 
@@ -108,6 +121,8 @@ async def _store(request: web.Request) -> IngestResult:
     received_at = now_ms()
     raw = await request.read()  # bounded by the app's client_max_size: 413 beyond it
     content_type = request.headers.get("Content-Type")
+    if content_type is not None:
+        content_type = _header_text(content_type)
     parsed = parse_body(raw, content_type)
     incoming = Incoming(
         token=token,

@@ -89,6 +89,11 @@ def _delivery_from_row(row: tuple) -> Delivery:
     )
 
 
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _by_status(rows: list[tuple]) -> dict[str, int]:
     counts = dict.fromkeys(STATUSES, 0)
     counts.update({status: count for status, count in rows})
@@ -233,6 +238,9 @@ class SQLiteStore(Store):
         if self._closing:
             raise StoreUnavailable("the store is closing")
         future = asyncio.get_running_loop().create_future()
+        # The submitter may be gone (its client hung up) when a failure is set: mark the
+        # exception retrieved so it is not reported as lost.
+        future.add_done_callback(_retrieve)
         self._pending.append((op, future))
         self._wakeup.set()
         # Shielded: a sender that hangs up must not cancel a write others share a commit with.
@@ -273,14 +281,15 @@ class SQLiteStore(Store):
         for (_, future), result in zip(batch, results):
             if future.done():
                 continue
-            if isinstance(result, StoreError):
+            if isinstance(result, Exception):
                 future.set_exception(result)
             else:
                 future.set_result(result)
 
     def _run_batch(self, ops: list[WriteOp]) -> list[Any]:
-        """One transaction for the whole batch. Ops check before they write, so a refused op
-        (StoreError) has written nothing; any SQLite error rolls the whole batch back."""
+        """One transaction for the whole batch. An op that fails on its own (a refusal, or a
+        bug) is rolled back to its savepoint and fails alone; an SQLite error (disk full,
+        I/O) fails the whole batch, of which nothing is then committed."""
         conn = self._writer_conn
         assert conn is not None
         started = time.perf_counter()
@@ -288,10 +297,15 @@ class SQLiteStore(Store):
         try:
             results: list[Any] = []
             for op in ops:
+                conn.execute("SAVEPOINT op")
                 try:
                     results.append(op(conn))
-                except StoreError as exc:
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
                     results.append(exc)
+                conn.execute("RELEASE op")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

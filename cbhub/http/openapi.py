@@ -1,0 +1,311 @@
+"""The OpenAPI 3 description of cbhub's HTTP API, served at /v1/openapi.json.
+
+Kept beside the routes it describes; a test checks that every route is described and every
+description is a route, and a fuzzer checks the answers against it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from aiohttp import web
+
+from cbhub import __version__
+from cbhub.config import Config
+from cbhub.http.errors import json_response
+from cbhub.http.keys import CONFIG
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _path(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema or {"type": "string"}}
+
+
+NULLABLE_STRING = {"type": "string", "nullable": True}
+SECONDS = {"type": "number", "minimum": 0}
+CURSOR = {"type": "integer", "minimum": 0}
+TOKEN = _path("token", {"type": "string", "minLength": 1})
+BAD_REQUEST = _error("malformed request; the message names the field or parameter")
+NOT_FOUND = _error("unknown token, delivery or group")
+UNAVAILABLE = _error("the store cannot commit, or the server is stopping; see Retry-After")
+
+MINT_PROPERTIES: dict[str, Any] = {
+    "ttl": {"type": "integer", "minimum": 1, "description": "lifetime in seconds"},
+    "label": {"type": "string", "minLength": 1, "maxLength": 200, "nullable": True},
+    "group": {"type": "string", "minLength": 1, "maxLength": 200, "nullable": True},
+    "metadata": {"type": "object", "nullable": True},
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            }
+        },
+    },
+    "Delivery": {
+        "type": "object",
+        "required": ["id", "token", "received_at", "method", "headers", "size", "query"],
+        "properties": {
+            "id": {"type": "integer"},
+            "token": {"type": "string"},
+            "received_at": {"type": "string", "format": "date-time"},
+            "method": {"type": "string"},
+            "content_type": NULLABLE_STRING,
+            "remote_addr": NULLABLE_STRING,
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "size": {"type": "integer"},
+            "body": {"description": "JSON value, form fields, text, or null", "nullable": True},
+            "body_base64": NULLABLE_STRING,
+            "parse_error": NULLABLE_STRING,
+            "query": {"type": "object"},
+            "correlation_id": NULLABLE_STRING,
+        },
+    },
+    "Callback": {
+        "type": "object",
+        "required": ["token", "status", "callback_url", "created_at", "expires_at", "metadata", "deliveries"],
+        "properties": {
+            "token": {"type": "string"},
+            "status": {"type": "string", "enum": ["pending", "received", "expired", "cancelled"]},
+            "callback_url": {"type": "string", "format": "uri"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "expires_at": {"type": "string", "format": "date-time"},
+            "label": NULLABLE_STRING,
+            "group": NULLABLE_STRING,
+            "metadata": {"type": "object"},
+            "deliveries": {"type": "integer"},
+            "result": {"allOf": [_ref("Delivery")], "nullable": True},
+        },
+    },
+    "MintRequest": {"type": "object", "additionalProperties": False, "properties": MINT_PROPERTIES},
+    "BatchRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["count"],
+        "properties": {**MINT_PROPERTIES, "count": {"type": "integer", "minimum": 1, "maximum": 1000}},
+    },
+    "CallbackList": {
+        "type": "object",
+        "required": ["callbacks"],
+        "properties": {"callbacks": {"type": "array", "items": _ref("Callback")}},
+    },
+    "CallbackUpdate": {
+        "type": "object",
+        "required": ["callback", "deliveries"],
+        "properties": {"callback": _ref("Callback"), "deliveries": {"type": "array", "items": _ref("Delivery")}},
+    },
+    "DeliveryPage": {
+        "type": "object",
+        "required": ["deliveries", "next_after"],
+        "properties": {
+            "deliveries": {"type": "array", "items": _ref("Delivery")},
+            "next_after": {"type": "integer"},
+        },
+    },
+    "GroupCounts": {
+        "type": "object",
+        "required": ["group", "total", "pending", "received", "expired", "cancelled"],
+        "properties": {
+            "group": {"type": "string"},
+            **{name: {"type": "integer"} for name in ("total", "pending", "received", "expired", "cancelled")},
+        },
+    },
+    "Receipt": {
+        "type": "object",
+        "required": ["ok", "delivery_id", "duplicate"],
+        "properties": {"ok": {"type": "boolean"}, "delivery_id": {"type": "integer"}, "duplicate": {"type": "boolean"}},
+    },
+    "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+}
+
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 255},
+    "description": "a repeat within 24 h returns what the first request minted (200)",
+}
+
+def _mint_operation(summary: str, request: str, answer: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "parameters": [IDEMPOTENCY_KEY],
+        "requestBody": {"required": False, "content": {JSON: {"schema": _ref(request)}}},
+        "responses": {
+            "201": _json(_ref(answer), "minted"),
+            "200": _json(_ref(answer), "what this Idempotency-Key minted before"),
+            "400": BAD_REQUEST,
+            "413": _error("body too large"),
+            "422": _error("Idempotency-Key reused with a different request"),
+            "503": UNAVAILABLE,
+        },
+    }
+
+
+def _ingest_operation(method: str) -> dict[str, Any]:
+    return {
+        "summary": f"The public callback URL: a third party {method}s its result here",
+        "parameters": [TOKEN],
+        "requestBody": {"required": False, "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+        "responses": {
+            "200": _json(_ref("Receipt"), "committed to disk (or a sender's retry, already stored)"),
+            "404": NOT_FOUND,
+            "410": _error("the callback expired or was cancelled"),
+            "413": _error("body too large"),
+            "503": UNAVAILABLE,
+        },
+    }
+
+
+PATHS: dict[str, Any] = {
+    "/v1/callbacks": {"post": _mint_operation("Mint a callback", "MintRequest", "Callback")},
+    "/v1/callbacks/batch": {"post": _mint_operation("Mint up to 1000 callbacks at once", "BatchRequest", "CallbackList")},
+    "/v1/callbacks/{token}": {
+        "get": {
+            "summary": "A callback, with its latest delivery as result",
+            "parameters": [TOKEN],
+            "responses": {"200": _json(_ref("Callback"), "the callback"), "404": NOT_FOUND},
+        },
+        "delete": {
+            "summary": "Cancel a callback (idempotent); its waiters wake",
+            "parameters": [TOKEN],
+            "responses": {"200": _json(_ref("Callback"), "the callback, now cancelled"), "404": NOT_FOUND, "503": UNAVAILABLE},
+        },
+    },
+    "/v1/callbacks/{token}/wait": {
+        "get": {
+            "summary": "Long-poll until the callback has deliveries after the cursor, or is closed",
+            "parameters": [
+                TOKEN,
+                _query("timeout", SECONDS, "seconds to hold (default 30, capped at callbacks.max_wait)"),
+                _query("after", CURSOR, "the last delivery id seen (default 0)"),
+            ],
+            "responses": {
+                "200": _json(_ref("CallbackUpdate"), "new deliveries, or the callback's final status"),
+                "204": {"description": "nothing arrived before the timeout"},
+                "400": BAD_REQUEST,
+                "404": NOT_FOUND,
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/v1/deliveries": {
+        "get": {
+            "summary": "Deliveries matching every filter, oldest first, after a cursor; long-polls with wait",
+            "parameters": [
+                _query("token", {"type": "string", "maxLength": 200}, "only this callback's"),
+                _query("group", {"type": "string", "maxLength": 200}, "only this group's"),
+                _query("correlation_id", {"type": "string", "maxLength": 200}, "e.g. Marketing Cloud's RequestID"),
+                _query("after", CURSOR, "the last delivery id seen (default 0)"),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (default 100)"),
+                _query("wait", SECONDS, "seconds to long-poll when nothing matches yet (default 0)"),
+            ],
+            "responses": {"200": _json(_ref("DeliveryPage"), "a page"), "400": BAD_REQUEST, "503": UNAVAILABLE},
+        }
+    },
+    "/v1/deliveries/{id}/body": {
+        "get": {
+            "summary": "The exact bytes received, with the original Content-Type",
+            "parameters": [_path("id", {"type": "integer", "minimum": 0})],
+            "responses": {
+                "200": {"description": "the raw body", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                "404": NOT_FOUND,
+            },
+        }
+    },
+    "/v1/groups/{group}": {
+        "get": {
+            "summary": "A group's callbacks counted by status",
+            "parameters": [_path("group")],
+            "responses": {"200": _json(_ref("GroupCounts"), "the counts"), "404": NOT_FOUND},
+        }
+    },
+    "/v1/groups/{group}/wait": {
+        "get": {
+            "summary": "Long-poll until no callback of the group is pending",
+            "parameters": [_path("group"), _query("timeout", SECONDS, "seconds to hold (default 30)")],
+            "responses": {
+                "200": _json(_ref("GroupCounts"), "none is pending any more"),
+                "204": {"description": "some are still pending at the timeout"},
+                "400": BAD_REQUEST,
+                "404": NOT_FOUND,
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/v1/openapi.json": {
+        "get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3")}}
+    },
+    "/cb/{token}": {method: _ingest_operation(method.upper()) for method in ("post", "put", "patch")},
+    "/healthz": {
+        "get": {
+            "summary": "Whether the process lives and its store answers",
+            "responses": {"200": _json(_ref("Status"), "alive"), "503": UNAVAILABLE},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "summary": "Whether the store accepts writes",
+            "responses": {"200": _json(_ref("Status"), "ready"), "503": UNAVAILABLE},
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics",
+            "responses": {
+                "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "401": _error("the metrics token is set and was not given"),
+            },
+        }
+    },
+}
+
+
+def document(config: Config) -> dict[str, Any]:
+    """The document, with the limits this server's configuration sets."""
+    paths = copy.deepcopy(PATHS)
+    schemas = copy.deepcopy(SCHEMAS)
+    for name in ("MintRequest", "BatchRequest"):
+        schemas[name]["properties"]["ttl"]["maximum"] = config.callbacks.max_ttl
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "cbhub",
+            "version": __version__,
+            "description": "Where asynchronous callbacks land and are awaited.",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(document(request.app[CONFIG]))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/openapi.json", openapi, allow_head=False)
