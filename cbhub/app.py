@@ -5,11 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from cbhub.config import Config
-from cbhub.http import api, ingest, ops
+from cbhub.http import api, ingest, ops, realtime
 from cbhub.http.errors import error_middleware
-from cbhub.http.keys import CONFIG, HUB
+from cbhub.http.keys import CONFIG, HUB, STREAMS
 from cbhub.hub import Hub
 from cbhub.store import Store, create_store
+from cbhub.subscriptions import Streams
 
 
 def create_app(config: Config, store: Store | None = None) -> web.Application:
@@ -17,9 +18,12 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     hub = Hub(config, store or create_store(config))
     app[CONFIG] = config
     app[HUB] = hub
+    limits = config.realtime
+    app[STREAMS] = Streams(hub.registry, hub.store, limits.max_subscriptions, limits.max_backlog)
     ingest.add_routes(app)
     api.add_routes(app)
     ops.add_routes(app)
+    realtime.add_routes(app)
     app.on_startup.append(_start)
     app.on_shutdown.append(_answer_waiters)
     app.on_cleanup.append(_stop)
@@ -33,9 +37,11 @@ async def _start(app: web.Application) -> None:
 
 
 async def _answer_waiters(app: web.Application) -> None:
-    # Before in-flight requests are awaited: long-polls answer 503 at once, while ingests
-    # already submitted go on to commit and answer 200.
+    # Before in-flight requests are awaited: long-polls answer 503 at once, websockets close
+    # with 1001 and event streams end, while ingests already submitted go on to commit and
+    # answer 200.
     await app[HUB].stop()
+    app[STREAMS].shut_down()
 
 
 async def _stop(app: web.Application) -> None:

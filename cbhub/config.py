@@ -59,11 +59,24 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class RealtimeConfig:
+    # Subscriptions one websocket connection may hold at once.
+    max_subscriptions: int = 1000
+    # Live messages queued for one connection but not yet sent; past it the consumer is too
+    # slow and is closed (1013), to resume with `after`.
+    max_backlog: int = 10_000
+    # Seconds between websocket pings (a peer silent for half of it more is dropped) and
+    # between SSE keep-alive comments.
+    heartbeat: float = 15.0
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
 
 
 def _positive(value: Any) -> bool:
@@ -93,6 +106,9 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "callbacks.max_wait": (_positive, "a number of seconds greater than 0"),
     "callbacks.correlation_fields": (lambda v: all(v), "a list of field names"),
     "limits.max_body_bytes": (_positive, "a number of bytes greater than 0"),
+    "realtime.max_subscriptions": (_positive, "a whole number greater than 0"),
+    "realtime.max_backlog": (_positive, "a whole number greater than 0"),
+    "realtime.heartbeat": (_positive, "a number of seconds greater than 0"),
 }
 
 _NORMALISE: dict[str, Callable[[Any], Any]] = {

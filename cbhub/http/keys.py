@@ -4,9 +4,11 @@ from aiohttp import web
 
 from cbhub.config import Config
 from cbhub.hub import Hub
+from cbhub.subscriptions import Streams
 
 CONFIG = web.AppKey("config", Config)
 HUB = web.AppKey("hub", Hub)
+STREAMS = web.AppKey("streams", Streams)
 
 
 def base_url(request: web.Request) -> str:

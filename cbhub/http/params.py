@@ -35,6 +35,16 @@ def query_int(query: Mapping[str, str], name: str, default: int, minimum: int, m
     return value
 
 
+def query_flag(query: Mapping[str, str], name: str) -> bool:
+    """A yes/no parameter: 1 or true, 0 or false; absent or empty is false."""
+    raw = query.get(name, "").lower()
+    if raw in ("", "0", "false"):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise invalid_parameter(name, f"must be 1 or 0, got {raw[:40]!r}")
+
+
 def query_seconds(query: Mapping[str, str], name: str, default: float, cap: float) -> float:
     """A duration in seconds, at least 0; values above `cap` are lowered to it."""
     raw = query.get(name)
@@ -69,10 +79,14 @@ async def json_object(request: web.Request, allowed: frozenset[str]) -> dict[str
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
+    refuse_unknown_fields(body, allowed)
+    return body
+
+
+def refuse_unknown_fields(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
     for name in body:
         if name not in allowed:
             raise ApiError(400, "unknown_field", f"{name[:40]}: unknown field (allowed: {', '.join(sorted(allowed))})")
-    return body
 
 
 def field_int(body: Mapping[str, Any], name: str, default: int, minimum: int, maximum: int) -> int:
