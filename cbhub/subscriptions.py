@@ -92,10 +92,12 @@ class Subscription:
         self._seam = after or 0
         # Live events held back until the replay is done; None once live.
         self._held: list[Event] | None = []
-        self._page: deque[Delivery] = deque()
+        # Stored deliveries read and not yet sent; made only when replaying (an empty deque
+        # weighs more than the rest of an idle subscription).
+        self._page: deque[Delivery] | None = None
         self._read_all = False
         # Final statuses its callbacks already had when it subscribed: token -> status.
-        self._closed: dict[str, str] = {}
+        self._closed: dict[str, str] | None = None
 
     # The registry side: never blocks, never awaits.
 
@@ -125,7 +127,7 @@ class Subscription:
         held, self._held = self._held or [], None
         self._feed._uncount(len(held))
         deliveries: dict[int, Delivery] = {}
-        statuses = self._closed
+        statuses = self._closed or {}
         for event in held:
             if event.delivery is None:
                 statuses[event.token] = event.callback.status
@@ -135,11 +137,14 @@ class Subscription:
             self._feed._enqueue(Notice(self, delivery=deliveries[delivery_id]))
         for token, status in statuses.items():
             self._feed._enqueue(Notice(self, token=token, status=status))
-        self._closed = {}
+        self._closed = None
+        self._page = None
 
     async def _replay_one(self, store: Store) -> Notice | None:
         """The next stored delivery to send, or None when a read was done instead (or the
         replay is over, and the subscription went live)."""
+        if self._page is None:
+            self._page = deque()
         if self._page:
             delivery = self._page.popleft()
             self._seam = delivery.id
@@ -148,8 +153,9 @@ class Subscription:
             self._go_live()
             return None
         page = await store.find_deliveries(self.where, self._seam, REPLAY_PAGE)
-        self._read_all = len(page) < REPLAY_PAGE
-        self._page.extend(page)
+        if self._page is not None:  # else it was unsubscribed meanwhile
+            self._read_all = len(page) < REPLAY_PAGE
+            self._page.extend(page)
         return None
 
     @property
@@ -205,7 +211,7 @@ class Feed:
                 missing = [token for token in tokens if token not in statuses]
                 if missing:
                     raise SubscribeRefused("callback_not_found", f"no callback has the token {missing[0][:64]!r}")
-                subscription._closed = {t: s for t, s in statuses.items() if s in TERMINAL}
+                subscription._closed = {t: s for t, s in statuses.items() if s in TERMINAL} or None
         except BaseException:
             self.unsubscribe(name)
             self._registry.remove(subscription)
@@ -234,7 +240,7 @@ class Feed:
         if subscription._held:
             self._uncount(len(subscription._held))
         subscription._held = None
-        subscription._page.clear()
+        subscription._page = None
         return True
 
     def reply(self, message: Reply) -> None:
