@@ -18,8 +18,7 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     hub = Hub(config, store or create_store(config))
     app[CONFIG] = config
     app[HUB] = hub
-    limits = config.realtime
-    app[STREAMS] = Streams(hub.registry, hub.store, limits.max_subscriptions, limits.max_backlog)
+    app[STREAMS] = Streams(hub.registry, hub.store, config.realtime)
     ingest.add_routes(app)
     api.add_routes(app)
     ops.add_routes(app)

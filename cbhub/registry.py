@@ -142,7 +142,7 @@ class Registry:
     def publish(self, event: Event) -> None:
         # A copy: a woken subscriber may remove itself while we iterate. A subscriber filed
         # under two of the event's keys is pushed the event once.
-        found = [tuple(subscribers) for key in keys_of(event) if (subscribers := self._by_key.get(key))]
+        found = [tuple(filed) for key in keys_of(event) if (filed := self._by_key.get(key))]
         if len(found) == 1:
             for subscriber in found[0]:
                 subscriber.push(event)

@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final
 
+from cbhub.config import RealtimeConfig
 from cbhub.model import TERMINAL, Delivery, Event
 from cbhub.registry import Key, Registry, ShuttingDown, keys_for
 from cbhub.store import DeliveryFilter, Store
@@ -166,11 +167,11 @@ class Subscription:
 class Feed:
     """One connection's outgoing stream and its subscriptions."""
 
-    def __init__(self, registry: Registry, store: Store, max_subscriptions: int, max_backlog: int) -> None:
+    def __init__(self, registry: Registry, store: Store, limits: RealtimeConfig) -> None:
         self._registry = registry
         self._store = store
-        self._max_subscriptions = max_subscriptions
-        self.max_backlog = max_backlog
+        self._max_subscriptions = limits.max_subscriptions
+        self.max_backlog = limits.max_backlog
         self._subscriptions: dict[str | int, Subscription] = {}
         self._queue: deque[Notice | Reply] = deque()
         self._replaying: deque[Subscription] = deque()
@@ -315,18 +316,17 @@ class Feed:
 class Streams:
     """Every open feed of the server, so that a stop reaches idle connections too."""
 
-    def __init__(self, registry: Registry, store: Store, max_subscriptions: int, max_backlog: int) -> None:
+    def __init__(self, registry: Registry, store: Store, limits: RealtimeConfig) -> None:
         self._registry = registry
         self._store = store
-        self._max_subscriptions = max_subscriptions
-        self._max_backlog = max_backlog
+        self._limits = limits
         self._open: set[Feed] = set()
 
     def open(self) -> Feed:
         """A new feed; raises ShuttingDown once the server is stopping."""
         if self._registry.shutting_down:
             raise ShuttingDown()
-        feed = Feed(self._registry, self._store, self._max_subscriptions, self._max_backlog)
+        feed = Feed(self._registry, self._store, self._limits)
         self._open.add(feed)
         return feed
 

@@ -18,10 +18,10 @@ import orjson
 import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
+from conftest import eventually, mint, post_callback, registry_size
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import eventually, mint, post_callback, registry_size
 from cbhub.http.keys import STREAMS
 
 

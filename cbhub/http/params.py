@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 
 from cbhub.http.errors import ApiError
+from cbhub.store import DeliveryFilter
 
 MAX_NAME_LENGTH = 200
 MAX_METADATA_BYTES = 16 * 1024
@@ -66,6 +67,15 @@ def query_text(query: Mapping[str, str], name: str) -> str | None:
     if len(value) > MAX_NAME_LENGTH:
         raise invalid_parameter(name, f"must be at most {MAX_NAME_LENGTH} characters")
     return value
+
+
+def query_filter(query: Mapping[str, str]) -> DeliveryFilter:
+    """The token, group and correlation_id parameters, combined with AND."""
+    return DeliveryFilter(
+        token=query_text(query, "token"),
+        group=query_text(query, "group"),
+        correlation_id=query_text(query, "correlation_id"),
+    )
 
 
 async def json_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:

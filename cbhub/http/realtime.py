@@ -21,9 +21,9 @@ from cbhub.http.params import (
     field_int,
     field_name,
     invalid,
+    query_filter,
     query_flag,
     query_int,
-    query_text,
     refuse_unknown_fields,
 )
 from cbhub.registry import ShuttingDown
@@ -59,7 +59,8 @@ async def callback_websocket(request: web.Request) -> web.StreamResponse:
     once = query_flag(request.query, "once")
     feed = request.app[STREAMS].open()
     # Subscribed before the upgrade, so that an unknown token is a plain 404.
-    await _subscribe_or_refuse(request, feed, token, DeliveryFilter(token=token), after, {"type": "subscribed", "id": token})
+    confirm = {"type": "subscribed", "id": token}
+    await _subscribe_or_refuse(request, feed, token, DeliveryFilter(token=token), after, confirm)
     return await _run_websocket(request, feed, once)
 
 
@@ -199,12 +200,7 @@ async def callback_events(request: web.Request) -> web.StreamResponse:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """GET /v1/events?group=|token=|correlation_id=: what arrives from now (or from `after`)."""
-    query = request.query
-    where = DeliveryFilter(
-        token=query_text(query, "token"),
-        group=query_text(query, "group"),
-        correlation_id=query_text(query, "correlation_id"),
-    )
+    where = query_filter(request.query)
     if where == DeliveryFilter():
         raise ApiError(400, "invalid_parameter", "one of token, group or correlation_id is required")
     return await _stream_events(request, where, _resume_point(request, default=None))

@@ -444,7 +444,7 @@ class SQLiteStore(Store):
         statuses: dict[str, str] = {}
         # In chunks: SQLite caps the number of parameters of one statement.
         for start in range(0, len(tokens), STATUS_CHUNK):
-            chunk = tokens[start : start + STATUS_CHUNK]
+            chunk = list(tokens[start : start + STATUS_CHUNK])
             rows = await self._fetchall(
                 f"SELECT token, status FROM callbacks WHERE token IN ({', '.join('?' * len(chunk))})", chunk
             )
