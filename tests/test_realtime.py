@@ -302,16 +302,29 @@ async def test_the_callback_socket_waits_for_the_result_then_closes(client):
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
 
 
+UPGRADE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
 async def test_the_callback_socket_of_an_unknown_token_is_404_before_upgrading(client):
-    response = await client.get("/v1/callbacks/no-such-token/ws")
+    response = await client.get("/v1/callbacks/no-such-token/ws", headers=UPGRADE)
     assert response.status == 404
     assert (await response.json())["error"]["code"] == "callback_not_found"
     with pytest.raises(InvalidStatus) as refused:
         async with connect_ws(client, "/v1/callbacks/no-such-token/ws"):
             pass
     assert refused.value.response.status_code == 404
-    response = await client.get(f"/v1/callbacks/{(await mint(client))['token']}/ws?once=maybe")
+    known = (await mint(client))["token"]
+    response = await client.get(f"/v1/callbacks/{known}/ws?once=maybe", headers=UPGRADE)
     assert response.status == 400 and (await response.json())["error"]["code"] == "invalid_parameter"
+    for path in ("/v1/ws", f"/v1/callbacks/{known}/ws"):  # a plain GET, no upgrade
+        response = await client.get(path)
+        assert response.status == 426 and response.headers["Upgrade"] == "websocket"
+        assert (await response.json())["error"]["code"] == "websocket_required"
     assert registry_size(client) == 0 and len(client.app[STREAMS]) == 0
 
 

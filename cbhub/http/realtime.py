@@ -48,12 +48,14 @@ SSE_SUBSCRIPTION = "events"
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     """GET /v1/ws: subscribe and unsubscribe by frames."""
+    _require_upgrade(request)
     feed = request.app[STREAMS].open()
     return await _run_websocket(request, feed, once=False)
 
 
 async def callback_websocket(request: web.Request) -> web.StreamResponse:
     """GET /v1/callbacks/{token}/ws: one callback's deliveries, subscribed on connect."""
+    _require_upgrade(request)
     token = request.match_info["token"]
     after = query_int(request.query, "after", 0, 0, MAX_CURSOR)
     once = query_flag(request.query, "once")
@@ -62,6 +64,16 @@ async def callback_websocket(request: web.Request) -> web.StreamResponse:
     confirm = {"type": "subscribed", "id": token}
     await _subscribe_or_refuse(request, feed, token, DeliveryFilter(token=token), after, confirm)
     return await _run_websocket(request, feed, once)
+
+
+def _require_upgrade(request: web.Request) -> None:
+    if not web.WebSocketResponse().can_prepare(request).ok:
+        raise ApiError(
+            426,
+            "websocket_required",
+            "this route speaks WebSocket: send an Upgrade: websocket request",
+            {"Upgrade": "websocket", "Connection": "Upgrade"},
+        )
 
 
 async def _run_websocket(request: web.Request, feed: Feed, once: bool) -> web.StreamResponse:
