@@ -218,6 +218,12 @@ async def test_subscription_and_token_limits_are_error_frames(start_hub, make_co
         assert await recv(ws) == {"type": "subscribed", "id": "g"}
         assert registry_size(client) == 3
 
+        await ws.send(orjson.dumps({"op": "subscribe", "id": "huge", "group": "g" * (1024 * 1024)}).decode())
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv(ws)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    await eventually(lambda: registry_size(client) == 0)
+
 
 def _unread_socket(client: TestClient) -> socket.socket:
     """A connected socket with a tiny receive buffer: a consumer that barely reads."""
