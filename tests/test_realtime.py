@@ -393,6 +393,10 @@ async def test_sse_for_a_group_streams_live_deliveries_and_keeps_the_connection_
         await post_callback(client, callback, json={"new": True})
         event = await read_event(response)
         assert event is not None and orjson.loads(event["data"])["body"] == {"new": True}
+        await client.delete(f"/v1/callbacks/{callback['token']}")
+        event = await read_event(response)
+        assert event is not None and event["event"] == "status"
+        assert orjson.loads(event["data"]) == {"token": callback["token"], "status": "cancelled"}
 
 
 async def test_sse_refusals_are_json_errors(client):
