@@ -116,6 +116,11 @@ class Subscription:
     def shut_down(self) -> None:
         self._feed.end(End.GOING_AWAY)
 
+    @property
+    def kind(self) -> str:
+        """What kind of connection holds it ("websocket", "sse"), for counting."""
+        return self._feed.kind
+
     # The feed side.
 
     def _notice(self, event: Event) -> Notice:
@@ -167,7 +172,8 @@ class Subscription:
 class Feed:
     """One connection's outgoing stream and its subscriptions."""
 
-    def __init__(self, registry: Registry, store: Store, limits: RealtimeConfig) -> None:
+    def __init__(self, registry: Registry, store: Store, limits: RealtimeConfig, kind: str) -> None:
+        self.kind = kind
         self._registry = registry
         self._store = store
         self._max_subscriptions = limits.max_subscriptions
@@ -322,11 +328,11 @@ class Streams:
         self._limits = limits
         self._open: set[Feed] = set()
 
-    def open(self) -> Feed:
-        """A new feed; raises ShuttingDown once the server is stopping."""
+    def open(self, kind: str) -> Feed:
+        """A new feed for a connection of this kind; raises ShuttingDown once the server is stopping."""
         if self._registry.shutting_down:
             raise ShuttingDown()
-        feed = Feed(self._registry, self._store, self._limits)
+        feed = Feed(self._registry, self._store, self._limits, kind)
         self._open.add(feed)
         return feed
 

@@ -49,7 +49,7 @@ SSE_SUBSCRIPTION = "events"
 async def websocket(request: web.Request) -> web.StreamResponse:
     """GET /v1/ws: subscribe and unsubscribe by frames."""
     _require_upgrade(request)
-    feed = request.app[STREAMS].open()
+    feed = request.app[STREAMS].open("websocket")
     return await _run_websocket(request, feed, once=False)
 
 
@@ -59,7 +59,7 @@ async def callback_websocket(request: web.Request) -> web.StreamResponse:
     token = request.match_info["token"]
     after = query_int(request.query, "after", 0, 0, MAX_CURSOR)
     once = query_flag(request.query, "once")
-    feed = request.app[STREAMS].open()
+    feed = request.app[STREAMS].open("websocket")
     # Subscribed before the upgrade, so that an unknown token is a plain 404.
     confirm = {"type": "subscribed", "id": token}
     await _subscribe_or_refuse(request, feed, token, DeliveryFilter(token=token), after, confirm)
@@ -232,7 +232,7 @@ def _resume_point(request: web.Request, default: int | None) -> int | None:
 
 async def _stream_events(request: web.Request, where: DeliveryFilter, after: int | None) -> web.StreamResponse:
     streams = request.app[STREAMS]
-    feed = streams.open()
+    feed = streams.open("sse")
     try:
         await _subscribe_or_refuse(request, feed, SSE_SUBSCRIPTION, where, after)
         response = web.StreamResponse(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
