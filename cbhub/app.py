@@ -5,13 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from cbhub.config import Config
-from cbhub.http import api, ingest, openapi, ops
+from cbhub.http import api, ingest, openapi, ops, realtime
 from cbhub.http.errors import error_middleware
-from cbhub.http.keys import CONFIG, HUB, METRICS
+from cbhub.http.keys import CONFIG, HUB, METRICS, STREAMS
 from cbhub.hub import Hub
 from cbhub.metrics import Metrics
 from cbhub.registry import Registry
 from cbhub.store import Store, create_store
+from cbhub.subscriptions import Streams
 
 
 def create_app(config: Config, store: Store | None = None) -> web.Application:
@@ -22,10 +23,12 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app[CONFIG] = config
     app[HUB] = hub
     app[METRICS] = metrics
+    app[STREAMS] = Streams(hub.registry, hub.store, config.realtime)
     ingest.add_routes(app)
     api.add_routes(app)
     ops.add_routes(app)
     openapi.add_routes(app)
+    realtime.add_routes(app)
     app.on_startup.append(_start)
     app.on_shutdown.append(_answer_waiters)
     app.on_cleanup.append(_stop)
@@ -39,9 +42,11 @@ async def _start(app: web.Application) -> None:
 
 
 async def _answer_waiters(app: web.Application) -> None:
-    # Before in-flight requests are awaited: long-polls answer 503 at once, while ingests
-    # already submitted go on to commit and answer 200.
+    # Before in-flight requests are awaited: long-polls answer 503 at once, websockets close
+    # with 1001 and event streams end, while ingests already submitted go on to commit and
+    # answer 200.
     await app[HUB].stop()
+    app[STREAMS].shut_down()
 
 
 async def _stop(app: web.Application) -> None:

@@ -79,6 +79,18 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class RealtimeConfig:
+    # Subscriptions one websocket connection may hold at once.
+    max_subscriptions: int = 1000
+    # Live messages queued for one connection but not yet sent; past it the consumer is too
+    # slow and is closed (1013), to resume with `after`.
+    max_backlog: int = 10_000
+    # Seconds between websocket pings (a peer silent for half of it more is dropped) and
+    # between SSE keep-alive comments.
+    heartbeat: float = 15.0
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -87,6 +99,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
 
 
 def _positive(value: Any) -> bool:
@@ -119,6 +132,9 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "retention.days": (lambda v: v >= 0, "a whole number of days, 0 or more (0 keeps everything)"),
     "log.level": (lambda v: v in LOG_LEVELS, "one of " + ", ".join(LOG_LEVELS)),
     "log.format": (lambda v: v in LOG_FORMATS, "one of " + ", ".join(LOG_FORMATS)),
+    "realtime.max_subscriptions": (_positive, "a whole number greater than 0"),
+    "realtime.max_backlog": (_positive, "a whole number greater than 0"),
+    "realtime.heartbeat": (_positive, "a number of seconds greater than 0"),
 }
 
 _NORMALISE: dict[str, Callable[[Any], Any]] = {

@@ -1,8 +1,9 @@
 """The in-memory registry of waiters: who is waiting for what, and waking them.
 
-It knows no SQL and no HTTP. A waiter registers under one key (the most selective of its
-filters) *before* its owner reads the store, so a delivery committed between the read and the
-wait still reaches it; the owner removes it in `finally`, so nothing outlives a request.
+It knows no SQL and no HTTP. A subscriber registers under its keys (a long-poll waiter under
+one, the most selective of its filters; a subscription over many tokens under one per token)
+*before* its owner reads the store, so a delivery committed between the read and the wait still
+reaches it; the owner removes it in `finally`, so nothing outlives a request.
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ def key_for(where: DeliveryFilter) -> Key:
     return ALL
 
 
+def keys_for(where: DeliveryFilter) -> tuple[Key, ...]:
+    """Every key a subscription with these filters is filed under: one per token of a set of
+    tokens, else the most selective filter's."""
+    if where.tokens is not None and where.token is None:
+        return tuple(("token", token) for token in where.tokens)
+    return (key_for(where),)
+
+
 def keys_of(event: Event) -> Iterator[Key]:
     """Every key under which a waiter may be interested in `event`."""
     yield ("token", event.token)
@@ -43,7 +52,11 @@ class ShuttingDown(Exception):
 
 
 class Subscriber(Protocol):
-    key: Key
+    @property
+    def keys(self) -> tuple[Key, ...]:
+        """Where it is filed; must not change while it is registered."""
+        ...
+
     kind: str  # for metrics: "long_poll", "websocket", "sse"
 
     def push(self, event: Event) -> None: ...
@@ -63,6 +76,10 @@ class Waiter:
         self.events: list[Event] = []
         self._woken = asyncio.get_running_loop().create_future()
         self._shut_down = False
+
+    @property
+    def keys(self) -> tuple[Key, ...]:
+        return (self.key,)
 
     def push(self, event: Event) -> None:
         if not self.where.accepts(event):
@@ -100,41 +117,57 @@ class Registry:
         self._by_key: dict[Key, set[Subscriber]] = {}
         self._shut_down = False
 
+    @property
+    def shutting_down(self) -> bool:
+        return self._shut_down
+
     def add(self, subscriber: Subscriber) -> None:
         if self._shut_down:
-            subscriber.shut_down()
-        self._by_key.setdefault(subscriber.key, set()).add(subscriber)
+            subscriber.shut_down()  # told at once, and not filed: nothing will come
+            return
+        for key in subscriber.keys:
+            self._by_key.setdefault(key, set()).add(subscriber)
 
     def shut_down(self) -> None:
         """Tell every subscriber, present and future, that the server is stopping."""
         self._shut_down = True
-        for subscribers in list(self._by_key.values()):
-            for subscriber in tuple(subscribers):
-                subscriber.shut_down()
+        for subscriber in self._subscribers():
+            subscriber.shut_down()
 
     def remove(self, subscriber: Subscriber) -> None:
-        subscribers = self._by_key.get(subscriber.key)
-        if subscribers is None:
-            return
-        subscribers.discard(subscriber)
-        if not subscribers:
-            del self._by_key[subscriber.key]
+        for key in subscriber.keys:
+            subscribers = self._by_key.get(key)
+            if subscribers is None:
+                continue
+            subscribers.discard(subscriber)
+            if not subscribers:
+                del self._by_key[key]
 
     def publish(self, event: Event) -> None:
-        for key in keys_of(event):
-            subscribers = self._by_key.get(key)
-            if subscribers:
-                # A copy: a woken subscriber may remove itself while we iterate.
-                for subscriber in tuple(subscribers):
+        # A copy: a woken subscriber may remove itself while we iterate. A subscriber filed
+        # under two of the event's keys is pushed the event once.
+        found = [tuple(filed) for key in keys_of(event) if (filed := self._by_key.get(key))]
+        if len(found) == 1:
+            for subscriber in found[0]:
+                subscriber.push(event)
+            return
+        pushed: set[Subscriber] = set()
+        for subscribers in found:
+            for subscriber in subscribers:
+                if subscriber not in pushed:
+                    pushed.add(subscriber)
                     subscriber.push(event)
+
+    def _subscribers(self) -> set[Subscriber]:
+        """Each registered subscriber once, however many keys it is filed under."""
+        return {subscriber for subscribers in self._by_key.values() for subscriber in subscribers}
 
     def __len__(self) -> int:
         """How many subscribers are registered (0 when nobody waits)."""
-        return sum(len(subscribers) for subscribers in self._by_key.values())
+        return len(self._subscribers())
 
     def count_by_kind(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for subscribers in self._by_key.values():
-            for subscriber in subscribers:
-                counts[subscriber.kind] = counts.get(subscriber.kind, 0) + 1
+        for subscriber in self._subscribers():
+            counts[subscriber.kind] = counts.get(subscriber.kind, 0) + 1
         return counts

@@ -73,7 +73,7 @@ def test_the_example_config_lists_every_key_with_its_default():
     uncommented = "\n".join(line[2:] if line.startswith("# ") and " = " in line else line for line in text.splitlines())
     parsed = tomllib.loads(uncommented)
     defaults = Config()
-    for section in ("server", "storage", "callbacks", "limits", "retention", "metrics", "log"):
+    for section in ("server", "storage", "callbacks", "limits", "retention", "metrics", "log", "realtime"):
         expected = getattr(defaults, section).__dict__
         got = {k: tuple(v) if isinstance(v, list) else v for k, v in parsed[section].items()}
         assert got == expected, section

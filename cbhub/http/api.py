@@ -15,12 +15,11 @@ from cbhub.http.params import (
     field_metadata,
     field_name,
     json_object,
+    query_filter,
     query_int,
     query_seconds,
-    query_text,
 )
 from cbhub.model import Callback, Delivery, MintSpec
-from cbhub.store import DeliveryFilter
 
 MINT_FIELDS = frozenset({"ttl", "label", "group", "metadata"})
 BATCH_FIELDS = MINT_FIELDS | {"count"}
@@ -104,11 +103,7 @@ async def wait_callback(request: web.Request) -> web.StreamResponse:
 
 async def list_deliveries(request: web.Request) -> web.Response:
     query = request.query
-    where = DeliveryFilter(
-        token=query_text(query, "token"),
-        group=query_text(query, "group"),
-        correlation_id=query_text(query, "correlation_id"),
-    )
+    where = query_filter(query)
     after = query_int(query, "after", 0, 0, MAX_CURSOR)
     limit = query_int(query, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     wait = query_seconds(query, "wait", 0, request.app[CONFIG].callbacks.max_wait)

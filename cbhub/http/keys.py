@@ -5,10 +5,12 @@ from aiohttp import web
 from cbhub.config import Config
 from cbhub.hub import Hub
 from cbhub.metrics import Metrics
+from cbhub.subscriptions import Streams
 
 CONFIG = web.AppKey("config", Config)
 HUB = web.AppKey("hub", Hub)
 METRICS = web.AppKey("metrics", Metrics)
+STREAMS = web.AppKey("streams", Streams)
 
 
 def base_url(request: web.Request) -> str:

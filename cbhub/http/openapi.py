@@ -181,6 +181,40 @@ def _ingest_operation(method: str) -> dict[str, Any]:
     }
 
 
+def _websocket_operation(summary: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "summary": summary + " (protocol: docs/realtime.md)",
+        "parameters": parameters,
+        "responses": {
+            "101": {"description": "switching to the websocket protocol"},
+            "400": BAD_REQUEST,
+            "404": NOT_FOUND,
+            "426": _error("not a websocket upgrade request"),
+        },
+    }
+
+
+def _sse_operation(summary: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "summary": summary + " (format: docs/realtime.md)",
+        "parameters": [
+            *parameters,
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "resume after this delivery id (an EventSource sends it when reconnecting)",
+            },
+        ],
+        "responses": {
+            "200": {"description": "an endless event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            "400": BAD_REQUEST,
+            "404": NOT_FOUND,
+        },
+    }
+
+
 PATHS: dict[str, Any] = {
     "/v1/callbacks": {"post": _mint_operation("Mint a callback", "MintRequest", "Callback")},
     "/v1/callbacks/batch": {"post": _mint_operation("Mint up to 1000 callbacks at once", "BatchRequest", "CallbackList")},
@@ -256,6 +290,34 @@ PATHS: dict[str, Any] = {
                 "503": UNAVAILABLE,
             },
         }
+    },
+    "/v1/ws": {"get": _websocket_operation("Subscribe to many callbacks, groups or correlation ids", [])},
+    "/v1/callbacks/{token}/ws": {
+        "get": _websocket_operation(
+            "One callback's deliveries over a websocket, replayed from `after` then live",
+            [
+                TOKEN,
+                _query("after", CURSOR, "replay deliveries after this id (default 0)"),
+                _query("once", {"type": "string", "enum": ["0", "1", "true", "false"]}, "close after the first"),
+            ],
+        )
+    },
+    "/v1/events": {
+        "get": _sse_operation(
+            "Server-Sent Events for a token, group or correlation id (one is required)",
+            [
+                _query("token", {"type": "string", "maxLength": 200}, "this callback's deliveries"),
+                _query("group", {"type": "string", "maxLength": 200}, "this group's deliveries"),
+                _query("correlation_id", {"type": "string", "maxLength": 200}, "this correlation id's deliveries"),
+                _query("after", CURSOR, "replay deliveries after this id first"),
+            ],
+        )
+    },
+    "/v1/callbacks/{token}/events": {
+        "get": _sse_operation(
+            "Server-Sent Events for one callback, replayed from `after` (default 0) then live",
+            [TOKEN, _query("after", CURSOR, "replay deliveries after this id (default 0)")],
+        )
     },
     "/v1/openapi.json": {
         "get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3")}}

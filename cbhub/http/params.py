@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 
 from cbhub.http.errors import ApiError
+from cbhub.store import DeliveryFilter
 
 MAX_NAME_LENGTH = 200
 MAX_METADATA_BYTES = 16 * 1024
@@ -35,6 +36,16 @@ def query_int(query: Mapping[str, str], name: str, default: int, minimum: int, m
     return value
 
 
+def query_flag(query: Mapping[str, str], name: str) -> bool:
+    """A yes/no parameter: 1 or true, 0 or false; absent or empty is false."""
+    raw = query.get(name, "").lower()
+    if raw in ("", "0", "false"):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise invalid_parameter(name, f"must be 1 or 0, got {raw[:40]!r}")
+
+
 def query_seconds(query: Mapping[str, str], name: str, default: float, cap: float) -> float:
     """A duration in seconds, at least 0; values above `cap` are lowered to it."""
     raw = query.get(name)
@@ -58,6 +69,15 @@ def query_text(query: Mapping[str, str], name: str) -> str | None:
     return value
 
 
+def query_filter(query: Mapping[str, str]) -> DeliveryFilter:
+    """The token, group and correlation_id parameters, combined with AND."""
+    return DeliveryFilter(
+        token=query_text(query, "token"),
+        group=query_text(query, "group"),
+        correlation_id=query_text(query, "correlation_id"),
+    )
+
+
 async def json_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
     """The request body as a JSON object (an empty body is {}); unknown fields are refused."""
     raw = await request.read()
@@ -69,10 +89,14 @@ async def json_object(request: web.Request, allowed: frozenset[str]) -> dict[str
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
+    refuse_unknown_fields(body, allowed)
+    return body
+
+
+def refuse_unknown_fields(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
     for name in body:
         if name not in allowed:
             raise ApiError(400, "unknown_field", f"{name[:40]}: unknown field (allowed: {', '.join(sorted(allowed))})")
-    return body
 
 
 def field_int(body: Mapping[str, Any], name: str, default: int, minimum: int, maximum: int) -> int:

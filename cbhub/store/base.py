@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import Sequence
 
 from cbhub.model import Callback, Delivery, Event, Incoming, MintSpec
 
@@ -47,24 +48,29 @@ class IngestResult:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryFilter:
-    """Filters combined with AND; all None means every delivery."""
+    """Filters combined with AND; all None means every delivery. `tokens` is a set of tokens
+    any of which matches (a subscription over many callbacks)."""
 
     token: str | None = None
     group: str | None = None
     correlation_id: str | None = None
+    tokens: frozenset[str] | None = None
 
     def accepts(self, event: Event) -> bool:
         """Whether a waiter with these filters cares about `event`. A status change (no
         delivery) concerns the filters on the callback: its token and its group."""
         if event.delivery is not None:
             return self.matches(event.delivery)
-        return (self.token is None or event.token == self.token) and (
-            self.group is None or event.group == self.group
+        return (
+            (self.token is None or event.token == self.token)
+            and (self.tokens is None or event.token in self.tokens)
+            and (self.group is None or event.group == self.group)
         )
 
     def matches(self, delivery: Delivery) -> bool:
         return (
             (self.token is None or delivery.token == self.token)
+            and (self.tokens is None or delivery.token in self.tokens)
             and (self.group is None or delivery.group == self.group)
             and (self.correlation_id is None or delivery.correlation_id == self.correlation_id)
         )
@@ -137,6 +143,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def find_deliveries(self, where: DeliveryFilter, after: int, limit: int) -> list[Delivery]:
         """Deliveries with id > after matching `where`, oldest first."""
+
+    @abc.abstractmethod
+    async def callback_statuses(self, tokens: Sequence[str]) -> dict[str, str]:
+        """The status of each of these callbacks that exists, by token (unknown ones left out)."""
 
     @abc.abstractmethod
     async def get_delivery(self, delivery_id: int) -> Delivery | None: ...

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import aiosqlite
 import orjson
@@ -58,6 +58,8 @@ DELIVERY_COLUMNS = (
     " d.body, d.correlation_id, d.group_name"
 )
 DELIVERY_FROM = "deliveries d JOIN callbacks c ON c.id = d.callback_id"
+# Tokens per statement when looking many callbacks up (SQLite allows at least 999 parameters).
+STATUS_CHUNK = 500
 
 
 def _callback_from_row(row: tuple) -> Callback:
@@ -106,6 +108,9 @@ def _delivery_where(where: DeliveryFilter, after: int) -> tuple[str, list[Any]]:
     if where.token is not None:
         clauses.append("c.token = ?")
         params.append(where.token)
+    if where.tokens is not None:
+        clauses.append(f"c.token IN ({', '.join('?' * len(where.tokens))})")
+        params.extend(sorted(where.tokens))
     if where.group is not None:
         clauses.append("d.group_name = ?")
         params.append(where.group)
@@ -532,6 +537,17 @@ class SQLiteStore(Store):
             [*params, limit],
         )
         return [_delivery_from_row(row) for row in rows]
+
+    async def callback_statuses(self, tokens: Sequence[str]) -> dict[str, str]:
+        statuses: dict[str, str] = {}
+        # In chunks: SQLite caps the number of parameters of one statement.
+        for start in range(0, len(tokens), STATUS_CHUNK):
+            chunk = list(tokens[start : start + STATUS_CHUNK])
+            rows = await self._fetchall(
+                f"SELECT token, status FROM callbacks WHERE token IN ({', '.join('?' * len(chunk))})", chunk
+            )
+            statuses.update(rows)
+        return statuses
 
     async def get_delivery(self, delivery_id: int) -> Delivery | None:
         row = await self._fetchone(f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.id = ?", (delivery_id,))

@@ -1,0 +1,281 @@
+"""Realtime routes: websocket subscriptions and Server-Sent Events.
+
+Handlers parse frames and render messages; what is sent, in which order and when (replay, the
+seam, the backlog) is the feed's business (cbhub.subscriptions). One writer per connection sends
+what the feed gives it, one message at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from cbhub.http.api import MAX_CURSOR
+from cbhub.http.errors import ApiError
+from cbhub.http.keys import CONFIG, STREAMS
+from cbhub.http.params import (
+    field_int,
+    field_name,
+    invalid,
+    query_filter,
+    query_flag,
+    query_int,
+    refuse_unknown_fields,
+)
+from cbhub.registry import ShuttingDown
+from cbhub.store import DeliveryFilter
+from cbhub.subscriptions import IDLE, End, Feed, Notice, Reply, SubscribeRefused
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBE_FIELDS = frozenset({"op", "id", "tokens", "group", "correlation_id", "after"})
+OTHER_FIELDS = frozenset({"op", "id"})
+# The largest frame a client may send: a subscribe naming 1000 tokens fits many times over.
+MAX_FRAME_BYTES = 1024 * 1024
+# How long a closing handshake may take before the connection is simply dropped.
+CLOSE_TIMEOUT = 5.0
+SSE_KEEPALIVE = b": keep-alive\n\n"
+# The name of an SSE stream's one subscription (it is never shown).
+SSE_SUBSCRIPTION = "events"
+
+
+# WebSocket
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """GET /v1/ws: subscribe and unsubscribe by frames."""
+    _require_upgrade(request)
+    feed = request.app[STREAMS].open("websocket")
+    return await _run_websocket(request, feed, once=False)
+
+
+async def callback_websocket(request: web.Request) -> web.StreamResponse:
+    """GET /v1/callbacks/{token}/ws: one callback's deliveries, subscribed on connect."""
+    _require_upgrade(request)
+    token = request.match_info["token"]
+    after = query_int(request.query, "after", 0, 0, MAX_CURSOR)
+    once = query_flag(request.query, "once")
+    feed = request.app[STREAMS].open("websocket")
+    # Subscribed before the upgrade, so that an unknown token is a plain 404.
+    confirm = {"type": "subscribed", "id": token}
+    await _subscribe_or_refuse(request, feed, token, DeliveryFilter(token=token), after, confirm)
+    return await _run_websocket(request, feed, once)
+
+
+def _require_upgrade(request: web.Request) -> None:
+    if not web.WebSocketResponse().can_prepare(request).ok:
+        raise ApiError(
+            426,
+            "websocket_required",
+            "this route speaks WebSocket: send an Upgrade: websocket request",
+            {"Upgrade": "websocket", "Connection": "Upgrade"},
+        )
+
+
+async def _run_websocket(request: web.Request, feed: Feed, once: bool) -> web.StreamResponse:
+    streams = request.app[STREAMS]
+    try:
+        ws = web.WebSocketResponse(heartbeat=request.app[CONFIG].realtime.heartbeat, max_msg_size=MAX_FRAME_BYTES)
+        await ws.prepare(request)
+        writer = asyncio.create_task(_send_frames(ws, feed, once))
+        try:
+            async for message in ws:
+                if message.type is WSMsgType.TEXT:
+                    await _handle_frame(feed, message.data)
+                elif message.type is WSMsgType.BINARY:
+                    feed.reply(_error_frame(None, "invalid_frame", "frames must be text frames holding JSON"))
+                elif message.type is WSMsgType.ERROR:
+                    break
+        finally:
+            # Ends the feed (if the writer has not already): the writer closes the socket.
+            streams.close(feed)
+            await writer
+        return ws
+    finally:
+        streams.close(feed)
+
+
+async def _send_frames(ws: web.WebSocketResponse, feed: Feed, once: bool) -> None:
+    """The connection's one writer: send what the feed gives, then close as the feed ended."""
+    try:
+        while (item := await feed.next()) is not None:
+            await ws.send_str(_render_frame(item))
+            if once and isinstance(item, Notice):
+                feed.end(End.DONE)
+        code, reason = _close_code(feed)
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await ws.close(code=code, message=reason)
+    except (ConnectionError, TimeoutError):
+        pass  # the peer is gone or would not finish the closing handshake: nothing to tell it
+    except Exception:
+        log.exception("websocket writer failed")
+        await ws.close(code=WSCloseCode.INTERNAL_ERROR)
+
+
+def _close_code(feed: Feed) -> tuple[int, bytes]:
+    if feed.ended is End.GOING_AWAY:
+        return WSCloseCode.GOING_AWAY, b"server shutting down: reconnect and resume with after"
+    if feed.ended is End.OVERFLOW:
+        reason = f"too slow: over {feed.max_backlog} messages unsent; resubscribe with after"
+        return WSCloseCode.TRY_AGAIN_LATER, reason.encode()
+    return WSCloseCode.OK, b""
+
+
+def _render_frame(item: Notice | Reply) -> str:
+    if isinstance(item, Notice):
+        if item.delivery is not None:
+            item = {"type": "delivery", "id": item.name, "delivery": item.delivery.to_json()}
+        else:
+            item = {"type": "status", "id": item.name, "token": item.token, "status": item.status}
+    return orjson.dumps(item).decode()
+
+
+def _error_frame(name: Any, code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "id": name, "error": {"code": code, "message": message}}
+
+
+async def _handle_frame(feed: Feed, data: str) -> None:
+    """Act on one client frame; a bad one is answered by an error frame, never a close."""
+    try:
+        frame = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        feed.reply(_error_frame(None, "invalid_json", f"the frame is not valid JSON: {exc}"))
+        return
+    if not isinstance(frame, dict):
+        feed.reply(_error_frame(None, "invalid_frame", "a frame must be a JSON object"))
+        return
+    name = frame.get("id")
+    if isinstance(name, bool) or not isinstance(name, (str, int)):
+        name = None
+    try:
+        op = frame.get("op")
+        if op == "subscribe":
+            refuse_unknown_fields(frame, SUBSCRIBE_FIELDS)
+            name = _subscription_name(frame)
+            where = _frame_filter(frame)
+            after = None if frame.get("after") is None else field_int(frame, "after", 0, 0, MAX_CURSOR)
+            await feed.subscribe(name, where, after, confirm={"type": "subscribed", "id": name})
+        elif op == "unsubscribe":
+            refuse_unknown_fields(frame, OTHER_FIELDS)
+            name = _subscription_name(frame)
+            if not feed.unsubscribe(name):
+                raise ApiError(404, "subscription_not_found", f"no subscription is named {name!r}")
+            feed.reply({"type": "unsubscribed", "id": name})
+        elif op == "ping":
+            refuse_unknown_fields(frame, OTHER_FIELDS)
+            feed.reply({"type": "pong"})
+        else:
+            raise invalid("op", "must be one of subscribe, unsubscribe, ping")
+    except (ApiError, SubscribeRefused) as exc:
+        feed.reply(_error_frame(name, exc.code, exc.message))
+    except ShuttingDown:
+        pass  # the writer closes with 1001
+
+
+def _subscription_name(frame: dict[str, Any]) -> str | int:
+    name = frame.get("id")
+    if isinstance(name, int) and not isinstance(name, bool):
+        return name
+    checked = field_name(frame, "id") if isinstance(name, str) else None
+    if checked is not None:
+        return checked
+    raise invalid("id", "required: a non-empty string or a whole number naming the subscription")
+
+
+def _frame_filter(frame: dict[str, Any]) -> DeliveryFilter:
+    group = field_name(frame, "group")
+    correlation_id = field_name(frame, "correlation_id")
+    tokens = frame.get("tokens")
+    if tokens is None:
+        if group is None and correlation_id is None:
+            raise invalid("tokens", "one of tokens, group or correlation_id is required")
+        return DeliveryFilter(group=group, correlation_id=correlation_id)
+    if group is not None or correlation_id is not None:
+        raise invalid("tokens", "give tokens, or group and/or correlation_id, not both")
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t for t in tokens):
+        raise invalid("tokens", "must be a non-empty list of tokens")
+    return DeliveryFilter(tokens=frozenset(tokens))
+
+
+# Server-Sent Events
+
+
+async def callback_events(request: web.Request) -> web.StreamResponse:
+    """GET /v1/callbacks/{token}/events: one callback's deliveries, from the first one."""
+    token = request.match_info["token"]
+    return await _stream_events(request, DeliveryFilter(token=token), _resume_point(request, default=0))
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """GET /v1/events?group=|token=|correlation_id=: what arrives from now (or from `after`)."""
+    where = query_filter(request.query)
+    if where == DeliveryFilter():
+        raise ApiError(400, "invalid_parameter", "one of token, group or correlation_id is required")
+    return await _stream_events(request, where, _resume_point(request, default=None))
+
+
+def _resume_point(request: web.Request, default: int | None) -> int | None:
+    """Where a stream starts: Last-Event-ID (an EventSource reconnecting) beats ?after=."""
+    header = request.headers.get("Last-Event-ID", "").strip()
+    if header:
+        if not header.isdigit() or int(header) > MAX_CURSOR:
+            raise ApiError(400, "invalid_header", f"Last-Event-ID: must be a delivery id, got {header[:40]!r}")
+        return int(header)
+    if request.query.get("after"):
+        return query_int(request.query, "after", 0, 0, MAX_CURSOR)
+    return default
+
+
+async def _stream_events(request: web.Request, where: DeliveryFilter, after: int | None) -> web.StreamResponse:
+    streams = request.app[STREAMS]
+    feed = streams.open("sse")
+    try:
+        await _subscribe_or_refuse(request, feed, SSE_SUBSCRIPTION, where, after)
+        response = web.StreamResponse(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        response.content_type = "text/event-stream"
+        await response.prepare(request)
+        try:
+            await response.write(b": subscribed\n\n")  # the client sees the stream open at once
+            keepalive = request.app[CONFIG].realtime.heartbeat
+            while (item := await feed.next(idle=keepalive)) is not None:
+                await response.write(SSE_KEEPALIVE if item is IDLE else _render_event(item))
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away
+        return response
+    finally:
+        streams.close(feed)
+
+
+def _render_event(notice: Notice) -> bytes:
+    if notice.delivery is not None:
+        data = orjson.dumps(notice.delivery.to_json())
+        return b"id: %d\nevent: delivery\ndata: %s\n\n" % (notice.delivery.id, data)
+    return b"event: status\ndata: %s\n\n" % orjson.dumps({"token": notice.token, "status": notice.status})
+
+
+async def _subscribe_or_refuse(
+    request: web.Request, feed: Feed, name: str, where: DeliveryFilter, after: int | None, confirm: Reply = None
+) -> None:
+    """Subscribe before the response starts, so that a refusal is an ordinary HTTP error."""
+    try:
+        await feed.subscribe(name, where, after, confirm)
+    except SubscribeRefused as exc:
+        request.app[STREAMS].close(feed)
+        status = 404 if exc.code == "callback_not_found" else 400
+        raise ApiError(status, exc.code, exc.message) from None
+    except BaseException:
+        request.app[STREAMS].close(feed)
+        raise
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/v1/ws", websocket, allow_head=False)
+    router.add_get("/v1/callbacks/{token}/ws", callback_websocket, allow_head=False)
+    router.add_get("/v1/events", events, allow_head=False)
+    router.add_get("/v1/callbacks/{token}/events", callback_events, allow_head=False)
