@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from cbhub.config import Config
-from cbhub.model import PENDING, Callback, Delivery, Event, Incoming, MintSpec, now_ms
+from cbhub.model import PENDING, Callback, Delivery, Incoming, MintSpec, now_ms
 from cbhub.registry import Registry, Waiter
 from cbhub.store import CallbackNotFound, DeliveryFilter, IngestResult, Store, StoreUnavailable
 
@@ -43,6 +43,9 @@ class Hub:
         self.config = config
         self.store = store
         self.registry = registry if registry is not None else Registry()
+        # The store tells every committed delivery and closing, ours and (over a shared
+        # database) other instances', in commit order: the registry wakes whoever waits.
+        store.announce_to(self.registry.publish)
         self._expiry_task: asyncio.Task | None = None
         self._retention_task: asyncio.Task | None = None
 
@@ -70,15 +73,10 @@ class Hub:
         return await self.store.mint(specs, now_ms(), idempotency)
 
     async def ingest(self, incoming: Incoming) -> IngestResult:
-        result = await self.store.ingest(incoming)
-        if not result.duplicate:
-            self.registry.publish(Event("delivery", result.callback, result.delivery))
-        return result
+        return await self.store.ingest(incoming)
 
     async def cancel(self, token: str) -> Callback:
-        callback, changed = await self.store.cancel(token, now_ms())
-        if changed:
-            self.registry.publish(Event("status", callback))
+        callback, _ = await self.store.cancel(token, now_ms())
         return callback
 
     # Waiting
@@ -155,15 +153,14 @@ class Hub:
     # Expiry
 
     async def expire_due(self) -> int:
-        """Expire every pending callback past its expiry and wake its waiters."""
+        """Expire every pending callback past its expiry (the store announces each, waking its
+        waiters)."""
         now = now_ms()
         if not await self.store.has_due(now):
             return 0
         total = 0
         while True:
             expired = await self.store.expire_due(now)
-            for callback in expired:
-                self.registry.publish(Event("status", callback))
             total += len(expired)
             if not expired:
                 return total

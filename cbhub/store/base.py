@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from cbhub.model import Callback, Delivery, Event, Incoming, MintSpec
 
@@ -76,8 +76,23 @@ class DeliveryFilter:
         )
 
 
+def _ignore(event: Event) -> None:
+    pass
+
+
 class Store(abc.ABC):
     """Every write is durable (committed) when its coroutine returns."""
+
+    # Told every committed event; see announce_to.
+    _publish: Callable[[Event], None] = staticmethod(_ignore)
+
+    def announce_to(self, publish: Callable[[Event], None]) -> None:
+        """Have `publish` told every delivery and every closing (cancel, expiry) committed from
+        now on, each once, in commit order (delivery ids ascending), before the write that made
+        it returns. Where several processes share one database, the events committed by the
+        others are told too: this is how a waiter on one instance hears of a callback posted to
+        another. Call it before open()."""
+        self._publish = publish
 
     @abc.abstractmethod
     async def open(self) -> None:

@@ -21,22 +21,19 @@ from typing import Any, Callable, Sequence
 import aiosqlite
 import orjson
 
-from cbhub.bodies import parse_form
 from cbhub.model import (
     CANCELLED,
     EXPIRED,
     PENDING,
-    RECEIVED,
-    STATUSES,
     TERMINAL,
     Callback,
     Delivery,
+    Event,
     Incoming,
     MintSpec,
 )
 from cbhub.store.base import (
     IDEMPOTENCY_WINDOW_MS,
-    CallbackClosed,
     CallbackNotFound,
     DeliveryFilter,
     IdempotencyConflict,
@@ -46,60 +43,25 @@ from cbhub.store.base import (
     StoreError,
     StoreUnavailable,
 )
+from cbhub.store.group_commit import GroupCommit, cancelled, expired, ingested
 from cbhub.store.migrations import MIGRATIONS
+from cbhub.store.rows import (
+    CALLBACK_COLUMNS,
+    DELIVERY_COLUMNS,
+    DELIVERY_FROM,
+    by_status,
+    callback_from_row,
+    check_open,
+    delivery_from_row,
+    new_delivery,
+)
 
 log = logging.getLogger("cbhub.store")
 
 WriteOp = Callable[[sqlite3.Connection], Any]
 
-CALLBACK_COLUMNS = "id, token, status, created_at, expires_at, label, group_name, metadata, deliveries, last_delivery_id"
-DELIVERY_COLUMNS = (
-    "d.id, c.token, d.received_at, d.method, d.content_type, d.remote_addr, d.headers, d.query,"
-    " d.body, d.correlation_id, d.group_name"
-)
-DELIVERY_FROM = "deliveries d JOIN callbacks c ON c.id = d.callback_id"
 # Tokens per statement when looking many callbacks up (SQLite allows at least 999 parameters).
 STATUS_CHUNK = 500
-
-
-def _callback_from_row(row: tuple) -> Callback:
-    return Callback(
-        token=row[1],
-        status=row[2],
-        created_at=row[3],
-        expires_at=row[4],
-        label=row[5],
-        group=row[6],
-        metadata=orjson.loads(row[7]),
-        deliveries=row[8],
-    )
-
-
-def _delivery_from_row(row: tuple) -> Delivery:
-    return Delivery(
-        id=row[0],
-        token=row[1],
-        received_at=row[2],
-        method=row[3],
-        content_type=row[4],
-        remote_addr=row[5],
-        headers=orjson.loads(row[6]),
-        query=parse_form(row[7]),
-        raw=row[8],
-        correlation_id=row[9],
-        group=row[10],
-    )
-
-
-def _retrieve(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-def _by_status(rows: list[tuple]) -> dict[str, int]:
-    counts = dict.fromkeys(STATUSES, 0)
-    counts.update({status: count for status, count in rows})
-    return counts
 
 
 def _delivery_where(where: DeliveryFilter, after: int) -> tuple[str, list[Any]]:
@@ -157,16 +119,10 @@ class SQLiteStore(Store):
     ) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
-        # Told (batch size, seconds) after each commit: metrics hook in here.
-        self._on_commit = on_commit
         self._writer_conn: sqlite3.Connection | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbhub-writer")
         self._reader: aiosqlite.Connection | None = None
-        self._pending: list[tuple[WriteOp, asyncio.Future]] = []
-        self._wakeup = asyncio.Event()
-        self._writer_task: asyncio.Task | None = None
-        self._closing = False
-        self._writable = True
+        self._writes: GroupCommit[WriteOp] = GroupCommit(self._commit, self._announce, on_commit)
 
     # Lifecycle
 
@@ -175,7 +131,7 @@ class SQLiteStore(Store):
         await loop.run_in_executor(self._executor, self._open_writer)
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader.execute("PRAGMA query_only = ON")
-        self._writer_task = asyncio.create_task(self._write_loop(), name="cbhub-writer")
+        self._writes.start()
 
     def _open_writer(self) -> None:
         self._create_private_file()
@@ -222,10 +178,7 @@ class SQLiteStore(Store):
         log.info("database %s migrated from schema version %d to %d", self.path, version, latest)
 
     async def close(self) -> None:
-        self._closing = True
-        self._wakeup.set()
-        if self._writer_task is not None:
-            await self._writer_task
+        await self._writes.close()
         if self._reader is not None:
             await self._reader.close()
         if self._writer_conn is not None:
@@ -235,61 +188,20 @@ class SQLiteStore(Store):
 
     @property
     def writable(self) -> bool:
-        return self._writable
+        return self._writes.writable
 
     # The writer: group commit
 
-    async def _submit(self, op: WriteOp) -> Any:
-        if self._closing:
-            raise StoreUnavailable("the store is closing")
-        future = asyncio.get_running_loop().create_future()
-        # The submitter may be gone (its client hung up) when a failure is set: mark the
-        # exception retrieved so it is not reported as lost.
-        future.add_done_callback(_retrieve)
-        self._pending.append((op, future))
-        self._wakeup.set()
-        # Shielded: a sender that hangs up must not cancel a write others share a commit with.
-        return await asyncio.shield(future)
-
-    async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            batch, self._pending = self._pending, []
-            if batch:
-                await self._commit(loop, batch)
-            elif self._closing:
-                return
-
-    async def _commit(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[WriteOp, asyncio.Future]]) -> None:
-        started = time.perf_counter()
+    async def _commit(self, ops: list[WriteOp]) -> list[Any]:
         try:
-            results = await loop.run_in_executor(self._executor, self._run_batch, [op for op, _ in batch])
-        except Exception as exc:
-            # Nothing of the batch was committed: every writer in it is told so, and the
-            # loop goes on to the next batch.
-            if isinstance(exc, sqlite3.Error):
-                # Said loudly once per outage, not at every retry.
-                (log.error if self._writable else log.debug)("commit of %d writes failed: %s", len(batch), exc)
-                self._writable = False
-                exc = StoreUnavailable(f"the store cannot commit: {exc}")
-            else:
-                log.error("a batch of %d writes failed", len(batch), exc_info=exc)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        self._writable = True
-        if self._on_commit is not None:
-            self._on_commit(len(batch), time.perf_counter() - started)
-        for (_, future), result in zip(batch, results):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, ops)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the store cannot commit: {exc}") from exc
+
+    async def _announce(self, events: list[Event]) -> None:
+        # One process owns the file: its own commits are all there is to announce.
+        for event in events:
+            self._publish(event)
 
     def _run_batch(self, ops: list[WriteOp]) -> list[Any]:
         """One transaction for the whole batch. An op that fails on its own (a refusal, or a
@@ -363,18 +275,15 @@ class SQLiteStore(Store):
                 )
             return [self._load_callback_by_id(conn, cid) for cid in ids], True
 
-        return await self._submit(op)
+        return await self._writes.submit(op)
 
     async def ingest(self, incoming: Incoming) -> IngestResult:
         def op(conn: sqlite3.Connection) -> IngestResult:
             row = conn.execute(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = ?", (incoming.token,)).fetchone()
             if row is None:
                 raise CallbackNotFound(incoming.token)
-            callback = _callback_from_row(row)
-            if callback.status in TERMINAL:
-                raise CallbackClosed(callback.status)
-            if callback.expires_at <= incoming.received_at:
-                raise CallbackClosed(EXPIRED)
+            callback = callback_from_row(row)
+            check_open(callback, incoming.received_at)
             callback_id = row[0]
             if incoming.dedupe_key is not None:
                 first = conn.execute(
@@ -383,7 +292,7 @@ class SQLiteStore(Store):
                 ).fetchone()
                 if first is not None:
                     callback.result = self._load_delivery(conn, row[9])
-                    return IngestResult(_delivery_from_row(first), callback, duplicate=True)
+                    return IngestResult(delivery_from_row(first), callback, duplicate=True)
             cursor = conn.execute(
                 "INSERT INTO deliveries (callback_id, group_name, received_at, method, content_type, remote_addr,"
                 " headers, query, body, correlation_id, dedupe_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -401,38 +310,21 @@ class SQLiteStore(Store):
                     incoming.dedupe_key,
                 ),
             )
-            delivery = Delivery(
-                id=cursor.lastrowid,
-                token=incoming.token,
-                received_at=incoming.received_at,
-                method=incoming.method,
-                content_type=incoming.content_type,
-                remote_addr=incoming.remote_addr,
-                headers=incoming.headers,
-                query=parse_form(incoming.query_string),
-                raw=incoming.raw,
-                correlation_id=incoming.correlation_id,
-                group=callback.group,
-                _parsed=incoming.parsed,
-            )
-            if callback.status == PENDING:
-                callback.status = RECEIVED
-            callback.deliveries += 1
-            callback.result = delivery
+            delivery = new_delivery(incoming, cursor.lastrowid, callback)
             conn.execute(
                 "UPDATE callbacks SET status = ?, deliveries = ?, last_delivery_id = ? WHERE id = ?",
                 (callback.status, callback.deliveries, delivery.id, callback_id),
             )
             return IngestResult(delivery, callback, duplicate=False)
 
-        return await self._submit(op)
+        return await self._writes.submit(op, ingested)
 
     async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
         def op(conn: sqlite3.Connection) -> tuple[Callback, bool]:
             row = conn.execute(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = ?", (token,)).fetchone()
             if row is None:
                 raise CallbackNotFound(token)
-            callback = _callback_from_row(row)
+            callback = callback_from_row(row)
             callback.result = self._load_delivery(conn, row[9])
             if callback.status in TERMINAL:
                 return callback, False
@@ -440,7 +332,7 @@ class SQLiteStore(Store):
             callback.status = CANCELLED
             return callback, True
 
-        return await self._submit(op)
+        return await self._writes.submit(op, cancelled)
 
     async def expire_due(self, now: int, limit: int = 500) -> list[Callback]:
         def op(conn: sqlite3.Connection) -> list[Callback]:
@@ -450,9 +342,9 @@ class SQLiteStore(Store):
                 f" RETURNING {CALLBACK_COLUMNS}",
                 (EXPIRED, PENDING, now, limit),
             ).fetchall()
-            return [_callback_from_row(row) for row in rows]
+            return [callback_from_row(row) for row in rows]
 
-        return await self._submit(op)
+        return await self._writes.submit(op, expired)
 
     async def probe_write(self, now: int) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -460,7 +352,7 @@ class SQLiteStore(Store):
                 "INSERT INTO write_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at", (now,)
             )
 
-        await self._submit(op)
+        await self._writes.submit(op)
 
     async def purge(self, expired_before: int, now: int, batch: int = 500) -> int:
         def op(conn: sqlite3.Connection) -> int:
@@ -488,11 +380,11 @@ class SQLiteStore(Store):
                 conn.execute("PRAGMA incremental_vacuum(2000)").fetchall()
             return gone
 
-        return await self._submit(op)
+        return await self._writes.submit(op)
 
     def _load_callback_by_id(self, conn: sqlite3.Connection, callback_id: int) -> Callback:
         row = conn.execute(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id = ?", (callback_id,)).fetchone()
-        callback = _callback_from_row(row)
+        callback = callback_from_row(row)
         callback.result = self._load_delivery(conn, row[9])
         return callback
 
@@ -501,7 +393,7 @@ class SQLiteStore(Store):
         if delivery_id is None:
             return None
         row = conn.execute(f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.id = ?", (delivery_id,)).fetchone()
-        return _delivery_from_row(row) if row is not None else None
+        return delivery_from_row(row) if row is not None else None
 
     # Reads
 
@@ -525,7 +417,7 @@ class SQLiteStore(Store):
         row = await self._fetchone(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = ?", (token,))
         if row is None:
             return None
-        callback = _callback_from_row(row)
+        callback = callback_from_row(row)
         if row[9] is not None:
             callback.result = await self.get_delivery(row[9])
         return callback
@@ -536,7 +428,7 @@ class SQLiteStore(Store):
             f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE {clause} ORDER BY d.id LIMIT ?",
             [*params, limit],
         )
-        return [_delivery_from_row(row) for row in rows]
+        return [delivery_from_row(row) for row in rows]
 
     async def callback_statuses(self, tokens: Sequence[str]) -> dict[str, str]:
         statuses: dict[str, str] = {}
@@ -551,15 +443,15 @@ class SQLiteStore(Store):
 
     async def get_delivery(self, delivery_id: int) -> Delivery | None:
         row = await self._fetchone(f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.id = ?", (delivery_id,))
-        return _delivery_from_row(row) if row is not None else None
+        return delivery_from_row(row) if row is not None else None
 
     async def group_counts(self, group: str) -> dict[str, int]:
-        return _by_status(
+        return by_status(
             await self._fetchall("SELECT status, COUNT(*) FROM callbacks WHERE group_name = ? GROUP BY status", (group,))
         )
 
     async def status_counts(self) -> dict[str, int]:
-        return _by_status(await self._fetchall("SELECT status, COUNT(*) FROM callbacks GROUP BY status", ()))
+        return by_status(await self._fetchall("SELECT status, COUNT(*) FROM callbacks GROUP BY status", ()))
 
     async def ping(self) -> None:
         await self._fetchone("SELECT 1", ())

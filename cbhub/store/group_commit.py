@@ -1,0 +1,152 @@
+"""Group commit, shared by the backends: writes that arrive while a commit runs share the next.
+
+A backend hands `GroupCommit` a function that runs a list of write ops in one transaction and
+returns their results (an op's own failure is its result, the others still commit), and a
+function that announces a committed batch's events. Each submitter awaits its op's result,
+which is there only once the batch is committed and its events announced: durable before it is
+answered, and announced before the answer, so a waiter woken by it can already read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Generic, Iterable, TypeVar
+
+from cbhub.model import Callback, Event
+from cbhub.store.base import IngestResult, StoreUnavailable
+
+log = logging.getLogger("cbhub.store")
+
+Op = TypeVar("Op")
+# What an op's result tells the waiters once it is committed.
+Announce = Callable[[Any], Iterable[Event]]
+
+
+def _nothing(result: Any) -> Iterable[Event]:
+    return ()
+
+
+def ingested(result: IngestResult) -> Iterable[Event]:
+    if not result.duplicate:
+        yield Event("delivery", result.callback, result.delivery)
+
+
+def cancelled(result: tuple[Callback, bool]) -> Iterable[Event]:
+    callback, changed = result
+    if changed:
+        yield Event("status", callback)
+
+
+def expired(result: list[Callback]) -> Iterable[Event]:
+    return (Event("status", callback) for callback in result)
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+@dataclass(slots=True)
+class _Write(Generic[Op]):
+    op: Op
+    future: asyncio.Future
+    announce: Announce
+
+
+class GroupCommit(Generic[Op]):
+    """One writer loop: each batch is every op submitted since the previous batch began.
+
+    `run_batch(ops)` commits them in one transaction and returns one result per op (an
+    exception object for an op that failed alone); it raises StoreUnavailable when nothing
+    could be committed. `announce(events)` is awaited after each commit with the events of the
+    batch, in op order."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[Op]], Awaitable[list[Any]]],
+        announce: Callable[[list[Event]], Awaitable[None]],
+        on_commit: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self._announce = announce
+        # Told (batch size, seconds) after each commit: metrics hook in here.
+        self._on_commit = on_commit
+        self._pending: list[_Write[Op]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self.writable = True
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="cbhub-writer")
+
+    async def close(self) -> None:
+        """Commit what was already submitted, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def submit(self, op: Op, announce: Announce = _nothing) -> Any:
+        if self._closing:
+            raise StoreUnavailable("the store is closing")
+        future = asyncio.get_running_loop().create_future()
+        # The submitter may be gone (its client hung up) when a failure is set: mark the
+        # exception retrieved so it is not reported as lost.
+        future.add_done_callback(_retrieve)
+        self._pending.append(_Write(op, future, announce))
+        self._wakeup.set()
+        # Shielded: a sender that hangs up must not cancel a write others share a commit with.
+        return await asyncio.shield(future)
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                await self._commit(batch)
+            elif self._closing:
+                return
+
+    async def _commit(self, batch: list[_Write[Op]]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await self._run_batch([write.op for write in batch])
+        except Exception as exc:
+            # Nothing of the batch was committed: every writer in it is told so, and the
+            # loop goes on to the next batch.
+            if isinstance(exc, StoreUnavailable):
+                # Said loudly once per outage, not at every retry.
+                (log.error if self.writable else log.debug)("commit of %d writes failed: %s", len(batch), exc)
+                self.writable = False
+            else:
+                log.error("a batch of %d writes failed", len(batch), exc_info=exc)
+            for write in batch:
+                if not write.future.done():
+                    write.future.set_exception(exc)
+            return
+        self.writable = True
+        if self._on_commit is not None:
+            self._on_commit(len(batch), time.perf_counter() - started)
+        events = [
+            event
+            for write, result in zip(batch, results)
+            if not isinstance(result, Exception)
+            for event in write.announce(result)
+        ]
+        try:
+            await self._announce(events)
+        except Exception:
+            # Committed all the same: the writers are answered; waiters find it by reading.
+            log.exception("announcing %d committed events failed", len(events))
+        for write, result in zip(batch, results):
+            if write.future.done():
+                continue
+            if isinstance(result, Exception):
+                write.future.set_exception(result)
+            else:
+                write.future.set_result(result)

@@ -1,0 +1,98 @@
+"""What every backend does the same way: the columns it reads, the records it builds from a
+row, and the rules a delivery is checked and counted by. The SQL dialects differ; this does not.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import orjson
+
+from cbhub.bodies import parse_form
+from cbhub.model import EXPIRED, PENDING, RECEIVED, STATUSES, TERMINAL, Callback, Delivery, Incoming
+from cbhub.store.base import CallbackClosed
+
+# Both schemas name their columns alike; the row mappers below read them in this order.
+CALLBACK_COLUMNS = "id, token, status, created_at, expires_at, label, group_name, metadata, deliveries, last_delivery_id"
+DELIVERY_COLUMNS = (
+    "d.id, c.token, d.received_at, d.method, d.content_type, d.remote_addr, d.headers, d.query,"
+    " d.body, d.correlation_id, d.group_name"
+)
+DELIVERY_FROM = "deliveries d JOIN callbacks c ON c.id = d.callback_id"
+# Indexes into a CALLBACK_COLUMNS row.
+CALLBACK_ID, LAST_DELIVERY_ID = 0, 9
+
+Text = Callable[[Any], str | None]
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def callback_from_row(row: Sequence[Any], text: Text = _same) -> Callback:
+    """`text` turns a stored name (label, group) back into a string, for a backend that keeps
+    names as bytes."""
+    return Callback(
+        token=row[1],
+        status=row[2],
+        created_at=row[3],
+        expires_at=row[4],
+        label=text(row[5]),
+        group=text(row[6]),
+        metadata=orjson.loads(row[7]),
+        deliveries=row[8],
+    )
+
+
+def delivery_from_row(row: Sequence[Any], text: Text = _same) -> Delivery:
+    return Delivery(
+        id=row[0],
+        token=row[1],
+        received_at=row[2],
+        method=row[3],
+        content_type=row[4],
+        remote_addr=row[5],
+        headers=orjson.loads(row[6]),
+        query=parse_form(text(row[7]) or ""),
+        raw=bytes(row[8]),
+        correlation_id=text(row[9]),
+        group=text(row[10]),
+    )
+
+
+def by_status(rows: Sequence[Sequence[Any]]) -> dict[str, int]:
+    """(status, count) rows as counts of every status, zero included."""
+    counts = dict.fromkeys(STATUSES, 0)
+    counts.update({status: count for status, count in rows})
+    return counts
+
+
+def check_open(callback: Callback, at: int) -> None:
+    """Raise CallbackClosed unless `callback` takes a delivery received at `at`."""
+    if callback.status in TERMINAL:
+        raise CallbackClosed(callback.status)
+    if callback.expires_at <= at:
+        raise CallbackClosed(EXPIRED)
+
+
+def new_delivery(incoming: Incoming, delivery_id: int, callback: Callback) -> Delivery:
+    """The stored delivery, counted on its callback (which becomes received, with it as result)."""
+    delivery = Delivery(
+        id=delivery_id,
+        token=incoming.token,
+        received_at=incoming.received_at,
+        method=incoming.method,
+        content_type=incoming.content_type,
+        remote_addr=incoming.remote_addr,
+        headers=incoming.headers,
+        query=parse_form(incoming.query_string),
+        raw=incoming.raw,
+        correlation_id=incoming.correlation_id,
+        group=callback.group,
+        _parsed=incoming.parsed,
+    )
+    if callback.status == PENDING:
+        callback.status = RECEIVED
+    callback.deliveries += 1
+    callback.result = delivery
+    return delivery
