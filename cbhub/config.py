@@ -20,6 +20,7 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 DAY = 86400
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+BACKENDS = ("sqlite", "postgres")
 
 
 class ConfigError(ValueError):
@@ -37,8 +38,13 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
+    backend: str = "sqlite"
     path: str = "cbhub.db"
     synchronous: str = "FULL"
+    # PostgreSQL: a libpq URL (postgresql://user:password@host:5432/cbhub) and the number of
+    # pooled connections for reads (each instance also holds one writer and one listener).
+    dsn: str = ""
+    pool_size: int = 10
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,10 @@ def _port(value: int) -> bool:
     return 0 <= value <= 65535
 
 
+def _dsn(value: str) -> bool:
+    return not value or urlsplit(value).scheme in ("postgres", "postgresql")
+
+
 def _public_url(value: str) -> bool:
     if not value:
         return True
@@ -122,7 +132,10 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "server.port": (_port, "a port number from 0 to 65535"),
     "server.public_url": (_public_url, "an absolute http(s) URL such as https://hooks.example.com"),
     "server.shutdown_timeout": (_positive, "a number of seconds greater than 0"),
+    "storage.backend": (lambda v: v in BACKENDS, "one of " + ", ".join(BACKENDS)),
     "storage.path": (bool, "a file path"),
+    "storage.dsn": (_dsn, "a PostgreSQL URL such as postgresql://cbhub@db.internal:5432/cbhub"),
+    "storage.pool_size": (_positive, "a whole number of connections greater than 0"),
     "storage.synchronous": (lambda v: v in SYNCHRONOUS_MODES, "one of " + ", ".join(SYNCHRONOUS_MODES)),
     "callbacks.default_ttl": (_positive, "a whole number of seconds greater than 0"),
     "callbacks.max_ttl": (_positive, "a whole number of seconds greater than 0"),
@@ -139,6 +152,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 _NORMALISE: dict[str, Callable[[Any], Any]] = {
     "storage.synchronous": lambda v: v.upper(),
+    "storage.backend": lambda v: v.lower(),
     "server.public_url": lambda v: v.rstrip("/"),
     "log.level": lambda v: v.lower(),
     "log.format": lambda v: v.lower(),
@@ -254,6 +268,10 @@ def _validate(config: Config) -> None:
         value = getattr(getattr(config, section), key)
         if not check(value):
             raise ConfigError(f"invalid value for {dotted}: {value!r} (expected {hint})")
+    if config.storage.backend == "postgres" and not config.storage.dsn:
+        raise ConfigError(
+            f"storage.dsn is required with storage.backend = \"postgres\" (or set {env_name('storage.dsn')})"
+        )
     if config.callbacks.default_ttl > config.callbacks.max_ttl:
         raise ConfigError(
             f"invalid value for callbacks.default_ttl: {config.callbacks.default_ttl!r} "

@@ -157,3 +157,69 @@ def serve_process(tmp_path: Path):
     yield start
     for server in started:
         server.kill()
+
+
+# PostgreSQL: one throwaway server per test session, a fresh database per test.
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    import os
+
+    from pg_server import REQUIRE_ENV, PostgresServer, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        reason = "PostgreSQL binaries (initdb, pg_ctl) not found; install them (apt-get install postgresql)"
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(f"{reason}; {REQUIRE_ENV} is set, so the PostgreSQL tests must run")
+        pytest.skip(reason)
+    server = PostgresServer(bindir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_dsn(postgres_server) -> str:
+    """A DSN of a new, empty database on the session's server."""
+    import subprocess
+    import uuid
+
+    name = f"cbhub_{uuid.uuid4().hex[:12]}"
+    subprocess.run(
+        [str(postgres_server.bindir / "psql"), "-q", postgres_server.dsn(), "-c", f"CREATE DATABASE {name}"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return postgres_server.dsn(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def make_store(backend: str, db_path: Path, request: pytest.FixtureRequest):
+    """Opens stores of the backend under test over one database (several are several
+    instances sharing it)."""
+    from cbhub.store import create_store
+
+    opened: list[Any] = []
+    values: dict[str, str] = {"storage.backend": backend, "storage.path": str(db_path)}
+    if backend == "postgres":
+        values["storage.dsn"] = request.getfixturevalue("pg_dsn")
+
+    async def open_store(publish: Callable[[Any], None] | None = None):
+        store = create_store(load_config(env={}, overrides=values))
+        if publish is not None:
+            store.announce_to(publish)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in reversed(opened):
+        await store.close()

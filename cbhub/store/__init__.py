@@ -33,6 +33,14 @@ def create_store(config: Config, on_commit: Callable[[int, float], None] | None 
     """The store the configuration names, not yet opened (`await store.open()`).
 
     `on_commit(batch_size, seconds)` is told of every commit."""
+    if config.storage.backend == "postgres":
+        # Imported only when chosen: asyncpg is an extra, needed only by those who choose it.
+        try:
+            from cbhub.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise StoreError(f"storage.backend = postgres needs asyncpg: pip install 'cbhub[postgres]' ({exc})") from exc
+
+        return PostgresStore(config.storage.dsn, pool_size=config.storage.pool_size, on_commit=on_commit)
     from cbhub.store.sqlite import SQLiteStore
 
     return SQLiteStore(config.storage.path, synchronous=config.storage.synchronous, on_commit=on_commit)

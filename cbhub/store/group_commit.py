@@ -25,7 +25,7 @@ Op = TypeVar("Op")
 Announce = Callable[[Any], Iterable[Event]]
 
 
-def _nothing(result: Any) -> Iterable[Event]:
+def no_events(result: Any) -> Iterable[Event]:
     return ()
 
 
@@ -90,7 +90,7 @@ class GroupCommit(Generic[Op]):
         if self._task is not None:
             await self._task
 
-    async def submit(self, op: Op, announce: Announce = _nothing) -> Any:
+    async def submit(self, op: Op, announce: Announce = no_events) -> Any:
         if self._closing:
             raise StoreUnavailable("the store is closing")
         future = asyncio.get_running_loop().create_future()

@@ -10,7 +10,7 @@ import orjson
 
 from cbhub.bodies import parse_form
 from cbhub.model import EXPIRED, PENDING, RECEIVED, STATUSES, TERMINAL, Callback, Delivery, Incoming
-from cbhub.store.base import CallbackClosed
+from cbhub.store.base import CallbackClosed, DeliveryFilter
 
 # Both schemas name their columns alike; the row mappers below read them in this order.
 CALLBACK_COLUMNS = "id, token, status, created_at, expires_at, label, group_name, metadata, deliveries, last_delivery_id"
@@ -96,3 +96,21 @@ def new_delivery(incoming: Incoming, delivery_id: int, callback: Callback) -> De
     callback.deliveries += 1
     callback.result = delivery
     return delivery
+
+
+def delivery_where(
+    where: DeliveryFilter, after: int, bind: Callable[[Any], str], name: Callable[[str], Any] = _same
+) -> str:
+    """The WHERE clause of a delivery query over DELIVERY_FROM. `bind(value)` records a
+    parameter and returns its placeholder; `name` turns a group or correlation id into what
+    the backend stores."""
+    clauses = [f"d.id > {bind(after)}"]
+    if where.token is not None:
+        clauses.append(f"c.token = {bind(where.token)}")
+    if where.tokens is not None:
+        clauses.append(f"c.token IN ({', '.join(bind(token) for token in sorted(where.tokens))})")
+    if where.group is not None:
+        clauses.append(f"d.group_name = {bind(name(where.group))}")
+    if where.correlation_id is not None:
+        clauses.append(f"d.correlation_id = {bind(name(where.correlation_id))}")
+    return " AND ".join(clauses)

@@ -53,6 +53,7 @@ from cbhub.store.rows import (
     callback_from_row,
     check_open,
     delivery_from_row,
+    delivery_where,
     new_delivery,
 )
 
@@ -62,24 +63,6 @@ WriteOp = Callable[[sqlite3.Connection], Any]
 
 # Tokens per statement when looking many callbacks up (SQLite allows at least 999 parameters).
 STATUS_CHUNK = 500
-
-
-def _delivery_where(where: DeliveryFilter, after: int) -> tuple[str, list[Any]]:
-    clauses = ["d.id > ?"]
-    params: list[Any] = [after]
-    if where.token is not None:
-        clauses.append("c.token = ?")
-        params.append(where.token)
-    if where.tokens is not None:
-        clauses.append(f"c.token IN ({', '.join('?' * len(where.tokens))})")
-        params.extend(sorted(where.tokens))
-    if where.group is not None:
-        clauses.append("d.group_name = ?")
-        params.append(where.group)
-    if where.correlation_id is not None:
-        clauses.append("d.correlation_id = ?")
-        params.append(where.correlation_id)
-    return " AND ".join(clauses), params
 
 
 def backup_database(source: str | os.PathLike, dest: str | os.PathLike, pages_per_step: int = 1024) -> int:
@@ -423,7 +406,8 @@ class SQLiteStore(Store):
         return callback
 
     async def find_deliveries(self, where: DeliveryFilter, after: int, limit: int) -> list[Delivery]:
-        clause, params = _delivery_where(where, after)
+        params: list[Any] = []
+        clause = delivery_where(where, after, lambda value: params.append(value) or "?")
         rows = await self._fetchall(
             f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE {clause} ORDER BY d.id LIMIT ?",
             [*params, limit],

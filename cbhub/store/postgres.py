@@ -1,0 +1,534 @@
+"""The shared store: one PostgreSQL database behind any number of cbhub instances.
+
+Writes go through one writer connection per instance with group commit, as on SQLite: every
+write that arrives while a commit runs joins the next transaction. Reads go through a pool.
+
+Cursors stay gap-free across instances. A sequence alone would not do it: a transaction that
+took id 7 may commit after one that took id 8, and a reader that saw 8 would never see 7. So
+every transaction that takes delivery ids or closing positions first takes one transaction-
+scoped advisory lock (ORDER_LOCK) and holds it until it commits: ids are handed out in commit
+order, and a reader at any moment sees every id up to the highest it sees. Group commit takes
+the lock once per batch, so its cost is shared by the batch. Transactions that take no ids
+(minting, retention, the write probe) never take it, and one that takes it does so before
+anything else, so it cannot be part of a deadlock.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Sequence
+
+import asyncpg
+import orjson
+
+from cbhub.model import CANCELLED, EXPIRED, PENDING, TERMINAL, Callback, Delivery, Event, Incoming, MintSpec
+from cbhub.store.base import (
+    IDEMPOTENCY_WINDOW_MS,
+    CallbackNotFound,
+    DeliveryFilter,
+    IdempotencyConflict,
+    IngestResult,
+    SchemaTooNew,
+    Store,
+    StoreUnavailable,
+)
+from cbhub.store.group_commit import Announce, GroupCommit, cancelled, expired, ingested, no_events
+from cbhub.store.postgres_feed import CHANNEL, EventFeed, Position
+from cbhub.store.postgres_schema import MIGRATIONS
+from cbhub.store.rows import (
+    CALLBACK_COLUMNS,
+    DELIVERY_COLUMNS,
+    DELIVERY_FROM,
+    LAST_DELIVERY_ID,
+    by_status,
+    callback_from_row,
+    check_open,
+    delivery_from_row,
+    delivery_where,
+    new_delivery,
+)
+
+log = logging.getLogger("cbhub.store")
+
+# Arbitrary, fixed keys of cbhub's advisory locks (one keyspace per database).
+ORDER_LOCK = 0x6362_6875_625F_6F72  # "cbhub_or"
+MIGRATION_LOCK = 0x6362_6875_625F_6D69  # "cbhub_mi"
+
+C_CALLBACK_COLUMNS = ", ".join(f"c.{column}" for column in CALLBACK_COLUMNS.split(", "))
+LAST_POSITION = (
+    "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM delivery_ids),"
+    " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM closing_seq)"
+)
+COMMITTED_POSITION = (
+    "SELECT (SELECT coalesce(max(id), 0) FROM deliveries), (SELECT coalesce(max(closed_seq), 0) FROM callbacks)"
+)
+DELIVERIES_AFTER = (
+    f"SELECT {DELIVERY_COLUMNS}, {C_CALLBACK_COLUMNS} FROM {DELIVERY_FROM}"
+    " WHERE d.id > $1 AND d.id <= $2 ORDER BY d.id LIMIT $3"
+)
+CLOSINGS_AFTER = (
+    f"SELECT c.closed_seq, {C_CALLBACK_COLUMNS}, {DELIVERY_COLUMNS}"
+    " FROM callbacks c LEFT JOIN deliveries d ON d.id = c.last_delivery_id"
+    " WHERE c.closed_seq > $1 AND c.closed_seq <= $2 ORDER BY c.closed_seq LIMIT $3"
+)
+INSERT_CALLBACKS = (
+    "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata)"
+    " SELECT t.token, 'pending', $2, t.expires_at, t.label, t.group_name, t.metadata"
+    " FROM unnest($1::text[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[])"
+    " AS t (token, expires_at, label, group_name, metadata)"
+    f" RETURNING {CALLBACK_COLUMNS}"
+)
+# Claims an idempotency key: a new key, or one past its window. No row back: the key is live.
+CLAIM_KEY = (
+    "INSERT INTO idempotency_keys (scope, key, fingerprint, created_at, callback_ids) VALUES ($1, $2, $3, $4, '[]')"
+    " ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
+    " created_at = EXCLUDED.created_at, callback_ids = '[]' WHERE idempotency_keys.created_at <= $5 RETURNING 1"
+)
+# The delivery and its callback's new state in one round trip.
+INSERT_DELIVERY = (
+    "WITH d AS (INSERT INTO deliveries (callback_id, group_name, received_at, method, content_type, remote_addr,"
+    " headers, query, body, correlation_id, dedupe_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    " RETURNING id)"
+    " UPDATE callbacks SET status = $12, deliveries = deliveries + 1, last_delivery_id = (SELECT id FROM d)"
+    " WHERE id = $1 RETURNING last_delivery_id"
+)
+EXPIRE_DUE = (
+    "UPDATE callbacks SET status = $1, closed_seq = nextval('closing_seq') WHERE id IN"
+    " (SELECT id FROM callbacks WHERE status = $2 AND expires_at <= $3 ORDER BY expires_at LIMIT $4"
+    " FOR UPDATE SKIP LOCKED)"
+    f" RETURNING {CALLBACK_COLUMNS}"
+)
+PURGE_DELIVERIES = (
+    "DELETE FROM deliveries WHERE id IN (SELECT d.id FROM deliveries d WHERE d.callback_id IN"
+    " (SELECT id FROM callbacks WHERE expires_at < $1 ORDER BY expires_at LIMIT 50) LIMIT $2)"
+)
+PURGE_CALLBACKS = (
+    "DELETE FROM callbacks WHERE id IN (SELECT c.id FROM callbacks c WHERE c.expires_at < $1"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.callback_id = c.id) ORDER BY c.expires_at LIMIT $2)"
+)
+PURGE_KEYS = (
+    "DELETE FROM idempotency_keys WHERE (scope, key) IN"
+    " (SELECT scope, key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)"
+)
+
+
+def _name(text: str | None) -> bytes | None:
+    # surrogatepass: whatever Python holds goes in, and comes back out the same.
+    return None if text is None else text.encode("utf-8", "surrogatepass")
+
+
+def _text(stored: bytes | None) -> str | None:
+    return None if stored is None else bytes(stored).decode("utf-8", "surrogatepass")
+
+
+def _callback(row: Sequence[Any]) -> Callback:
+    return callback_from_row(row, _text)
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    return delivery_from_row(row, _text)
+
+
+def _no_such_token(token: str) -> bool:
+    # PostgreSQL text holds no NUL: such a token names no callback, and must not reach SQL.
+    return "\x00" in token
+
+
+def _fails_alone(exc: Exception) -> bool:
+    """Whether an op's error is its own (a refusal, a bug, a value the database refuses) and
+    not the connection's or the server's, which fails the whole batch."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return (exc.sqlstate or "")[:2] in ("22", "23")  # data exception, integrity violation
+    return not isinstance(exc, (OSError, asyncpg.InterfaceError))
+
+
+def _unavailable(exc: Exception) -> StoreUnavailable:
+    return StoreUnavailable(f"PostgreSQL is unavailable: {exc or type(exc).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    run: Callable[[asyncpg.Connection], Awaitable[Any]]
+    # Takes delivery ids or closing positions: needs the ordering lock.
+    ordered: bool
+
+
+class PostgresStore(Store):
+    def __init__(self, dsn: str, pool_size: int = 10, on_commit: Callable[[int, float], None] | None = None) -> None:
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._writer: asyncpg.Connection | None = None
+        self._writes: GroupCommit[_Write] = GroupCommit(self._commit, self._announce, on_commit)
+        self._feed = EventFeed(self._connect, self._deliveries_after, self._closings_after, self._tell)
+        # Where the batch being announced started and ended in commit order.
+        self._span: tuple[Position, Position] | None = None
+
+    def _tell(self, event: Event) -> None:
+        self._publish(event)
+
+    # Lifecycle
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.dsn)
+
+    async def open(self) -> None:
+        try:
+            self._writer = await self._connect()
+            await self._migrate(self._writer)
+            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size)
+            start = Position(*await self._writer.fetchrow(COMMITTED_POSITION))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            await self._close_connections()
+            raise StoreUnavailable(f"cannot use PostgreSQL: {exc}") from exc
+        except BaseException:
+            await self._close_connections()
+            raise
+        await self._feed.start(start)
+        self._writes.start()
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
+        latest = len(MIGRATIONS)
+        async with conn.transaction():
+            # Instances starting together migrate one at a time; the others then find it done.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            exists = await conn.fetchval("SELECT to_regclass('cbhub_schema') IS NOT NULL")
+            version = await conn.fetchval("SELECT version FROM cbhub_schema") if exists else 0
+            if version > latest:
+                raise SchemaTooNew(
+                    f"the database has schema version {version}, newer than this cbhub knows ({latest}); "
+                    "upgrade cbhub or use another database"
+                )
+            if version == latest:
+                return
+            for step in MIGRATIONS[version:]:
+                for statement in step:
+                    await conn.execute(statement)
+            if not exists:
+                await conn.execute("CREATE TABLE cbhub_schema (version INTEGER NOT NULL)")
+                await conn.execute("INSERT INTO cbhub_schema (version) VALUES ($1)", latest)
+            else:
+                await conn.execute("UPDATE cbhub_schema SET version = $1", latest)
+        log.info("database migrated from schema version %d to %d", version, latest)
+
+    async def close(self) -> None:
+        await self._writes.close()
+        await self._feed.stop()
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
+
+    @property
+    def writable(self) -> bool:
+        return self._writes.writable
+
+    # The writer: group commit under the ordering lock
+
+    async def _writer_connection(self) -> asyncpg.Connection:
+        if self._writer is None or self._writer.is_closed():
+            self._writer = await self._connect()
+        return self._writer
+
+    async def _commit(self, ops: list[_Write]) -> list[Any]:
+        ordered = any(op.ordered for op in ops)
+        held = False
+        start = end = Position()
+        try:
+            conn = await self._writer_connection()
+            async with conn.transaction():
+                if ordered:
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", ORDER_LOCK)
+                    start = Position(*await conn.fetchrow(LAST_POSITION))
+                    self._feed.hold(start)
+                    held = True
+                results: list[Any] = []
+                for op in ops:
+                    try:
+                        async with conn.transaction():  # a savepoint: an op that fails, fails alone
+                            results.append(await op.run(conn))
+                    except Exception as exc:
+                        if not _fails_alone(exc):
+                            raise
+                        results.append(exc)
+                if ordered:
+                    end = Position(*await conn.fetchrow(LAST_POSITION))
+                    # Delivered by the server only if, and once, this transaction commits.
+                    await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+        except Exception as exc:
+            if held:
+                self._feed.release()
+            if isinstance(exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
+                if self._writer is not None and self._writer.is_closed():
+                    self._writer = None
+                raise _unavailable(exc) from exc
+            raise
+        self._span = (start, end) if ordered else None
+        return results
+
+    async def _announce(self, events: list[Event]) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            await self._feed.committed(events, *span)
+
+    async def _submit(
+        self, run: Callable[[asyncpg.Connection], Awaitable[Any]], ordered: bool, announce: Announce = no_events
+    ) -> Any:
+        return await self._writes.submit(_Write(run, ordered), announce)
+
+    # Writes
+
+    async def mint(
+        self,
+        specs: list[MintSpec],
+        now: int,
+        idempotency: tuple[str, str, str] | None = None,
+    ) -> tuple[list[Callback], bool]:
+        async def op(conn: asyncpg.Connection) -> tuple[list[Callback], bool]:
+            if idempotency is not None:
+                scope, key, fingerprint = idempotency
+                claimed = await conn.fetchval(CLAIM_KEY, scope, key, fingerprint, now, now - IDEMPOTENCY_WINDOW_MS)
+                if claimed is None:
+                    # Live, perhaps minted by another instance a moment ago: the unique key
+                    # made this insert wait for that one's commit.
+                    row = await conn.fetchrow(
+                        "SELECT fingerprint, callback_ids FROM idempotency_keys WHERE scope = $1 AND key = $2",
+                        scope,
+                        key,
+                    )
+                    if row[0] != fingerprint:
+                        raise IdempotencyConflict(key)
+                    return [await self._load_callback(conn, cid) for cid in orjson.loads(row[1])], False
+            tokens = [secrets.token_urlsafe(32) for _ in specs]
+            rows = await conn.fetch(
+                INSERT_CALLBACKS,
+                tokens,
+                now,
+                [now + spec.ttl * 1000 for spec in specs],
+                [_name(spec.label) for spec in specs],
+                [_name(spec.group) for spec in specs],
+                [orjson.dumps(spec.metadata).decode() for spec in specs],
+            )
+            by_token = {row[1]: row for row in rows}
+            ordered_rows = [by_token[token] for token in tokens]
+            if idempotency is not None:
+                await conn.execute(
+                    "UPDATE idempotency_keys SET callback_ids = $3 WHERE scope = $1 AND key = $2",
+                    idempotency[0],
+                    idempotency[1],
+                    orjson.dumps([row[0] for row in ordered_rows]).decode(),
+                )
+            return [_callback(row) for row in ordered_rows], True
+
+        return await self._submit(op, ordered=False)
+
+    async def ingest(self, incoming: Incoming) -> IngestResult:
+        async def op(conn: asyncpg.Connection) -> IngestResult:
+            if _no_such_token(incoming.token):
+                raise CallbackNotFound(incoming.token)
+            # Locked: ingests of one callback from any instance count one after the other.
+            row = await conn.fetchrow(
+                f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = $1 FOR UPDATE", incoming.token
+            )
+            if row is None:
+                raise CallbackNotFound(incoming.token)
+            callback = _callback(row)
+            check_open(callback, incoming.received_at)
+            callback_id = row[0]
+            dedupe_key = _name(incoming.dedupe_key)
+            if dedupe_key is not None:
+                first = await conn.fetchrow(
+                    f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.callback_id = $1 AND d.dedupe_key = $2",
+                    callback_id,
+                    dedupe_key,
+                )
+                if first is not None:
+                    callback.result = await self._load_delivery(conn, row[LAST_DELIVERY_ID])
+                    return IngestResult(_delivery(first), callback, duplicate=True)
+            status = callback.status if callback.status != PENDING else "received"
+            delivery_id = await conn.fetchval(
+                INSERT_DELIVERY,
+                callback_id,
+                _name(callback.group),
+                incoming.received_at,
+                incoming.method,
+                incoming.content_type,
+                incoming.remote_addr,
+                orjson.dumps(incoming.headers),
+                _name(incoming.query_string),
+                incoming.raw,
+                _name(incoming.correlation_id),
+                dedupe_key,
+                status,
+            )
+            return IngestResult(new_delivery(incoming, delivery_id, callback), callback, duplicate=False)
+
+        return await self._submit(op, ordered=True, announce=ingested)
+
+    async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
+        async def op(conn: asyncpg.Connection) -> tuple[Callback, bool]:
+            if _no_such_token(token):
+                raise CallbackNotFound(token)
+            row = await conn.fetchrow(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = $1 FOR UPDATE", token)
+            if row is None:
+                raise CallbackNotFound(token)
+            callback = _callback(row)
+            callback.result = await self._load_delivery(conn, row[LAST_DELIVERY_ID])
+            if callback.status in TERMINAL:
+                return callback, False
+            await conn.execute(
+                "UPDATE callbacks SET status = $1, closed_seq = nextval('closing_seq') WHERE id = $2", CANCELLED, row[0]
+            )
+            callback.status = CANCELLED
+            return callback, True
+
+        return await self._submit(op, ordered=True, announce=cancelled)
+
+    async def expire_due(self, now: int, limit: int = 500) -> list[Callback]:
+        async def op(conn: asyncpg.Connection) -> list[Callback]:
+            rows = await conn.fetch(EXPIRE_DUE, EXPIRED, PENDING, now, limit)
+            return [_callback(row) for row in rows]
+
+        return await self._submit(op, ordered=True, announce=expired)
+
+    async def probe_write(self, now: int) -> None:
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO write_probe (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at", now
+            )
+
+        await self._submit(op, ordered=False)
+
+    async def purge(self, expired_before: int, now: int, batch: int = 500) -> int:
+        async def op(conn: asyncpg.Connection) -> int:
+            # Deliveries first, a bounded number at a time, as on SQLite; autovacuum gives the
+            # space back.
+            for sql, since in (
+                (PURGE_DELIVERIES, expired_before),
+                (PURGE_CALLBACKS, expired_before),
+                (PURGE_KEYS, now - IDEMPOTENCY_WINDOW_MS),
+            ):
+                status = await conn.execute(sql, since, batch)
+                gone = int(status.split()[-1])
+                if gone:
+                    return gone
+            return 0
+
+        return await self._submit(op, ordered=False)
+
+    async def _load_callback(self, conn: asyncpg.Connection, callback_id: int) -> Callback:
+        row = await conn.fetchrow(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id = $1", callback_id)
+        callback = _callback(row)
+        callback.result = await self._load_delivery(conn, row[LAST_DELIVERY_ID])
+        return callback
+
+    @staticmethod
+    async def _load_delivery(conn: asyncpg.Connection, delivery_id: int | None) -> Delivery | None:
+        if delivery_id is None:
+            return None
+        row = await conn.fetchrow(f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.id = $1", delivery_id)
+        return _delivery(row) if row is not None else None
+
+    # What the other instances committed, for the feed
+
+    async def _deliveries_after(self, after: int, upto: int, limit: int) -> list[tuple[int, Event]]:
+        events = []
+        for row in await self._fetch(DELIVERIES_AFTER, after, upto, limit):
+            delivery = _delivery(row[:11])
+            callback = _callback(row[11:])
+            callback.result = delivery
+            events.append((delivery.id, Event("delivery", callback, delivery)))
+        return events
+
+    async def _closings_after(self, after: int, upto: int, limit: int) -> list[tuple[int, Event]]:
+        events = []
+        for row in await self._fetch(CLOSINGS_AFTER, after, upto, limit):
+            callback = _callback(row[1:11])
+            if row[11] is not None:
+                callback.result = _delivery(row[11:])
+            events.append((row[0], Event("status", callback)))
+        return events
+
+    # Reads
+
+    async def _fetch(self, sql: str, *args: Any) -> list[tuple]:
+        if self._pool is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            return [tuple(row) for row in await self._pool.fetch(sql, *args)]
+        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def _fetchone(self, sql: str, *args: Any) -> tuple | None:
+        rows = await self._fetch(sql, *args)
+        return rows[0] if rows else None
+
+    async def has_due(self, now: int) -> bool:
+        row = await self._fetchone(
+            "SELECT 1 FROM callbacks WHERE status = $1 AND expires_at <= $2 LIMIT 1", PENDING, now
+        )
+        return row is not None
+
+    async def get_callback(self, token: str) -> Callback | None:
+        if _no_such_token(token):
+            return None
+        row = await self._fetchone(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = $1", token)
+        if row is None:
+            return None
+        callback = _callback(row)
+        if row[LAST_DELIVERY_ID] is not None:
+            callback.result = await self.get_delivery(row[LAST_DELIVERY_ID])
+        return callback
+
+    async def find_deliveries(self, where: DeliveryFilter, after: int, limit: int) -> list[Delivery]:
+        if where.token is not None and _no_such_token(where.token):
+            return []
+        if where.tokens is not None:
+            where = DeliveryFilter(
+                where.token,
+                where.group,
+                where.correlation_id,
+                frozenset(token for token in where.tokens if not _no_such_token(token)),
+            )
+            if not where.tokens:
+                return []
+        params: list[Any] = []
+
+        def bind(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        clause = delivery_where(where, after, bind, _name)
+        rows = await self._fetch(
+            f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE {clause} ORDER BY d.id LIMIT {bind(limit)}", *params
+        )
+        return [_delivery(row) for row in rows]
+
+    async def callback_statuses(self, tokens: Sequence[str]) -> dict[str, str]:
+        wanted = [token for token in tokens if not _no_such_token(token)]
+        rows = await self._fetch("SELECT token, status FROM callbacks WHERE token = ANY($1::text[])", wanted)
+        return dict(rows)
+
+    async def get_delivery(self, delivery_id: int) -> Delivery | None:
+        row = await self._fetchone(f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.id = $1", delivery_id)
+        return _delivery(row) if row is not None else None
+
+    async def group_counts(self, group: str) -> dict[str, int]:
+        return by_status(
+            await self._fetch(
+                "SELECT status, COUNT(*) FROM callbacks WHERE group_name = $1 GROUP BY status", _name(group)
+            )
+        )
+
+    async def status_counts(self) -> dict[str, int]:
+        return by_status(await self._fetch("SELECT status, COUNT(*) FROM callbacks GROUP BY status"))
+
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1")

@@ -1,0 +1,69 @@
+"""PostgreSQL schema migrations: MIGRATIONS[n] takes a database from version n to n + 1.
+
+The version lives in the one-row table `cbhub_schema`. Steps are append-only, as for SQLite. The
+columns mirror SQLite's (the row mappers in rows.py read both), with one difference: names that
+come from outside (label, group, correlation id, query string, a sender's message id) are kept
+as bytes, because PostgreSQL text cannot hold a NUL character and a callback must be stored
+whatever it carries.
+"""
+
+from __future__ import annotations
+
+# Delivery ids and closing positions are taken from sequences while the ordering lock is held
+# (see postgres.py), so they are in commit order; a sequence never hands out a number twice,
+# so ids stay cursors forever, whatever retention deletes.
+_V1 = [
+    """CREATE TABLE callbacks (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        token TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        label BYTEA,
+        group_name BYTEA,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        deliveries INTEGER NOT NULL DEFAULT 0,
+        last_delivery_id BIGINT,
+        -- Its place among closings (expiry, cancellation) in commit order: how the other
+        -- instances learn of it, as they learn of deliveries by id.
+        closed_seq BIGINT
+    )""",
+    "CREATE INDEX callbacks_group ON callbacks (group_name, status) WHERE group_name IS NOT NULL",
+    "CREATE INDEX callbacks_pending_expiry ON callbacks (expires_at) WHERE status = 'pending'",
+    "CREATE INDEX callbacks_expiry ON callbacks (expires_at)",
+    "CREATE INDEX callbacks_status ON callbacks (status)",
+    "CREATE UNIQUE INDEX callbacks_closed ON callbacks (closed_seq) WHERE closed_seq IS NOT NULL",
+    "CREATE SEQUENCE closing_seq",
+    "CREATE SEQUENCE delivery_ids",
+    """CREATE TABLE deliveries (
+        id BIGINT PRIMARY KEY DEFAULT nextval('delivery_ids'),
+        callback_id BIGINT NOT NULL REFERENCES callbacks (id),
+        group_name BYTEA,
+        received_at BIGINT NOT NULL,
+        method TEXT NOT NULL,
+        content_type TEXT,
+        remote_addr TEXT,
+        headers BYTEA NOT NULL,
+        query BYTEA NOT NULL,
+        body BYTEA NOT NULL,
+        correlation_id BYTEA,
+        dedupe_key BYTEA
+    )""",
+    "ALTER SEQUENCE delivery_ids OWNED BY deliveries.id",
+    "CREATE INDEX deliveries_callback ON deliveries (callback_id, id)",
+    "CREATE INDEX deliveries_group ON deliveries (group_name, id) WHERE group_name IS NOT NULL",
+    "CREATE INDEX deliveries_correlation ON deliveries (correlation_id, id) WHERE correlation_id IS NOT NULL",
+    "CREATE UNIQUE INDEX deliveries_dedupe ON deliveries (callback_id, dedupe_key) WHERE dedupe_key IS NOT NULL",
+    """CREATE TABLE idempotency_keys (
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        callback_ids TEXT NOT NULL,
+        PRIMARY KEY (scope, key)
+    )""",
+    "CREATE INDEX idempotency_keys_age ON idempotency_keys (created_at)",
+    "CREATE TABLE write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at BIGINT NOT NULL)",
+]
+
+MIGRATIONS: list[list[str]] = [_V1]

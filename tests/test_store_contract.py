@@ -1,0 +1,226 @@
+"""The store contract: everything a backend promises, run against every backend."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from cbhub.bodies import parse_body
+from cbhub.model import Event, Incoming, MintSpec, now_ms
+from cbhub.store import CallbackClosed, CallbackNotFound, DeliveryFilter, IdempotencyConflict
+from cbhub.store.base import IDEMPOTENCY_WINDOW_MS
+
+HOUR = 3600
+
+
+def spec(ttl: int = HOUR, label: str | None = None, group: str | None = None, **metadata: Any) -> MintSpec:
+    return MintSpec(ttl=ttl, label=label, group=group, metadata=metadata)
+
+
+def incoming(
+    token: str,
+    raw: bytes = b"a=1",
+    content_type: str | None = "application/x-www-form-urlencoded",
+    dedupe_key: str | None = None,
+    correlation_id: str | None = None,
+    query_string: str = "",
+    received_at: int | None = None,
+) -> Incoming:
+    return Incoming(
+        token=token,
+        received_at=now_ms() if received_at is None else received_at,
+        method="POST",
+        content_type=content_type,
+        remote_addr="127.0.0.1",
+        headers={"Content-Type": content_type or "", "X-Trace": "t-1"},
+        query_string=query_string,
+        raw=raw,
+        correlation_id=correlation_id,
+        parsed=parse_body(raw, content_type),
+        dedupe_key=dedupe_key,
+    )
+
+
+async def test_minting_gives_pending_callbacks_in_order(make_store):
+    store = await make_store()
+    now = now_ms()
+    callbacks, created = await store.mint([spec(label="one", group="g", a=[1, 2]), spec(ttl=60)], now)
+    assert created
+    first, second = callbacks
+    assert (first.status, first.label, first.group, first.metadata) == ("pending", "one", "g", {"a": [1, 2]})
+    assert first.created_at == now and first.expires_at == now + HOUR * 1000
+    assert second.expires_at == now + 60_000 and second.group is None
+    assert len({first.token, second.token}) == 2 and len(first.token) >= 40
+    assert (await store.get_callback(first.token)).metadata == {"a": [1, 2]}
+    many, _ = await store.mint([spec(group="big")] * 300, now)
+    assert len({c.token for c in many}) == 300
+    assert (await store.group_counts("big"))["pending"] == 300
+
+
+async def test_an_idempotency_key_returns_the_first_callbacks_and_refuses_another_request(make_store):
+    store = await make_store()
+    now = now_ms()
+    first, created = await store.mint([spec()] * 2, now, ("", "key-1", "fp-a"))
+    again, created_again = await store.mint([spec()] * 2, now + 1000, ("", "key-1", "fp-a"))
+    assert created and not created_again
+    assert [c.token for c in again] == [c.token for c in first]
+    with pytest.raises(IdempotencyConflict):
+        await store.mint([spec()], now + 2000, ("", "key-1", "fp-b"))
+    # Past its window the key is free again.
+    later, created_later = await store.mint([spec()], now + IDEMPOTENCY_WINDOW_MS + 1, ("", "key-1", "fp-b"))
+    assert created_later and later[0].token not in {c.token for c in first}
+    assert (await store.status_counts())["pending"] == 3
+
+
+async def test_ingest_stores_the_request_exactly_and_counts_it(make_store):
+    events: list[Event] = []
+    store = await make_store(events.append)
+    [callback], _ = await store.mint([spec(group="g", label="l")], now_ms())
+    raw = b"RequestID=r-1&StatusCode=OK&x=%00"
+    result = await store.ingest(incoming(callback.token, raw, correlation_id="r-1", query_string="q=1&q=2"))
+    assert not result.duplicate
+    delivery = result.delivery
+    assert result.callback.status == "received" and result.callback.deliveries == 1
+    assert result.callback.result is not None and result.callback.result.id == delivery.id
+    assert events == [Event("delivery", result.callback, delivery)], "announced before the write returned"
+    stored = await store.get_delivery(delivery.id)
+    assert stored is not None
+    assert stored.raw == raw and stored.token == callback.token and stored.group == "g"
+    assert stored.headers == {"Content-Type": "application/x-www-form-urlencoded", "X-Trace": "t-1"}
+    assert stored.query == {"q": ["1", "2"]} and stored.correlation_id == "r-1"
+    assert stored.to_json()["body"] == {"RequestID": "r-1", "StatusCode": "OK", "x": "\x00"}
+    again = await store.get_callback(callback.token)
+    assert (again.status, again.deliveries, again.result.id) == ("received", 1, delivery.id)
+
+
+async def test_names_and_bodies_with_nul_and_odd_bytes_round_trip(make_store):
+    store = await make_store()
+    [callback], _ = await store.mint([spec(label="l\x00x", group="g\x00é", k="v\x00")], now_ms())
+    raw = bytes(range(256))
+    result = await store.ingest(incoming(callback.token, raw, "application/octet-stream", correlation_id="c\x00🙂"))
+    stored = await store.get_delivery(result.delivery.id)
+    assert stored.raw == raw and stored.correlation_id == "c\x00🙂" and stored.group == "g\x00é"
+    fetched = await store.get_callback(callback.token)
+    assert (fetched.label, fetched.group, fetched.metadata) == ("l\x00x", "g\x00é", {"k": "v\x00"})
+    found = await store.find_deliveries(DeliveryFilter(group="g\x00é", correlation_id="c\x00🙂"), 0, 10)
+    assert [d.id for d in found] == [result.delivery.id]
+    # A token no callback can have is simply unknown.
+    assert await store.get_callback("a\x00b") is None
+    with pytest.raises(CallbackNotFound):
+        await store.ingest(incoming("a\x00b"))
+    assert await store.find_deliveries(DeliveryFilter(token="a\x00b"), 0, 10) == []
+    assert await store.callback_statuses(["a\x00b", callback.token]) == {callback.token: "received"}
+
+
+async def test_unknown_cancelled_and_expired_callbacks_refuse_deliveries(make_store):
+    store = await make_store()
+    now = now_ms()
+    (open_, cancelled_, short), _ = await store.mint([spec(), spec(), spec(ttl=1)], now)
+    with pytest.raises(CallbackNotFound):
+        await store.ingest(incoming("no-such-token"))
+    await store.cancel(cancelled_.token, now)
+    with pytest.raises(CallbackClosed) as closed:
+        await store.ingest(incoming(cancelled_.token))
+    assert closed.value.status == "cancelled"
+    with pytest.raises(CallbackClosed) as closed:
+        await store.ingest(incoming(short.token, received_at=now + 1000))
+    assert closed.value.status == "expired"
+    await store.ingest(incoming(open_.token))
+    assert (await store.status_counts()) == {"pending": 1, "received": 1, "expired": 0, "cancelled": 1}
+
+
+async def test_a_sender_retry_is_stored_once(make_store):
+    events: list[Event] = []
+    store = await make_store(events.append)
+    [callback], _ = await store.mint([spec()], now_ms())
+    first = await store.ingest(incoming(callback.token, b"a=1", dedupe_key="webhook-id:m1"))
+    retry = await store.ingest(incoming(callback.token, b"a=1", dedupe_key="webhook-id:m1"))
+    other = await store.ingest(incoming(callback.token, b"a=2", dedupe_key="webhook-id:m2"))
+    assert retry.duplicate and retry.delivery.id == first.delivery.id
+    assert retry.callback.result.id == first.delivery.id
+    assert not other.duplicate and other.delivery.id > first.delivery.id
+    assert [e.delivery.id for e in events] == [first.delivery.id, other.delivery.id]
+    assert (await store.get_callback(callback.token)).deliveries == 2
+
+
+async def test_cancel_once_and_expire_due_announce_closings(make_store):
+    events: list[Event] = []
+    store = await make_store(events.append)
+    now = now_ms()
+    (received, pending, short), _ = await store.mint([spec(group="g"), spec(group="g"), spec(ttl=1, group="g")], now)
+    await store.ingest(incoming(received.token))
+    cancelled_, changed = await store.cancel(received.token, now)
+    assert changed and cancelled_.status == "cancelled" and cancelled_.result is not None
+    again, changed_again = await store.cancel(received.token, now)
+    assert not changed_again and again.status == "cancelled"
+    with pytest.raises(CallbackNotFound):
+        await store.cancel("no-such-token", now)
+
+    assert not await store.has_due(now)
+    assert await store.has_due(now + 1000)
+    expired = await store.expire_due(now + 1000)
+    assert [c.token for c in expired] == [short.token] and expired[0].status == "expired"
+    assert await store.expire_due(now + 1000) == []
+    assert not await store.has_due(now + 1000)
+    assert [(e.kind, e.token, e.callback.status) for e in events] == [
+        ("delivery", received.token, "received"),
+        ("status", received.token, "cancelled"),
+        ("status", short.token, "expired"),
+    ]
+    assert await store.group_counts("g") == {"pending": 1, "received": 0, "expired": 1, "cancelled": 1}
+    assert await store.callback_statuses([pending.token, short.token, "unknown"]) == {
+        pending.token: "pending",
+        short.token: "expired",
+    }
+
+
+async def test_find_deliveries_filters_pages_and_orders(make_store):
+    store = await make_store()
+    (a, b, c), _ = await store.mint([spec(group="g"), spec(group="g"), spec(group="h")], now_ms())
+    ids = []
+    for n in range(12):
+        target = (a, b, c)[n % 3]
+        result = await store.ingest(incoming(target.token, f"n={n}".encode(), correlation_id=f"r{n % 2}"))
+        ids.append(result.delivery.id)
+    everything = await store.find_deliveries(DeliveryFilter(), 0, 100)
+    assert [d.id for d in everything] == ids == sorted(ids)
+    assert [d.id for d in await store.find_deliveries(DeliveryFilter(token=a.token), 0, 100)] == ids[0::3]
+    both = await store.find_deliveries(DeliveryFilter(tokens=frozenset({a.token, c.token})), 0, 100)
+    assert [d.id for d in both] == sorted(ids[0::3] + ids[2::3])
+    assert [d.id for d in await store.find_deliveries(DeliveryFilter(group="g"), 0, 100)] == sorted(
+        ids[0::3] + ids[1::3]
+    )
+    mixed = await store.find_deliveries(DeliveryFilter(group="h", correlation_id="r1"), 0, 100)
+    assert [d.id for d in mixed] == [i for n, i in enumerate(ids) if n % 3 == 2 and n % 2 == 1]
+    assert [d.id for d in await store.find_deliveries(DeliveryFilter(), ids[4], 3)] == ids[5:8]
+    assert await store.find_deliveries(DeliveryFilter(), ids[-1], 100) == []
+    assert await store.get_delivery(ids[-1] + 1000) is None
+
+
+async def test_ids_keep_increasing_after_retention_deletes_the_newest(make_store):
+    store = await make_store()
+    now = now_ms()
+    [old], _ = await store.mint([spec(ttl=1)], now)
+    last = (await store.ingest(incoming(old.token, received_at=now))).delivery.id
+    await store.probe_write(now)
+    gone = 0
+    while removed := await store.purge(now + 10_000, now + IDEMPOTENCY_WINDOW_MS * 2):
+        gone += removed
+    assert gone == 2
+    assert await store.get_callback(old.token) is None
+    [fresh], _ = await store.mint([spec()], now)
+    assert (await store.ingest(incoming(fresh.token))).delivery.id > last
+
+
+async def test_concurrent_writes_share_commits_and_all_land(make_store):
+    store = await make_store()
+    callbacks, _ = await store.mint([spec()] * 50, now_ms())
+    results = await asyncio.gather(*(store.ingest(incoming(c.token, f"i={i}".encode())) for i, c in enumerate(callbacks)))
+    ids = [r.delivery.id for r in results]
+    assert len(set(ids)) == 50
+    stored = await store.find_deliveries(DeliveryFilter(), 0, 100)
+    assert sorted(ids) == [d.id for d in stored]
+    assert store.writable
+    await store.ping()
