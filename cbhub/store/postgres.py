@@ -56,6 +56,8 @@ log = logging.getLogger("cbhub.store")
 ORDER_LOCK = 0x6362_6875_625F_6F72  # "cbhub_or"
 MIGRATION_LOCK = 0x6362_6875_625F_6D69  # "cbhub_mi"
 
+# Held from here to the commit by every transaction that takes delivery ids or closing positions.
+TAKE_ORDER_LOCK = "SELECT pg_advisory_xact_lock($1)"
 C_CALLBACK_COLUMNS = ", ".join(f"c.{column}" for column in CALLBACK_COLUMNS.split(", "))
 LAST_POSITION = (
     "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM delivery_ids),"
@@ -162,7 +164,7 @@ class PostgresStore(Store):
         self._pool: asyncpg.Pool | None = None
         self._writer: asyncpg.Connection | None = None
         self._writes: GroupCommit[_Write] = GroupCommit(self._commit, self._announce, on_commit)
-        self._feed = EventFeed(self._connect, self._deliveries_after, self._closings_after, self._tell)
+        self._feed = EventFeed(lambda: self._connect("listener"), self._deliveries_after, self._closings_after, self._tell)
         # Where the batch being announced started and ended in commit order.
         self._span: tuple[Position, Position] | None = None
 
@@ -171,14 +173,17 @@ class PostgresStore(Store):
 
     # Lifecycle
 
-    async def _connect(self) -> asyncpg.Connection:
-        return await asyncpg.connect(self.dsn)
+    async def _connect(self, role: str = "writer") -> asyncpg.Connection:
+        # Named, so that an operator (or a test) can tell cbhub's connections apart.
+        return await asyncpg.connect(self.dsn, server_settings={"application_name": f"cbhub {role}"})
 
     async def open(self) -> None:
         try:
             self._writer = await self._connect()
             await self._migrate(self._writer)
-            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size)
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=self.pool_size, server_settings={"application_name": "cbhub reader"}
+            )
             start = Position(*await self._writer.fetchrow(COMMITTED_POSITION))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self._close_connections()
@@ -245,7 +250,7 @@ class PostgresStore(Store):
             conn = await self._writer_connection()
             async with conn.transaction():
                 if ordered:
-                    await conn.execute("SELECT pg_advisory_xact_lock($1)", ORDER_LOCK)
+                    await conn.execute(TAKE_ORDER_LOCK, ORDER_LOCK)
                     start = Position(*await conn.fetchrow(LAST_POSITION))
                     self._feed.hold(start)
                     held = True

@@ -1,0 +1,174 @@
+"""Several PostgreSQL stores over one database, as several instances run: cursors, wake-ups,
+and the rules the database enforces between them."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import asyncpg
+import pytest
+
+from cbhub.model import Event, now_ms
+from cbhub.store import DeliveryFilter, SchemaTooNew
+from cbhub.store.postgres import PostgresStore
+from test_store_contract import incoming, spec
+
+
+@pytest.fixture
+def backend() -> str:
+    return "postgres"
+
+
+SLOW_INSERT = """
+CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.body = 'slow'::bytea THEN PERFORM pg_sleep(1.0); END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER slow_insert AFTER INSERT ON deliveries FOR EACH ROW EXECUTE FUNCTION slow_insert();
+"""
+
+
+async def _read_while(store: PostgresStore, running: asyncio.Future) -> list[int]:
+    """Follow the cursor as a client does, every few milliseconds, until `running` is done."""
+    seen: list[int] = []
+    while True:
+        done = running.done()
+        page = await store.find_deliveries(DeliveryFilter(), seen[-1] if seen else 0, 100)
+        seen += [d.id for d in page]
+        if done:
+            return seen
+        await asyncio.sleep(0.005)
+
+
+async def _slow_then_fast(make_store, pg_dsn: str) -> tuple[list[int], int, int]:
+    """Instance A stores a delivery that takes its id and then 1 s to commit; meanwhile
+    instance B stores another. Returns what a reader following the cursor saw, and both ids."""
+    first, second, reader = await make_store(), await make_store(), await make_store()
+    conn = await asyncpg.connect(pg_dsn)
+    await conn.execute(SLOW_INSERT)
+    await conn.close()
+    (a, b), _ = await first.mint([spec(), spec()], now_ms())
+    slow = asyncio.ensure_future(first.ingest(incoming(a.token, b"slow")))
+    await asyncio.sleep(0.3)  # A holds its id now, uncommitted
+    fast = asyncio.ensure_future(second.ingest(incoming(b.token, b"fast")))
+    both = asyncio.gather(slow, fast)
+    seen = await _read_while(reader, both)
+    slow_id, fast_id = ((await slow).delivery.id, (await fast).delivery.id)
+    return seen, slow_id, fast_id
+
+
+async def test_a_reader_never_sees_a_later_id_before_an_earlier_one_commits(make_store, pg_dsn):
+    seen, slow_id, fast_id = await _slow_then_fast(make_store, pg_dsn)
+    assert slow_id < fast_id, "B waited for A: ids are taken in commit order"
+    assert seen == [slow_id, fast_id], "the cursor skipped nothing"
+
+
+async def test_without_the_ordering_lock_a_reader_would_skip_an_id(make_store, pg_dsn, monkeypatch):
+    # The hazard the lock exists for, shown by taking it away: B commits its later id while A's
+    # earlier one is still in flight, and a reader past B's id never sees A's.
+    monkeypatch.setattr("cbhub.store.postgres.TAKE_ORDER_LOCK", "SELECT $1::bigint")
+    seen, slow_id, fast_id = await _slow_then_fast(make_store, pg_dsn)
+    assert slow_id < fast_id
+    assert seen == [fast_id], "a plain sequence lets the cursor pass an id committed later"
+
+
+async def test_every_instance_announces_everyone_s_commits_once_in_commit_order(make_store):
+    heard: dict[str, list[Event]] = {"a": [], "b": []}
+    a = await make_store(heard["a"].append)
+    b = await make_store(heard["b"].append)
+    callbacks, _ = await a.mint([spec(group="g")] * 40 + [spec(ttl=1, group="g")] * 5, now_ms())
+
+    async def write(n: int) -> None:
+        store = random.choice((a, b))
+        await asyncio.sleep(random.uniform(0, 0.05))
+        if n < 30:
+            await store.ingest(incoming(callbacks[n].token, f"n={n}".encode()))
+            await store.ingest(incoming(callbacks[n].token, f"n={n}&again=1".encode()))
+        else:
+            await store.cancel(callbacks[n].token, now_ms())
+
+    await asyncio.gather(*(write(n) for n in range(40)))
+    await asyncio.sleep(1.1)
+    expired = await b.expire_due(now_ms())
+    assert len(expired) == 5
+    stored = [d.id for d in await a.find_deliveries(DeliveryFilter(), 0, 1000)]
+    assert len(stored) == 60
+    for name in ("a", "b"):
+        events = heard[name]
+        deadline = time.monotonic() + 5
+        while len(events) < 75 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        ids = [e.delivery.id for e in events if e.delivery is not None]
+        assert ids == stored, f"instance {name}: every delivery once, in id order"
+        closed = [(e.token, e.callback.status) for e in events if e.delivery is None]
+        assert sorted(closed) == sorted(
+            [(c.token, "cancelled") for c in callbacks[30:40]] + [(c.token, "expired") for c in callbacks[40:]]
+        )
+    # A delivery announced to the other instance carries its callback, as a local one does.
+    [one] = [e for e in heard["a"] if e.delivery is not None and e.delivery.id == stored[0]]
+    assert one.callback.token == one.delivery.token and one.callback.group == "g"
+    assert one.callback.result is one.delivery
+
+
+async def test_idempotent_minting_and_sender_retries_hold_across_instances(make_store):
+    a, b = await make_store(), await make_store()
+    for round_no in range(10):
+        key = ("", f"key-{round_no}", "fp")
+        (first, created_a), (second, created_b) = await asyncio.gather(
+            a.mint([spec()] * 3, now_ms(), key), b.mint([spec()] * 3, now_ms(), key)
+        )
+        assert [c.token for c in first] == [c.token for c in second]
+        assert sorted([created_a, created_b]) == [False, True]
+    [callback], _ = await a.mint([spec()], now_ms())
+    results = await asyncio.gather(
+        *(store.ingest(incoming(callback.token, dedupe_key="webhook-id:m1")) for store in (a, b, a, b))
+    )
+    assert len({r.delivery.id for r in results}) == 1
+    assert sorted(r.duplicate for r in results) == [False, True, True, True]
+    assert (await b.get_callback(callback.token)).deliveries == 1
+
+
+async def test_a_terminated_listening_connection_reconnects_and_misses_nothing(make_store, pg_dsn):
+    heard: list[Event] = []
+    a = await make_store(heard.append)
+    b = await make_store()
+    callbacks, _ = await b.mint([spec()] * 3, now_ms())
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        for callback in callbacks:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'cbhub listener' AND datname = current_database()"
+            )
+            assert killed == 2  # a's and b's
+            # Posted while a is (most likely) not listening yet.
+            delivery = (await b.ingest(incoming(callback.token))).delivery
+            deadline = time.monotonic() + 10
+            while delivery.id not in [e.delivery.id for e in heard if e.delivery] and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert delivery.id in [e.delivery.id for e in heard if e.delivery]
+    finally:
+        await admin.close()
+    assert [e.delivery.id for e in heard] == sorted(e.delivery.id for e in heard)
+
+
+async def test_concurrent_ingests_share_commits(make_store):
+    sizes: list[int] = []
+    store = await make_store()
+    callbacks, _ = await store.mint([spec()] * 200, now_ms())
+    store._writes._on_commit = lambda size, seconds: sizes.append(size)
+    await asyncio.gather(*(store.ingest(incoming(c.token)) for c in callbacks))
+    assert sum(sizes) == 200 and max(sizes) > 10, sizes
+
+
+async def test_a_database_from_a_newer_cbhub_is_refused(make_store, pg_dsn):
+    store = await make_store()
+    await store.close()
+    conn = await asyncpg.connect(pg_dsn)
+    await conn.execute("UPDATE cbhub_schema SET version = 99")
+    await conn.close()
+    with pytest.raises(SchemaTooNew, match="99"):
+        await PostgresStore(pg_dsn).open()
