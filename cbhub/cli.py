@@ -9,12 +9,13 @@ import signal
 import sqlite3
 import sys
 from typing import Sequence
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from cbhub import __version__
 from cbhub.app import create_app
-from cbhub.config import Config, ConfigError, load_config
+from cbhub.config import Config, ConfigError, StorageConfig, load_config
 from cbhub.http.ingest import INGESTS
 from cbhub.http.keys import HUB
 from cbhub.logs import AccessLogger, setup_logging
@@ -82,6 +83,13 @@ def _backup(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"cbhub: {exc}", file=sys.stderr)
         return 2
+    if config.storage.backend != "sqlite":
+        print(
+            "cbhub: backup copies a SQLite database; back PostgreSQL up with its own tools"
+            " (pg_dump, pg_basebackup; see docs/postgres.md)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         pages = backup_database(config.storage.path, args.dest)
     except (OSError, sqlite3.Error, StoreError) as exc:
@@ -89,6 +97,17 @@ def _backup(args: argparse.Namespace) -> int:
         return 1
     print(f"backed up {config.storage.path} to {args.dest} ({pages} pages)", file=sys.stderr)
     return 0
+
+
+def describe_storage(storage: StorageConfig) -> str:
+    """Where the data is, for the log: never a password."""
+    if storage.backend == "sqlite":
+        return f"database {storage.path}"
+    parts = urlsplit(storage.dsn)
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"PostgreSQL {parts.scheme}://{user}{host}{port}{parts.path}"
 
 
 async def serve(config: Config) -> None:
@@ -113,7 +132,7 @@ async def serve(config: Config) -> None:
         for address in runner.addresses:
             host, port = address[0], address[1]
             shown = f"[{host}]" if ":" in host else host
-            log.info("cbhub %s serving on http://%s:%d (database %s)", __version__, shown, port, config.storage.path)
+            log.info("cbhub %s serving on http://%s:%d (%s)", __version__, shown, port, describe_storage(config.storage))
         await stop.wait()
         await _stop_gracefully(app, site, config.server.shutdown_timeout)
     finally:

@@ -38,11 +38,30 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "cbhub.db"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test module with `ALL_BACKENDS = True` runs each of its tests on every backend."""
+    if getattr(metafunc.module, "ALL_BACKENDS", False) and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+
+
 @pytest.fixture
-def make_config(db_path: Path) -> Callable[..., Config]:
+def backend(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def storage(backend: str, db_path: Path, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The storage settings of the backend under test (a fresh database each test)."""
+    values = {"storage.backend": backend, "storage.path": str(db_path)}
+    if backend == "postgres":
+        values["storage.dsn"] = request.getfixturevalue("pg_dsn")
+    return values
+
+
+@pytest.fixture
+def make_config(storage: dict[str, str]) -> Callable[..., Config]:
     def make(**overrides: Any) -> Config:
-        values = {"storage.path": str(db_path), **overrides}
-        return load_config(env={}, overrides=values)
+        return load_config(env={}, overrides={**storage, **overrides})
 
     return make
 
@@ -196,24 +215,16 @@ def pg_dsn(postgres_server) -> str:
     return postgres_server.dsn(name)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
 @pytest.fixture
-async def make_store(backend: str, db_path: Path, request: pytest.FixtureRequest):
+async def make_store(storage: dict[str, str]):
     """Opens stores of the backend under test over one database (several are several
     instances sharing it)."""
     from cbhub.store import create_store
 
     opened: list[Any] = []
-    values: dict[str, str] = {"storage.backend": backend, "storage.path": str(db_path)}
-    if backend == "postgres":
-        values["storage.dsn"] = request.getfixturevalue("pg_dsn")
 
     async def open_store(publish: Callable[[Any], None] | None = None):
-        store = create_store(load_config(env={}, overrides=values))
+        store = create_store(load_config(env={}, overrides=storage))
         if publish is not None:
             store.announce_to(publish)
         await store.open()
@@ -223,3 +234,15 @@ async def make_store(backend: str, db_path: Path, request: pytest.FixtureRequest
     yield open_store
     for store in reversed(opened):
         await store.close()
+
+
+async def terminate_listeners(admin: Any, expected: int) -> int:
+    """Terminate, from the database side, the listening connections of cbhub instances on
+    admin's database, once all `expected` of them are connected; how many were terminated."""
+    listeners = (
+        "FROM pg_stat_activity WHERE application_name = 'cbhub listener' AND datname = current_database()"
+    )
+    deadline = time.monotonic() + 10
+    while await admin.fetchval(f"SELECT count(*) {listeners}") < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return await admin.fetchval(f"SELECT count(pg_terminate_backend(pid)) {listeners}")

@@ -7,6 +7,9 @@ import time
 
 from conftest import MARKETING_CLOUD_FIELDS, mint, post_callback, registry_size
 
+# Every test here runs on SQLite and on PostgreSQL.
+ALL_BACKENDS = True
+
 
 async def test_marketing_cloud_form_callback_wakes_a_waiting_long_poll(client):
     callback = await mint(client, label="UpsertDE", group="nightly-import")

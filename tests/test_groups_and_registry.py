@@ -9,6 +9,9 @@ import aiohttp
 
 from conftest import eventually, post_callback, registry_size
 
+# Every test here runs on SQLite and on PostgreSQL.
+ALL_BACKENDS = True
+
 
 async def test_a_group_of_50_is_awaited_with_one_request_while_callbacks_arrive(client):
     response = await client.post("/v1/callbacks/batch", json={"count": 50, "group": "import-7"})

@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 
 from cbhub.bodies import parse_body
 
+# Every test here runs on SQLite and on PostgreSQL.
+ALL_BACKENDS = True
+
 
 def _route_table(app) -> set[tuple[str, str]]:
     routes = set()

@@ -13,6 +13,7 @@ import pytest
 from cbhub.model import Event, now_ms
 from cbhub.store import DeliveryFilter, SchemaTooNew
 from cbhub.store.postgres import PostgresStore
+from conftest import terminate_listeners
 from test_store_contract import incoming, spec
 
 
@@ -139,10 +140,7 @@ async def test_a_terminated_listening_connection_reconnects_and_misses_nothing(m
     admin = await asyncpg.connect(pg_dsn)
     try:
         for callback in callbacks:
-            killed = await admin.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE application_name = 'cbhub listener' AND datname = current_database()"
-            )
+            killed = await terminate_listeners(admin, expected=2)
             assert killed == 2  # a's and b's
             # Posted while a is (most likely) not listening yet.
             delivery = (await b.ingest(incoming(callback.token))).delivery

@@ -24,6 +24,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from cbhub.http.keys import STREAMS
 
+# Every test here runs on SQLite and on PostgreSQL.
+ALL_BACKENDS = True
+
 
 def ws_url(client: TestClient, path: str) -> str:
     return str(client.make_url(path)).replace("http://", "ws://", 1)

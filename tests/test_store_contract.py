@@ -12,6 +12,9 @@ from cbhub.model import Event, Incoming, MintSpec, now_ms
 from cbhub.store import CallbackClosed, CallbackNotFound, DeliveryFilter, IdempotencyConflict
 from cbhub.store.base import IDEMPOTENCY_WINDOW_MS
 
+# Every test here runs on SQLite and on PostgreSQL.
+ALL_BACKENDS = True
+
 HOUR = 3600
 
 

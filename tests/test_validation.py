@@ -6,6 +6,9 @@ import pytest
 
 from conftest import mint
 
+# Every test here runs on SQLite and on PostgreSQL.
+ALL_BACKENDS = True
+
 
 @pytest.mark.parametrize(
     ("body", "code", "named"),
