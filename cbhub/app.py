@@ -6,17 +6,26 @@ from aiohttp import web
 
 from cbhub.config import Config
 from cbhub.http import api, ingest, ops
+from cbhub.http.auth import Authenticator, auth_middleware
 from cbhub.http.errors import error_middleware
-from cbhub.http.keys import CONFIG, HUB
+from cbhub.http.keys import CONFIG, HUB, LIMITER
 from cbhub.hub import Hub
+from cbhub.ratelimit import RateLimiter
 from cbhub.store import Store, create_store
 
 
 def create_app(config: Config, store: Store | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.limits.max_body_bytes)
+    # The error middleware is outermost: it renders the refusals of the ones inside it.
+    authenticator = Authenticator(config.auth.api_keys, config.auth.admin)
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware(authenticator)],
+        client_max_size=config.limits.max_body_bytes,
+    )
     hub = Hub(config, store or create_store(config))
     app[CONFIG] = config
     app[HUB] = hub
+    if config.ingest.rate_per_ip > 0:
+        app[LIMITER] = RateLimiter(config.ingest.rate_per_ip, config.ingest.burst)
     ingest.add_routes(app)
     api.add_routes(app)
     ops.add_routes(app)

@@ -9,12 +9,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from cbhub.config import Config
-from cbhub.model import PENDING, Callback, Delivery, Event, Incoming, MintSpec, now_ms
+from cbhub.guards import check_address, delivery_guard
+from cbhub.model import PENDING, Callback, Delivery, Event, Incoming, MintSpec, now_ms, short_token
 from cbhub.registry import Registry, Waiter
-from cbhub.store import CallbackNotFound, DeliveryFilter, IngestResult, Store
+from cbhub.store import (
+    CallbackNotFound,
+    DeliveryFilter,
+    DeliveryRefused,
+    IngestResult,
+    SignatureInvalid,
+    Store,
+)
 
 log = logging.getLogger("cbhub.hub")
 
@@ -40,6 +49,9 @@ class Hub:
         self.store = store
         self.registry = registry or Registry()
         self._expiry_task: asyncio.Task | None = None
+        self._default_verify = config.ingest.verify.spec()
+        # Deliveries refused by a guard since the start, by kind ("address", "signature").
+        self.refused: Counter[str] = Counter()
 
     async def start(self) -> None:
         self._expiry_task = asyncio.create_task(self._expire_forever(), name="cbhub-expiry")
@@ -62,27 +74,55 @@ class Hub:
         return await self.store.mint(specs, now_ms(), idempotency)
 
     async def ingest(self, incoming: Incoming) -> IngestResult:
-        result = await self.store.ingest(incoming)
+        """Store a delivery and wake its waiters; raises DeliveryRefused when a guard (the
+        global allowlist here, the callback's allowlist and signature in the store) refuses it."""
+        ingest = self.config.ingest
+        try:
+            check_address(ingest.allow_ips, incoming.remote_addr, "the server's")
+            guard = delivery_guard(incoming, self._default_verify, ingest.verify_tolerance)
+            result = await self.store.ingest(incoming, guard)
+        except DeliveryRefused as exc:
+            self._count_refusal(incoming, exc)
+            raise
         if not result.duplicate:
             self.registry.publish(Event("delivery", result.callback, result.delivery))
         return result
 
-    async def cancel(self, token: str) -> Callback:
-        callback, changed = await self.store.cancel(token, now_ms())
+    def _count_refusal(self, incoming: Incoming, exc: DeliveryRefused) -> None:
+        kind = "signature" if isinstance(exc, SignatureInvalid) else "address"
+        self.refused[kind] += 1
+        # A forged or misconfigured sender is worth an operator's eye; an address outside an
+        # allowlist is routine internet noise.
+        level = logging.WARNING if isinstance(exc, SignatureInvalid) else logging.INFO
+        log.log(
+            level,
+            "refused a delivery to %s from %s: %s (%d %s refusals so far)",
+            short_token(incoming.token),
+            incoming.remote_addr,
+            exc.reason,
+            self.refused[kind],
+            kind,
+        )
+
+    async def cancel(self, token: str, owner: str | None = None) -> Callback:
+        callback, changed = await self.store.cancel(token, now_ms(), owner)
         if changed:
             self.registry.publish(Event("status", callback))
         return callback
 
     # Waiting
 
-    async def wait_for_callback(self, token: str, after: int, timeout: float) -> CallbackUpdate | None:
+    async def wait_for_callback(
+        self, token: str, after: int, timeout: float, owner: str | None = None
+    ) -> CallbackUpdate | None:
         """The callback's deliveries with id > after as soon as there are some, or the callback
-        once it can receive no more; None when `timeout` passes first."""
-        waiter = Waiter(DeliveryFilter(token=token))
+        once it can receive no more; None when `timeout` passes first. With an `owner`, another
+        key's callback is not found."""
+        waiter = Waiter(DeliveryFilter(token=token, owner=owner))
         self.registry.add(waiter)
         try:
             callback = await self.store.get_callback(token)
-            if callback is None:
+            if callback is None or (owner is not None and callback.created_by != owner):
                 raise CallbackNotFound(token)
             deliveries: list[Delivery] = []
             if callback.result is not None and callback.result.id > after:
@@ -121,22 +161,22 @@ class Hub:
         finally:
             self.registry.remove(waiter)
 
-    async def group_counts(self, group: str) -> dict[str, int]:
-        counts = await self.store.group_counts(group)
+    async def group_counts(self, group: str, owner: str | None = None) -> dict[str, int]:
+        counts = await self.store.group_counts(group, owner)
         if not any(counts.values()):
             raise GroupNotFound(group)
         return counts
 
-    async def wait_for_group(self, group: str, timeout: float) -> dict[str, int] | None:
+    async def wait_for_group(self, group: str, timeout: float, owner: str | None = None) -> dict[str, int] | None:
         """The group's counts as soon as none of its callbacks is pending; None on timeout."""
-        waiter = Waiter(DeliveryFilter(group=group))
+        waiter = Waiter(DeliveryFilter(group=group, owner=owner))
         self.registry.add(waiter)
         try:
             deadline = time.monotonic() + timeout
             while True:
                 # Re-armed before the read: an event during the read triggers one more read.
                 waiter.rearm()
-                counts = await self.group_counts(group)
+                counts = await self.group_counts(group, owner)
                 if counts[PENDING] == 0:
                     return counts
                 if not await waiter.wait( deadline - time.monotonic()):

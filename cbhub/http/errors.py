@@ -10,8 +10,16 @@ import orjson
 from aiohttp import web
 
 from cbhub.hub import GroupNotFound
+from cbhub.model import short_token
 from cbhub.registry import ShuttingDown
-from cbhub.store import CallbackClosed, CallbackNotFound, IdempotencyConflict, StoreUnavailable
+from cbhub.store import (
+    AddressNotAllowed,
+    CallbackClosed,
+    CallbackNotFound,
+    IdempotencyConflict,
+    SignatureInvalid,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("cbhub.http")
 
@@ -24,6 +32,20 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     413: "payload_too_large",
 }
+
+
+# A path segment this long may be a token (they are 43 characters), even on an unknown route.
+LONG_SEGMENT = 16
+
+
+def loggable_path(request: web.Request) -> str:
+    """The request's path as a log line may show it: tokens cut to their first characters."""
+    token = request.match_info.get("token")
+    parts = [
+        short_token(part) if part and (part == token or len(part) > LONG_SEGMENT) else part
+        for part in request.path.split("/")
+    ]
+    return "/".join(parts)[:120]
 
 
 class ApiError(Exception):
@@ -51,6 +73,10 @@ def _from_domain(exc: Exception) -> ApiError | None:
         return ApiError(410, f"callback_{exc.status}", f"this callback is {exc.status} and accepts no more deliveries")
     if isinstance(exc, GroupNotFound):
         return ApiError(404, "group_not_found", "no callback belongs to this group")
+    if isinstance(exc, AddressNotAllowed):
+        return ApiError(403, "address_not_allowed", "this address may not deliver to this callback")
+    if isinstance(exc, SignatureInvalid):
+        return ApiError(401, "signature_invalid", f"signature verification failed: {exc.reason}")
     if isinstance(exc, IdempotencyConflict):
         return ApiError(
             422, "idempotency_key_reused", "this Idempotency-Key was already used with a different request"
@@ -79,11 +105,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception as exc:
         mapped = _from_domain(exc)
         if mapped is None:
-            log.exception("unhandled error on %s %s", request.method, request.rel_url.path[:64])
+            log.exception("unhandled error on %s %s", request.method, loggable_path(request))
             return error_response(500, "internal_error", "internal server error")
         err = mapped
-    if err.status >= 500:
-        log.warning("%s %s answered %d %s", request.method, request.rel_url.path[:12], err.status, err.code)
-    else:
-        log.debug("%s %s answered %d %s", request.method, request.rel_url.path[:12], err.status, err.code)
+    level = logging.WARNING if err.status >= 500 else logging.DEBUG
+    log.log(level, "%s %s answered %d %s", request.method, loggable_path(request), err.status, err.code)
     return error_response(err.status, err.code, err.message, err.headers)

@@ -5,12 +5,15 @@ Whatever the body is, it is stored; the 200 goes out only once it is committed.
 
 from __future__ import annotations
 
+import math
+
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from cbhub.bodies import correlation_id, parse_body
 from cbhub.http.errors import ApiError, json_response
-from cbhub.http.keys import CONFIG, HUB
+from cbhub.http.forwarded import client_address
+from cbhub.http.keys import CONFIG, HUB, LIMITER
 from cbhub.model import HIDDEN_HEADERS, Incoming, now_ms
 
 # Headers by which senders name a message, so that their retries are stored once.
@@ -37,11 +40,29 @@ def dedupe_key(headers: CIMultiDictProxy[str]) -> str | None:
     return None
 
 
+def _rate_limit(request: web.Request, remote_addr: str | None) -> None:
+    """429 once this address has spent its burst; every request counts, unknown tokens too, so
+    that probing for tokens is slowed as much as flooding one."""
+    limiter = request.app.get(LIMITER)
+    if limiter is None:
+        return
+    wait = limiter.take(remote_addr or "unknown")
+    if wait > 0:
+        raise ApiError(
+            429,
+            "rate_limited",
+            "too many requests from this address; retry after the Retry-After delay",
+            {"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+
+
 async def receive(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    remote_addr = client_address(request, config.server.trusted_proxies)
+    _rate_limit(request, remote_addr)
     token = request.match_info["token"]
     if len(token) > MAX_TOKEN_LENGTH:
         raise ApiError(404, "callback_not_found", "no callback has this token")
-    config = request.app[CONFIG]
     received_at = now_ms()
     raw = await request.read()  # bounded by the app's client_max_size: 413 beyond it
     content_type = request.headers.get("Content-Type")
@@ -51,7 +72,7 @@ async def receive(request: web.Request) -> web.Response:
         received_at=received_at,
         method=request.method,
         content_type=content_type,
-        remote_addr=request.remote,
+        remote_addr=remote_addr,
         headers=visible_headers(request.headers),
         query_string=request.query_string,
         raw=raw,

@@ -8,7 +8,9 @@ from typing import Any, Mapping
 import orjson
 from aiohttp import web
 
+from cbhub import networks
 from cbhub.http.errors import ApiError
+from cbhub.signatures import SpecError, VerifySpec, parse_spec
 
 MAX_NAME_LENGTH = 200
 MAX_METADATA_BYTES = 16 * 1024
@@ -107,3 +109,27 @@ def field_metadata(body: Mapping[str, Any], name: str = "metadata") -> dict[str,
     if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
         raise invalid(name, f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
     return value
+
+
+def field_networks(body: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    """An optional list of IP addresses or CIDRs, as canonical CIDRs."""
+    value = body.get(name)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise invalid(name, "must be a list of IP addresses or CIDRs such as \"203.0.113.0/24\"")
+    try:
+        return networks.normalise(value)
+    except ValueError as exc:
+        raise invalid(name, str(exc)) from None
+
+
+def field_verify(body: Mapping[str, Any], name: str = "verify") -> VerifySpec | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    try:
+        return parse_spec(value, name)
+    except SpecError as exc:
+        # The message names the field and never repeats the secret.
+        raise ApiError(400, "invalid_field", str(exc)) from None
