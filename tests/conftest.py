@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -82,6 +83,48 @@ async def post_callback(client: TestClient, callback: dict[str, Any], **kwargs: 
     async with client.post(f"/cb/{callback['token']}", **kwargs) as response:
         assert response.status == 200, await response.text()
         return await response.json()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+async def session_as():
+    """A client session against a running hub that sends an API key with every request, as a
+    program configured with that key does; `mint` and `post_callback` take it like a client."""
+    sessions: list[aiohttp.ClientSession] = []
+
+    def make(client: TestClient, key: str | None = None) -> aiohttp.ClientSession:
+        session = aiohttp.ClientSession(base_url=client.make_url("/"), headers=bearer(key) if key else None)
+        sessions.append(session)
+        return session
+
+    yield make
+    for session in sessions:
+        await session.close()
+
+
+async def start_watching(client: TestClient, token: str, session: Any = None) -> asyncio.Task:
+    """A long-poll on the callback, registered before this returns: whatever wakes it shows."""
+    before = registry_size(client)
+    task = asyncio.create_task((session or client).get(f"/v1/callbacks/{token}/wait?timeout=30"))
+    await eventually(lambda: registry_size(client) > before)
+    return task
+
+
+async def woken_with(task: asyncio.Task) -> list[dict[str, Any]]:
+    """The deliveries that woke a watching long-poll."""
+    response = await asyncio.wait_for(task, 10)
+    assert response.status == 200, await response.text()
+    return (await response.json())["deliveries"]
+
+
+async def assert_error(response: aiohttp.ClientResponse, status: int, code: str) -> dict[str, Any]:
+    assert response.status == status, await response.text()
+    error = (await response.json())["error"]
+    assert error["code"] == code and error["message"], error
+    return error
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
