@@ -154,33 +154,41 @@ class ServerProcess:
             text=True,
         )
         self.url = ""
+        self._partial = ""
 
     def wait_until_serving(self, timeout: float = 15.0) -> str:
         """Read the log until the listening line; the URL it names."""
+        import os
         import re
         import selectors
 
         assert self.proc.stderr is not None
+        # Read the descriptor, not the file object: bytes a file object buffered past the
+        # listening line would never reach communicate() in finish().
+        fd = self.proc.stderr.fileno()
         selector = selectors.DefaultSelector()
-        selector.register(self.proc.stderr, selectors.EVENT_READ)
+        selector.register(fd, selectors.EVENT_READ)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not selector.select(timeout=0.1):
                 continue
-            line = self.proc.stderr.readline()
-            if not line:
+            chunk = os.read(fd, 65536).decode(errors="replace")
+            if not chunk:
                 break
-            self.log_lines.append(line)
-            match = re.search(r"serving on (http\S+)", line)
-            if match:
-                self.url = match.group(1)
-                return self.url
-        raise AssertionError("server did not start:\n" + "".join(self.log_lines))
+            self._partial += chunk
+            *lines, self._partial = self._partial.split("\n")
+            self.log_lines.extend(line + "\n" for line in lines)
+            for line in lines:
+                match = re.search(r"serving on (https?://\S+)", line)
+                if match:
+                    self.url = match.group(1)
+                    return self.url
+        raise AssertionError("server did not start:\n" + "".join(self.log_lines) + self._partial)
 
     def finish(self, timeout: float = 15.0) -> tuple[int, str]:
         """Wait for exit; the exit code and everything logged."""
         _, rest = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, "".join(self.log_lines) + (rest or "")
+        return self.proc.returncode, "".join(self.log_lines) + self._partial + (rest or "")
 
     def kill(self) -> None:
         if self.proc.poll() is None:
