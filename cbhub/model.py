@@ -34,7 +34,7 @@ def now_ms() -> int:
 
 def short_token(token: str) -> str:
     """A token as log lines show it."""
-    return token[:LOGGED_TOKEN_CHARS] + "…"
+    return token[:LOGGED_TOKEN_CHARS] + "..."
 
 
 def rfc3339(ms: int) -> str:
