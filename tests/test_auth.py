@@ -14,7 +14,7 @@ from aiohttp import web
 
 from cbhub.app import create_app
 from cbhub.config import ConfigError, load_config
-from cbhub.http.auth import CALLER
+from cbhub.http.keys import CALLER
 from conftest import assert_error, bearer, mint, post_callback, registry_size, start_watching, woken_with
 
 KEYS = {

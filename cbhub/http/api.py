@@ -8,9 +8,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from cbhub.http.auth import caller
 from cbhub.http.errors import ApiError, json_response
-from cbhub.http.keys import CONFIG, HUB, base_url
+from cbhub.http.keys import CONFIG, HUB, base_url, caller
 from cbhub.http.params import (
     field_int,
     field_metadata,

@@ -11,47 +11,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from dataclasses import dataclass
 from typing import Mapping
 
 from aiohttp import web
 
 from cbhub.http.errors import ApiError, Handler, loggable_path
-from cbhub.model import Callback
+from cbhub.http.keys import ANONYMOUS, CALLER, Caller
 
 log = logging.getLogger("cbhub.http")
 
 API_PREFIX = "/v1"
 ACCESS_TOKEN = "access_token"
-# The idempotency scope, and the `created_by`, of requests made without keys.
-ANONYMOUS_SCOPE = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    name: str | None  # the API key's name; None when no keys are configured
-    admin: bool
-
-    @property
-    def owner(self) -> str | None:
-        """The owner filter for this caller's reads: None (everything) for admins."""
-        return None if self.admin else self.name
-
-    @property
-    def scope(self) -> str:
-        """Where this caller's idempotency keys are unique."""
-        return self.name if self.name is not None else ANONYMOUS_SCOPE
-
-    def sees(self, callback: Callback) -> bool:
-        return self.admin or callback.created_by == self.name
-
-
-ANONYMOUS = Caller(None, admin=True)
-CALLER = web.RequestKey("caller", Caller)
-
-
-def caller(request: web.Request) -> Caller:
-    return request[CALLER]
 
 
 def _digest(key: str) -> bytes:
@@ -116,11 +86,20 @@ class Authenticator:
         return who
 
 
+def _under_api(request: web.Request) -> bool:
+    """By path (unknown routes too: they are not told apart from known ones without a key) and
+    by the route matched, whatever spelling of the path reached it."""
+    path = request.path
+    if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
+        return True
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical.startswith(API_PREFIX + "/")
+
+
 def auth_middleware(authenticator: Authenticator) -> Handler:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
-        if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
+        if _under_api(request):
             request[CALLER] = authenticator.caller_for(request)
         return await handler(request)
 

@@ -9,6 +9,7 @@ from typing import Any, Awaitable, Callable, Mapping
 import orjson
 from aiohttp import web
 
+from cbhub.http.keys import CALLER
 from cbhub.hub import GroupNotFound
 from cbhub.model import short_token
 from cbhub.registry import ShuttingDown
@@ -109,5 +110,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return error_response(500, "internal_error", "internal server error")
         err = mapped
     level = logging.WARNING if err.status >= 500 else logging.DEBUG
-    log.log(level, "%s %s answered %d %s", request.method, loggable_path(request), err.status, err.code)
+    who = request.get(CALLER)
+    by = f" to key {who.name}" if who is not None and who.name is not None else ""
+    log.log(level, "%s %s answered %d %s%s", request.method, loggable_path(request), err.status, err.code, by)
     return error_response(err.status, err.code, err.message, err.headers)
