@@ -73,22 +73,30 @@ class Hub:
     ) -> tuple[list[Callback], bool]:
         return await self.store.mint(specs, now_ms(), idempotency)
 
+    def admit(self, token: str, remote_addr: str | None) -> None:
+        """Raise AddressNotAllowed unless the server-wide allowlist admits the sender. Cheap:
+        callers may ask before reading a body."""
+        try:
+            check_address(self.config.ingest.allow_ips, remote_addr, "the server's")
+        except DeliveryRefused as exc:
+            self._count_refusal(token, remote_addr, exc)
+            raise
+
     async def ingest(self, incoming: Incoming) -> IngestResult:
         """Store a delivery and wake its waiters; raises DeliveryRefused when a guard (the
-        global allowlist here, the callback's allowlist and signature in the store) refuses it."""
-        ingest = self.config.ingest
+        server's allowlist here, the callback's allowlist and signature in the store) refuses it."""
+        self.admit(incoming.token, incoming.remote_addr)
+        guard = delivery_guard(incoming, self._default_verify, self.config.ingest.verify_tolerance)
         try:
-            check_address(ingest.allow_ips, incoming.remote_addr, "the server's")
-            guard = delivery_guard(incoming, self._default_verify, ingest.verify_tolerance)
             result = await self.store.ingest(incoming, guard)
         except DeliveryRefused as exc:
-            self._count_refusal(incoming, exc)
+            self._count_refusal(incoming.token, incoming.remote_addr, exc)
             raise
         if not result.duplicate:
             self.registry.publish(Event("delivery", result.callback, result.delivery))
         return result
 
-    def _count_refusal(self, incoming: Incoming, exc: DeliveryRefused) -> None:
+    def _count_refusal(self, token: str, remote_addr: str | None, exc: DeliveryRefused) -> None:
         kind = "signature" if isinstance(exc, SignatureInvalid) else "address"
         self.refused[kind] += 1
         # A forged or misconfigured sender is worth an operator's eye; an address outside an
@@ -97,8 +105,8 @@ class Hub:
         log.log(
             level,
             "refused a delivery to %s from %s: %s (%d %s refusals so far)",
-            short_token(incoming.token),
-            incoming.remote_addr,
+            short_token(token),
+            remote_addr,
             exc.reason,
             self.refused[kind],
             kind,

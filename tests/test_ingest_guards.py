@@ -83,13 +83,22 @@ async def test_behind_a_trusted_proxy_the_forwarded_client_address_is_checked_an
 
 async def test_the_server_wide_allowlist_guards_every_callback_url(start_hub, make_config):
     client = await start_hub(
-        make_config(**{"ingest.allow_ips": ["192.0.2.0/24"], "server.trusted_proxies": ["127.0.0.1"]})
+        make_config(
+            **{
+                "ingest.allow_ips": ["192.0.2.0/24"],
+                "server.trusted_proxies": ["127.0.0.1"],
+                "limits.max_body_bytes": 100,
+            }
+        )
     )
     callback = await mint(client)
     watching = await start_watching(client, callback["token"])
-    for token in (callback["token"], "x" * 43):  # an unknown token tells an outsider nothing either
-        async with client.post(f"/cb/{token}", data=b"x", headers={"X-Forwarded-For": "198.51.100.1"}) as refused:
+    outsider = {"X-Forwarded-For": "198.51.100.1"}
+    # An unknown token tells an outsider nothing either, and its body is not even read.
+    for token, body in ((callback["token"], b"x"), ("x" * 43, b"x"), (callback["token"], b"x" * 1000)):
+        async with client.post(f"/cb/{token}", data=body, headers=outsider) as refused:
             await assert_error(refused, 403, "address_not_allowed")
+    assert client.app[HUB].refused["address"] == 3
     await post_callback(client, callback, data="real", headers={"X-Forwarded-For": "192.0.2.44"})
     [delivery] = await woken_with(watching)
     assert delivery["body"] == "real" and delivery["remote_addr"] == "192.0.2.44"

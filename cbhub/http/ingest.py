@@ -61,6 +61,8 @@ async def receive(request: web.Request) -> web.Response:
     remote_addr = client_address(request, config.server.trusted_proxies)
     _rate_limit(request, remote_addr)
     token = request.match_info["token"]
+    # Before the body is read: an outsider costs no more than its headers.
+    request.app[HUB].admit(token, remote_addr)
     if len(token) > MAX_TOKEN_LENGTH:
         raise ApiError(404, "callback_not_found", "no callback has this token")
     received_at = now_ms()
