@@ -14,6 +14,7 @@ import logging
 from typing import Mapping
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from cbhub.http.errors import ApiError, Handler, loggable_path
 from cbhub.http.keys import ANONYMOUS, CALLER, Caller
@@ -96,7 +97,7 @@ def _under_api(request: web.Request) -> bool:
     return resource is not None and resource.canonical.startswith(API_PREFIX + "/")
 
 
-def auth_middleware(authenticator: Authenticator) -> Handler:
+def auth_middleware(authenticator: Authenticator) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if _under_api(request):

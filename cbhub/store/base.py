@@ -6,7 +6,7 @@ import abc
 from dataclasses import dataclass
 from typing import Callable
 
-from cbhub.model import Callback, Delivery, Event, Incoming, MintSpec
+from cbhub.model import Callback, Delivery, Event, Incoming, MintSpec, short_token
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 
@@ -24,7 +24,9 @@ class SchemaTooNew(StoreError):
 
 
 class CallbackNotFound(StoreError):
-    pass
+    def __init__(self, token: str) -> None:
+        # Shortened: an exception's text can end up in a log line.
+        super().__init__(short_token(token))
 
 
 class CallbackClosed(StoreError):

@@ -156,6 +156,16 @@ class SQLiteStore(Store):
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            return
+        # A file made elsewhere keeps its mode (changing it is the owner's call), but it is said.
+        mode = self.path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning(
+                "database %s can be read by other users (mode %04o): it holds every token and payload;"
+                " `chmod 600` it (its -wal and -shm files follow)",
+                self.path,
+                mode,
+            )
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
