@@ -97,10 +97,13 @@ class VerifyConfig:
     prefix: str = ""
 
     def spec(self) -> VerifySpec | None:
-        if not self.scheme:
-            return None
         # "hex" is the default, not a choice: Standard Webhooks takes no encoding.
         given = {k: v for k, v in dataclasses.asdict(self).items() if v and (k, v) != ("encoding", "hex")}
+        if not self.scheme:
+            if given:
+                # A secret with no scheme would look like protection and be none.
+                raise SpecError(f"ingest.verify.scheme: required when ingest.verify.{next(iter(given))} is set")
+            return None
         return parse_spec(given, "ingest.verify")
 
 
