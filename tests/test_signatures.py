@@ -138,6 +138,9 @@ async def test_github_style_hmac_signatures_are_verified(client):
     await post_callback(client, callback, data=body, headers=headers)
     [delivery] = await woken_with(watching)
     assert delivery["body"] == "Hello, World!"
+    # Hex digits are case-blind.
+    upper = "sha256=" + github_signature(body).removeprefix("sha256=").upper()
+    await post_callback(client, callback, data=body, headers={"X-Hub-Signature-256": upper})
 
 
 async def test_base64_hmac_without_prefix_as_shopify_sends_it(client):
