@@ -4,24 +4,32 @@ from typing import Callable
 
 from cbhub.config import Config
 from cbhub.store.base import (
+    AddressNotAllowed,
     CallbackClosed,
     CallbackNotFound,
     DeliveryFilter,
+    DeliveryRefused,
+    Guard,
     IdempotencyConflict,
     IngestResult,
     SchemaTooNew,
+    SignatureInvalid,
     Store,
     StoreError,
     StoreUnavailable,
 )
 
 __all__ = [
+    "AddressNotAllowed",
     "CallbackClosed",
     "CallbackNotFound",
     "DeliveryFilter",
+    "DeliveryRefused",
+    "Guard",
     "IdempotencyConflict",
     "IngestResult",
     "SchemaTooNew",
+    "SignatureInvalid",
     "Store",
     "StoreError",
     "StoreUnavailable",

@@ -71,4 +71,12 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial]
+def _v2_owner_and_guards(conn: sqlite3.Connection) -> None:
+    # Who minted each callback (an API key's name; NULL before keys, or without them), and the
+    # guards on its public URL as JSON (NULL: none): a list of CIDRs, a signature spec.
+    conn.execute("ALTER TABLE callbacks ADD COLUMN created_by TEXT")
+    conn.execute("ALTER TABLE callbacks ADD COLUMN allow_ips TEXT")
+    conn.execute("ALTER TABLE callbacks ADD COLUMN verify TEXT")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_owner_and_guards]

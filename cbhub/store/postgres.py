@@ -28,6 +28,7 @@ from cbhub.store.base import (
     IDEMPOTENCY_WINDOW_MS,
     CallbackNotFound,
     DeliveryFilter,
+    Guard,
     IdempotencyConflict,
     IngestResult,
     SchemaTooNew,
@@ -39,14 +40,17 @@ from cbhub.store.postgres_feed import CHANNEL, EventFeed, Position
 from cbhub.store.postgres_schema import MIGRATIONS
 from cbhub.store.rows import (
     CALLBACK_COLUMNS,
+    CALLBACK_WIDTH,
     DELIVERY_COLUMNS,
     DELIVERY_FROM,
+    DELIVERY_WIDTH,
     LAST_DELIVERY_ID,
     by_status,
     callback_from_row,
     check_open,
     delivery_from_row,
     delivery_where,
+    guard_columns,
     new_delivery,
 )
 
@@ -76,10 +80,11 @@ CLOSINGS_AFTER = (
     " WHERE c.closed_seq > $1 AND c.closed_seq <= $2 ORDER BY c.closed_seq LIMIT $3"
 )
 INSERT_CALLBACKS = (
-    "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata)"
-    " SELECT t.token, 'pending', $2, t.expires_at, t.label, t.group_name, t.metadata"
-    " FROM unnest($1::text[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[])"
-    " AS t (token, expires_at, label, group_name, metadata)"
+    "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata, created_by,"
+    " allow_ips, verify)"
+    " SELECT t.token, 'pending', $2, t.expires_at, t.label, t.group_name, t.metadata, t.created_by, t.allow_ips,"
+    " t.verify FROM unnest($1::text[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[], $7::text[], $8::text[],"
+    " $9::text[]) AS t (token, expires_at, label, group_name, metadata, created_by, allow_ips, verify)"
     f" RETURNING {CALLBACK_COLUMNS}"
 )
 # Claims an idempotency key: a new key, or one past its window. No row back: the key is live.
@@ -312,6 +317,7 @@ class PostgresStore(Store):
                         raise IdempotencyConflict(key)
                     return [await self._load_callback(conn, cid) for cid in orjson.loads(row[1])], False
             tokens = [secrets.token_urlsafe(32) for _ in specs]
+            guards = [guard_columns(spec) for spec in specs]
             rows = await conn.fetch(
                 INSERT_CALLBACKS,
                 tokens,
@@ -320,6 +326,7 @@ class PostgresStore(Store):
                 [_name(spec.label) for spec in specs],
                 [_name(spec.group) for spec in specs],
                 [orjson.dumps(spec.metadata).decode() for spec in specs],
+                *(list(column) for column in zip(*guards)),
             )
             by_token = {row[1]: row for row in rows}
             ordered_rows = [by_token[token] for token in tokens]
@@ -334,7 +341,7 @@ class PostgresStore(Store):
 
         return await self._submit(op, ordered=False)
 
-    async def ingest(self, incoming: Incoming) -> IngestResult:
+    async def ingest(self, incoming: Incoming, guard: Guard | None = None) -> IngestResult:
         async def op(conn: asyncpg.Connection) -> IngestResult:
             if _no_such_token(incoming.token):
                 raise CallbackNotFound(incoming.token)
@@ -345,6 +352,9 @@ class PostgresStore(Store):
             if row is None:
                 raise CallbackNotFound(incoming.token)
             callback = _callback(row)
+            if guard is not None:
+                # Before the closed and duplicate checks, as on SQLite (see there).
+                guard(callback)
             check_open(callback, incoming.received_at)
             callback_id = row[0]
             dedupe_key = _name(incoming.dedupe_key)
@@ -377,7 +387,7 @@ class PostgresStore(Store):
 
         return await self._submit(op, ordered=True, announce=ingested)
 
-    async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
+    async def cancel(self, token: str, now: int, owner: str | None = None) -> tuple[Callback, bool]:
         async def op(conn: asyncpg.Connection) -> tuple[Callback, bool]:
             if _no_such_token(token):
                 raise CallbackNotFound(token)
@@ -385,6 +395,8 @@ class PostgresStore(Store):
             if row is None:
                 raise CallbackNotFound(token)
             callback = _callback(row)
+            if owner is not None and callback.created_by != owner:
+                raise CallbackNotFound(token)
             callback.result = await self._load_delivery(conn, row[LAST_DELIVERY_ID])
             if callback.status in TERMINAL:
                 return callback, False
@@ -446,8 +458,8 @@ class PostgresStore(Store):
     async def _deliveries_after(self, after: int, upto: int, limit: int) -> list[tuple[int, Event]]:
         events = []
         for row in await self._fetch(DELIVERIES_AFTER, after, upto, limit):
-            delivery = _delivery(row[:11])
-            callback = _callback(row[11:])
+            delivery = _delivery(row[:DELIVERY_WIDTH])
+            callback = _callback(row[DELIVERY_WIDTH:])
             callback.result = delivery
             events.append((delivery.id, Event("delivery", callback, delivery)))
         return events
@@ -455,9 +467,9 @@ class PostgresStore(Store):
     async def _closings_after(self, after: int, upto: int, limit: int) -> list[tuple[int, Event]]:
         events = []
         for row in await self._fetch(CLOSINGS_AFTER, after, upto, limit):
-            callback = _callback(row[1:11])
-            if row[11] is not None:
-                callback.result = _delivery(row[11:])
+            callback = _callback(row[1 : 1 + CALLBACK_WIDTH])
+            if row[1 + CALLBACK_WIDTH] is not None:
+                callback.result = _delivery(row[1 + CALLBACK_WIDTH :])
             events.append((row[0], Event("status", callback)))
         return events
 
@@ -516,19 +528,26 @@ class PostgresStore(Store):
         )
         return [_delivery(row) for row in rows]
 
-    async def callback_statuses(self, tokens: Sequence[str]) -> dict[str, str]:
+    async def callback_statuses(self, tokens: Sequence[str], owner: str | None = None) -> dict[str, str]:
         wanted = [token for token in tokens if not _no_such_token(token)]
-        rows = await self._fetch("SELECT token, status FROM callbacks WHERE token = ANY($1::text[])", wanted)
+        rows = await self._fetch(
+            "SELECT token, status FROM callbacks WHERE token = ANY($1::text[]) AND ($2::text IS NULL OR created_by = $2)",
+            wanted,
+            owner,
+        )
         return dict(rows)
 
     async def get_delivery(self, delivery_id: int) -> Delivery | None:
         row = await self._fetchone(f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.id = $1", delivery_id)
         return _delivery(row) if row is not None else None
 
-    async def group_counts(self, group: str) -> dict[str, int]:
+    async def group_counts(self, group: str, owner: str | None = None) -> dict[str, int]:
         return by_status(
             await self._fetch(
-                "SELECT status, COUNT(*) FROM callbacks WHERE group_name = $1 GROUP BY status", _name(group)
+                "SELECT status, COUNT(*) FROM callbacks WHERE group_name = $1 AND ($2::text IS NULL OR created_by = $2)"
+                " GROUP BY status",
+                _name(group),
+                owner,
             )
         )
 

@@ -66,4 +66,12 @@ _V1 = [
     "CREATE TABLE write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at BIGINT NOT NULL)",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1]
+# Who minted each callback (an API key's name) and the guards on its public URL as JSON, as in
+# SQLite's version 2.
+_V2 = [
+    "ALTER TABLE callbacks ADD COLUMN created_by TEXT",
+    "ALTER TABLE callbacks ADD COLUMN allow_ips TEXT",
+    "ALTER TABLE callbacks ADD COLUMN verify TEXT",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2]

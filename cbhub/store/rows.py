@@ -9,18 +9,24 @@ from typing import Any, Callable, Sequence
 import orjson
 
 from cbhub.bodies import parse_form
-from cbhub.model import EXPIRED, PENDING, RECEIVED, STATUSES, TERMINAL, Callback, Delivery, Incoming
+from cbhub.model import EXPIRED, PENDING, RECEIVED, STATUSES, TERMINAL, Callback, Delivery, Incoming, MintSpec
+from cbhub.signatures import VerifySpec
 from cbhub.store.base import CallbackClosed, DeliveryFilter
 
 # Both schemas name their columns alike; the row mappers below read them in this order.
-CALLBACK_COLUMNS = "id, token, status, created_at, expires_at, label, group_name, metadata, deliveries, last_delivery_id"
+CALLBACK_COLUMNS = (
+    "id, token, status, created_at, expires_at, label, group_name, metadata, deliveries, last_delivery_id,"
+    " created_by, allow_ips, verify"
+)
 DELIVERY_COLUMNS = (
     "d.id, c.token, d.received_at, d.method, d.content_type, d.remote_addr, d.headers, d.query,"
     " d.body, d.correlation_id, d.group_name"
 )
 DELIVERY_FROM = "deliveries d JOIN callbacks c ON c.id = d.callback_id"
-# Indexes into a CALLBACK_COLUMNS row.
+# Indexes into a CALLBACK_COLUMNS row, and its width.
 CALLBACK_ID, LAST_DELIVERY_ID = 0, 9
+CALLBACK_WIDTH = len(CALLBACK_COLUMNS.split(","))
+DELIVERY_WIDTH = len(DELIVERY_COLUMNS.split(","))
 
 Text = Callable[[Any], str | None]
 
@@ -41,6 +47,9 @@ def callback_from_row(row: Sequence[Any], text: Text = _same) -> Callback:
         group=text(row[6]),
         metadata=orjson.loads(row[7]),
         deliveries=row[8],
+        created_by=row[10],
+        allow_ips=tuple(orjson.loads(row[11])) if row[11] is not None else (),
+        verify=VerifySpec(**orjson.loads(row[12])) if row[12] is not None else None,
     )
 
 
@@ -113,4 +122,15 @@ def delivery_where(
         clauses.append(f"d.group_name = {bind(name(where.group))}")
     if where.correlation_id is not None:
         clauses.append(f"d.correlation_id = {bind(name(where.correlation_id))}")
+    if where.owner is not None:
+        clauses.append(f"c.created_by = {bind(where.owner)}")
     return " AND ".join(clauses)
+
+
+def guard_columns(spec: MintSpec) -> tuple[str | None, str | None, str | None]:
+    """A mint's owner and guards as stored: created_by, allow_ips and verify (JSON or NULL)."""
+    return (
+        spec.created_by,
+        orjson.dumps(spec.allow_ips).decode() if spec.allow_ips else None,
+        orjson.dumps(spec.verify.to_json()).decode() if spec.verify is not None else None,
+    )

@@ -36,6 +36,7 @@ from cbhub.store.base import (
     IDEMPOTENCY_WINDOW_MS,
     CallbackNotFound,
     DeliveryFilter,
+    Guard,
     IdempotencyConflict,
     IngestResult,
     SchemaTooNew,
@@ -54,6 +55,7 @@ from cbhub.store.rows import (
     check_open,
     delivery_from_row,
     delivery_where,
+    guard_columns,
     new_delivery,
 )
 
@@ -135,6 +137,16 @@ class SQLiteStore(Store):
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            return
+        # A file made elsewhere keeps its mode (changing it is the owner's call), but it is said.
+        mode = self.path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning(
+                "database %s can be read by other users (mode %04o): it holds every token and payload;"
+                " `chmod 600` it (its -wal and -shm files follow)",
+                self.path,
+                mode,
+            )
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -237,8 +249,8 @@ class SQLiteStore(Store):
             ids = []
             for spec in specs:
                 cursor = conn.execute(
-                    "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata,"
+                    " created_by, allow_ips, verify) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         secrets.token_urlsafe(32),
                         PENDING,
@@ -247,6 +259,7 @@ class SQLiteStore(Store):
                         spec.label,
                         spec.group,
                         orjson.dumps(spec.metadata).decode(),
+                        *guard_columns(spec),
                     ),
                 )
                 ids.append(cursor.lastrowid)
@@ -260,12 +273,17 @@ class SQLiteStore(Store):
 
         return await self._writes.submit(op)
 
-    async def ingest(self, incoming: Incoming) -> IngestResult:
+    async def ingest(self, incoming: Incoming, guard: Guard | None = None) -> IngestResult:
         def op(conn: sqlite3.Connection) -> IngestResult:
             row = conn.execute(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = ?", (incoming.token,)).fetchone()
             if row is None:
                 raise CallbackNotFound(incoming.token)
             callback = callback_from_row(row)
+            if guard is not None:
+                # On the row this op loads anyway: guards cost no extra read. Before the closed
+                # check, so a refused sender learns nothing of the callback's state; before the
+                # duplicate check, so a forgery reusing a real message id is refused too.
+                guard(callback)
             check_open(callback, incoming.received_at)
             callback_id = row[0]
             if incoming.dedupe_key is not None:
@@ -302,12 +320,14 @@ class SQLiteStore(Store):
 
         return await self._writes.submit(op, ingested)
 
-    async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
+    async def cancel(self, token: str, now: int, owner: str | None = None) -> tuple[Callback, bool]:
         def op(conn: sqlite3.Connection) -> tuple[Callback, bool]:
             row = conn.execute(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = ?", (token,)).fetchone()
             if row is None:
                 raise CallbackNotFound(token)
             callback = callback_from_row(row)
+            if owner is not None and callback.created_by != owner:
+                raise CallbackNotFound(token)
             callback.result = self._load_delivery(conn, row[9])
             if callback.status in TERMINAL:
                 return callback, False
@@ -414,13 +434,15 @@ class SQLiteStore(Store):
         )
         return [delivery_from_row(row) for row in rows]
 
-    async def callback_statuses(self, tokens: Sequence[str]) -> dict[str, str]:
+    async def callback_statuses(self, tokens: Sequence[str], owner: str | None = None) -> dict[str, str]:
         statuses: dict[str, str] = {}
+        mine = "" if owner is None else " AND created_by = ?"
         # In chunks: SQLite caps the number of parameters of one statement.
         for start in range(0, len(tokens), STATUS_CHUNK):
             chunk = list(tokens[start : start + STATUS_CHUNK])
             rows = await self._fetchall(
-                f"SELECT token, status FROM callbacks WHERE token IN ({', '.join('?' * len(chunk))})", chunk
+                f"SELECT token, status FROM callbacks WHERE token IN ({', '.join('?' * len(chunk))}){mine}",
+                chunk if owner is None else [*chunk, owner],
             )
             statuses.update(rows)
         return statuses
@@ -429,10 +451,13 @@ class SQLiteStore(Store):
         row = await self._fetchone(f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.id = ?", (delivery_id,))
         return delivery_from_row(row) if row is not None else None
 
-    async def group_counts(self, group: str) -> dict[str, int]:
-        return by_status(
-            await self._fetchall("SELECT status, COUNT(*) FROM callbacks WHERE group_name = ? GROUP BY status", (group,))
-        )
+    async def group_counts(self, group: str, owner: str | None = None) -> dict[str, int]:
+        if owner is None:
+            sql, params = "SELECT status, COUNT(*) FROM callbacks WHERE group_name = ? GROUP BY status", (group,)
+        else:
+            sql = "SELECT status, COUNT(*) FROM callbacks WHERE group_name = ? AND created_by = ? GROUP BY status"
+            params = (group, owner)
+        return by_status(await self._fetchall(sql, params))
 
     async def status_counts(self) -> dict[str, int]:
         return by_status(await self._fetchall("SELECT status, COUNT(*) FROM callbacks GROUP BY status", ()))
