@@ -17,6 +17,9 @@ from cbhub.config import ConfigError, load_config
 from cbhub.http.keys import CALLER
 from conftest import assert_error, bearer, mint, post_callback, registry_size, start_watching, woken_with
 
+# Every test here runs on SQLite and on PostgreSQL.
+ALL_BACKENDS = True
+
 KEYS = {
     "billing": "billing-key-5f0c2a9d7e1b",
     "crm": "crm-key-8a4e6b1d3c9f07",

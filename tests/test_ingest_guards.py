@@ -13,6 +13,9 @@ from cbhub.http.keys import HUB
 from cbhub.ratelimit import RateLimiter
 from conftest import assert_error, mint, post_callback, registry_size, start_watching, woken_with
 
+# Every test here runs on SQLite and on PostgreSQL.
+ALL_BACKENDS = True
+
 
 async def deliveries_of(client, callback) -> int:
     return (await (await client.get(f"/v1/callbacks/{callback['token']}")).json())["deliveries"]

@@ -20,6 +20,9 @@ from standardwebhooks import Webhook
 from cbhub.http.keys import HUB
 from conftest import assert_error, mint, post_callback, start_watching, woken_with
 
+# Every test here runs on SQLite and on PostgreSQL.
+ALL_BACKENDS = True
+
 SECRET = "whsec_" + base64.b64encode(b"the sender's 32-byte signing key").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"somebody else's signing key.....").decode()
 GITHUB_SECRET = "It's a Secret to Everybody"

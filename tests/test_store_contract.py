@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from cbhub.bodies import parse_body
-from cbhub.model import Event, Incoming, MintSpec, now_ms
-from cbhub.store import CallbackClosed, CallbackNotFound, DeliveryFilter, IdempotencyConflict
+from cbhub.model import Callback, Event, Incoming, MintSpec, now_ms
+from cbhub.signatures import VerifySpec
+from cbhub.store import AddressNotAllowed, CallbackClosed, CallbackNotFound, DeliveryFilter, IdempotencyConflict
 from cbhub.store.base import IDEMPOTENCY_WINDOW_MS
 
 # Every test here runs on SQLite and on PostgreSQL.
@@ -227,3 +228,40 @@ async def test_concurrent_writes_share_commits_and_all_land(make_store):
     assert sorted(ids) == [d.id for d in stored]
     assert store.writable
     await store.ping()
+
+
+async def test_owners_and_guards_are_kept_and_enforced(make_store):
+    events: list[Event] = []
+    store = await make_store(events.append)
+    now = now_ms()
+    verify = VerifySpec(scheme="hmac-sha256", secret="s3cret", header="X-Signature")
+    (mine, theirs), _ = await store.mint(
+        [
+            MintSpec(HOUR, None, "g", {}, created_by="alice", allow_ips=("10.0.0.0/8",), verify=verify),
+            MintSpec(HOUR, None, "g", {}, created_by="bob"),
+        ],
+        now,
+    )
+    fetched = await store.get_callback(mine.token)
+    assert (fetched.created_by, fetched.allow_ips, fetched.verify) == ("alice", ("10.0.0.0/8",), verify)
+    assert (await store.get_callback(theirs.token)).verify is None
+    assert await store.callback_statuses([mine.token, theirs.token], owner="alice") == {mine.token: "pending"}
+    assert (await store.group_counts("g", owner="alice"))["pending"] == 1
+    assert (await store.group_counts("g"))["pending"] == 2
+    with pytest.raises(CallbackNotFound):
+        await store.cancel(mine.token, now, owner="bob")
+
+    seen: list[Callback] = []
+
+    def refuse(callback: Callback) -> None:
+        seen.append(callback)
+        raise AddressNotAllowed("not from there")
+
+    with pytest.raises(AddressNotAllowed):
+        await store.ingest(incoming(mine.token), refuse)
+    assert seen[0].allow_ips == ("10.0.0.0/8",), "the guard is run on the stored callback"
+    assert await store.find_deliveries(DeliveryFilter(), 0, 10) == [] and events == []
+    await store.ingest(incoming(mine.token), lambda callback: None)
+    await store.ingest(incoming(theirs.token))
+    owned = await store.find_deliveries(DeliveryFilter(owner="alice"), 0, 10)
+    assert [d.token for d in owned] == [mine.token]
