@@ -45,8 +45,11 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, durable: bool = False) -> None:
         self.bindir = bindir
+        # Off in the tests, which kill cbhub but never PostgreSQL: its own fsync only slows
+        # them down. On for benchmarks, whose figures must include it.
+        self.durable = durable
         self.root = Path(tempfile.mkdtemp(prefix="cbhub-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -71,17 +74,10 @@ class PostgresServer:
 
     def start(self) -> None:
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale")
-        options = " ".join(
-            [
-                f"-p {self.port}",
-                f"-k {self.root}",
-                "-c listen_addresses=127.0.0.1",
-                "-c max_connections=300",
-                # The tests kill cbhub, never PostgreSQL: its own fsync only slows them down.
-                "-c fsync=off",
-                "-c full_page_writes=off",
-            ]
-        )
+        settings = [f"-p {self.port}", f"-k {self.root}", "-c listen_addresses=127.0.0.1", "-c max_connections=300"]
+        if not self.durable:
+            settings += ["-c fsync=off", "-c full_page_writes=off"]
+        options = " ".join(settings)
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start")
 
     def stop(self) -> None:

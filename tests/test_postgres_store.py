@@ -170,3 +170,20 @@ async def test_a_database_from_a_newer_cbhub_is_refused(make_store, pg_dsn):
     await conn.close()
     with pytest.raises(SchemaTooNew, match="99"):
         await PostgresStore(pg_dsn).open()
+
+
+async def test_a_write_the_database_refuses_fails_alone_and_its_batch_commits(make_store):
+    events: list[Event] = []
+    store = await make_store(events.append)
+    callbacks, _ = await store.mint([spec()] * 20, now_ms())
+    # PostgreSQL text cannot hold NUL: this one write is refused by the server, mid-batch.
+    writes = [
+        store.ingest(incoming(c.token, content_type="text/plain\x00" if n == 7 else "text/plain"))
+        for n, c in enumerate(callbacks)
+    ]
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert isinstance(results[7], asyncpg.PostgresError)
+    stored = await store.find_deliveries(DeliveryFilter(), 0, 100)
+    assert sorted(r.delivery.id for n, r in enumerate(results) if n != 7) == [d.id for d in stored]
+    assert len(stored) == 19 and [e.delivery.id for e in events] == [d.id for d in stored]
+    assert store.writable

@@ -33,6 +33,7 @@ from cbhub.store.base import (
     IngestResult,
     SchemaTooNew,
     Store,
+    StoreError,
     StoreUnavailable,
 )
 from cbhub.store.group_commit import Announce, GroupCommit, cancelled, expired, ingested, no_events
@@ -66,6 +67,10 @@ C_CALLBACK_COLUMNS = ", ".join(f"c.{column}" for column in CALLBACK_COLUMNS.spli
 LAST_POSITION = (
     "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM delivery_ids),"
     " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM closing_seq)"
+)
+NOTIFY_AND_LAST_POSITION = (
+    "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM delivery_ids),"
+    " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM closing_seq), pg_notify($1, '')"
 )
 COMMITTED_POSITION = (
     "SELECT (SELECT coalesce(max(id), 0) FROM deliveries), (SELECT coalesce(max(closed_seq), 0) FROM callbacks)"
@@ -153,6 +158,15 @@ def _fails_alone(exc: Exception) -> bool:
 
 def _unavailable(exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"PostgreSQL is unavailable: {exc or type(exc).__name__}")
+
+
+class _OpFailed(Exception):
+    """One op of a batch failed in a way that aborted the transaction."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index)
+        self.index = index
+        self.error = error
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +262,20 @@ class PostgresStore(Store):
         return self._writer
 
     async def _commit(self, ops: list[_Write]) -> list[Any]:
-        ordered = any(op.ordered for op in ops)
+        """One transaction for the batch, without a savepoint per op (two round trips each).
+        An op refuses (a StoreError) only before it writes, so a refusal leaves the transaction
+        as it was; any other failure of one op rolls the batch back, and the batch is run again
+        without that op, which fails alone. A failure of the connection or the server fails the
+        batch: nothing of it was committed."""
+        failed: dict[int, Exception] = {}
+        while True:
+            try:
+                return await self._run_batch(ops, failed)
+            except _OpFailed as exc:
+                failed[exc.index] = exc.error
+
+    async def _run_batch(self, ops: list[_Write], failed: dict[int, Exception]) -> list[Any]:
+        ordered = any(op.ordered for index, op in enumerate(ops) if index not in failed)
         held = False
         start = end = Position()
         try:
@@ -260,18 +287,22 @@ class PostgresStore(Store):
                     self._feed.hold(start)
                     held = True
                 results: list[Any] = []
-                for op in ops:
+                for index, op in enumerate(ops):
+                    if index in failed:
+                        results.append(failed[index])
+                        continue
                     try:
-                        async with conn.transaction():  # a savepoint: an op that fails, fails alone
-                            results.append(await op.run(conn))
+                        results.append(await op.run(conn))
+                    except StoreError as exc:
+                        results.append(exc)
                     except Exception as exc:
                         if not _fails_alone(exc):
                             raise
-                        results.append(exc)
+                        raise _OpFailed(index, exc) from exc
                 if ordered:
-                    end = Position(*await conn.fetchrow(LAST_POSITION))
-                    # Delivered by the server only if, and once, this transaction commits.
-                    await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+                    # The notification is delivered by the server only if, and once, this
+                    # transaction commits.
+                    end = Position(*tuple(await conn.fetchrow(NOTIFY_AND_LAST_POSITION, CHANNEL))[:2])
         except Exception as exc:
             if held:
                 self._feed.release()
