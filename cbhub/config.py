@@ -24,7 +24,7 @@ ENV_PREFIX = "CBHUB_"
 # Keys whose environment variable is not the derived CBHUB_SECTION_KEY.
 _ENV_NAMES = {"auth.api_keys": "CBHUB_API_KEYS"}
 # Keys whose values are secrets: an error message names them but never shows the value.
-_SECRET_KEYS = frozenset({"auth.api_keys", "ingest.verify.secret"})
+_SECRET_KEYS = frozenset({"auth.api_keys", "ingest.verify.secret", "storage.dsn"})
 KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MIN_API_KEY_LENGTH = 16
 TRUE_WORDS = ("true", "1", "yes", "on")
@@ -61,7 +61,7 @@ class StorageConfig:
     synchronous: str = "FULL"
     # PostgreSQL: a libpq URL (postgresql://user:password@host:5432/cbhub) and the number of
     # pooled connections for reads (each instance also holds one writer and one listener).
-    dsn: str = ""
+    dsn: str = field(default="", repr=False)  # may hold a password
     pool_size: int = 10
 
 
@@ -416,7 +416,8 @@ def _validate(config: Config) -> None:
     for dotted, (check, hint) in _CHECKS.items():
         value = _value(config, dotted)
         if not check(value):
-            raise ConfigError(f"invalid value for {dotted}: {value!r} (expected {hint})")
+            shown = "(hidden)" if dotted in _SECRET_KEYS else repr(value)
+            raise ConfigError(f"invalid value for {dotted}: {shown} (expected {hint})")
     if config.storage.backend == "postgres" and not config.storage.dsn:
         raise ConfigError(
             f"storage.dsn is required with storage.backend = \"postgres\" (or set {env_name('storage.dsn')})"

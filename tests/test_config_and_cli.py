@@ -143,3 +143,48 @@ def test_serve_refuses_a_database_from_a_newer_cbhub(serve_process, tmp_path):
     code, log = server.finish()
     assert code == 1
     assert "schema version 42" in log and "Traceback" not in log
+
+
+def test_storage_backend_settings_are_checked_and_the_dsn_never_shown():
+    from cbhub.cli import describe_storage
+
+    config = load_config(env={"CBHUB_STORAGE_BACKEND": "postgres", "CBHUB_STORAGE_DSN": "postgresql://u:pw@db:5433/hub"})
+    assert (config.storage.backend, config.storage.pool_size) == ("postgres", 10)
+    assert describe_storage(config.storage) == "PostgreSQL postgresql://u@db:5433/hub"
+    assert "pw" not in repr(config)
+    with pytest.raises(ConfigError, match="storage.dsn is required"):
+        load_config(env={"CBHUB_STORAGE_BACKEND": "postgres"})
+    with pytest.raises(ConfigError, match="storage.backend") as refused:
+        load_config(env={"CBHUB_STORAGE_BACKEND": "mysql"})
+    assert "sqlite, postgres" in str(refused.value)
+    with pytest.raises(ConfigError, match="storage.dsn") as refused:
+        load_config(env={"CBHUB_STORAGE_BACKEND": "postgres", "CBHUB_STORAGE_DSN": "mysql://u:pw@db/x"})
+    assert "pw" not in str(refused.value)
+    with pytest.raises(ConfigError, match="storage.pool_size"):
+        load_config(env={"CBHUB_STORAGE_POOL_SIZE": "0"})
+
+
+def test_serve_on_an_unreachable_postgres_fails_with_a_message(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there
+    result = subprocess.run(
+        [sys.executable, "-m", "cbhub", "serve", "--port", "0"],
+        env={
+            **{name: value for name, value in os.environ.items() if not name.startswith("CBHUB_")},
+            "CBHUB_STORAGE_BACKEND": "postgres",
+            "CBHUB_STORAGE_DSN": f"postgresql://cbhub:secret@127.0.0.1:{port}/cbhub",
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr and "PostgreSQL" in result.stderr
+    assert "Traceback" not in result.stderr and "secret" not in result.stderr
