@@ -187,3 +187,21 @@ async def test_a_write_the_database_refuses_fails_alone_and_its_batch_commits(ma
     assert sorted(r.delivery.id for n, r in enumerate(results) if n != 7) == [d.id for d in stored]
     assert len(stored) == 19 and [e.delivery.id for e in events] == [d.id for d in stored]
     assert store.writable
+
+
+async def test_connections_terminated_while_idle_cost_no_write_and_no_read(make_store, pg_dsn):
+    store = await make_store()
+    [callback], _ = await store.mint([spec()], now_ms())
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name IN ('cbhub writer', 'cbhub reader') AND datname = current_database()"
+        )
+    finally:
+        await admin.close()
+    assert killed >= 2
+    await asyncio.sleep(0.1)
+    result = await store.ingest(incoming(callback.token))  # on a new writer connection
+    assert (await store.get_callback(callback.token)).result.id == result.delivery.id
+    assert store.writable

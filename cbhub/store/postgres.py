@@ -156,6 +156,15 @@ def _fails_alone(exc: Exception) -> bool:
     return not isinstance(exc, (OSError, asyncpg.InterfaceError))
 
 
+# Errors that mean "the connection or the server", not "this statement".
+CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # terminated, shutting down, starting up
+)
+
+
 def _unavailable(exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"PostgreSQL is unavailable: {exc or type(exc).__name__}")
 
@@ -167,6 +176,14 @@ class _OpFailed(Exception):
         super().__init__(index)
         self.index = index
         self.error = error
+
+
+class _LostBeforeCommit(Exception):
+    """The writer's connection was lost before the batch's COMMIT was sent."""
+
+    def __init__(self, unavailable: StoreUnavailable) -> None:
+        super().__init__(str(unavailable))
+        self.unavailable = unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,17 +283,26 @@ class PostgresStore(Store):
         An op refuses (a StoreError) only before it writes, so a refusal leaves the transaction
         as it was; any other failure of one op rolls the batch back, and the batch is run again
         without that op, which fails alone. A failure of the connection or the server fails the
-        batch: nothing of it was committed."""
+        batch: nothing of it was committed, unless the connection was lost during the COMMIT
+        itself, which no client can tell apart (the writers are answered 503; a sender's retry
+        with a message id is then deduplicated)."""
         failed: dict[int, Exception] = {}
+        retried = False
         while True:
             try:
                 return await self._run_batch(ops, failed)
             except _OpFailed as exc:
                 failed[exc.index] = exc.error
+            except _LostBeforeCommit as exc:
+                # The writer's connection had died while idle (a database restart, a failover,
+                # a terminated backend): nothing was committed, so once more on a new one.
+                if retried:
+                    raise exc.unavailable from exc.__cause__
+                retried = True
 
     async def _run_batch(self, ops: list[_Write], failed: dict[int, Exception]) -> list[Any]:
         ordered = any(op.ordered for index, op in enumerate(ops) if index not in failed)
-        held = False
+        held = committing = False
         start = end = Position()
         try:
             conn = await self._writer_connection()
@@ -303,12 +329,16 @@ class PostgresStore(Store):
                     # The notification is delivered by the server only if, and once, this
                     # transaction commits.
                     end = Position(*tuple(await conn.fetchrow(NOTIFY_AND_LAST_POSITION, CHANNEL))[:2])
+                committing = True
         except Exception as exc:
             if held:
                 self._feed.release()
             if isinstance(exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
-                if self._writer is not None and self._writer.is_closed():
+                lost = self._writer is None or self._writer.is_closed()
+                if lost:
                     self._writer = None
+                if lost and not committing:
+                    raise _LostBeforeCommit(_unavailable(exc)) from exc
                 raise _unavailable(exc) from exc
             raise
         self._span = (start, end) if ordered else None
@@ -511,7 +541,11 @@ class PostgresStore(Store):
             raise StoreUnavailable("the store is not open")
         try:
             return [tuple(row) for row in await self._pool.fetch(sql, *args)]
-        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+        except CONNECTION_ERRORS:
+            pass  # a pooled connection that died while idle: a read is safe to repeat on another
+        try:
+            return [tuple(row) for row in await self._pool.fetch(sql, *args)]
+        except CONNECTION_ERRORS as exc:
             raise _unavailable(exc) from exc
 
     async def _fetchone(self, sql: str, *args: Any) -> tuple | None:
