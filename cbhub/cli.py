@@ -13,6 +13,7 @@ from aiohttp import web
 
 from cbhub import __version__
 from cbhub.app import create_app
+from cbhub.cli_client import add_commands
 from cbhub.config import Config, ConfigError, load_config
 from cbhub.store import StoreError
 
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", metavar="PATH", help="SQLite database file (storage.path)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
+
+    add_commands(commands)
     return parser
 
 
