@@ -22,15 +22,10 @@ API_KEY_ENV = "CBHUB_API_KEY"
 REQUEST_TIMEOUT = 30.0
 
 
-class CallbackHandle:
-    """A callback as `create` returns it: its URL to hand out, and a way to await its result.
+class HandleBase:
+    """What every handle shows: the callback's token, and the URL to hand out."""
 
-    `callback` is the record as read when the handle was made; `refresh()` reads it again.
-    """
-
-    def __init__(self, hub: CbHub, callback: Callback) -> None:
-        self.hub = hub
-        self.callback = callback
+    callback: Callback
 
     @property
     def token(self) -> str:
@@ -39,6 +34,20 @@ class CallbackHandle:
     @property
     def url(self) -> str:
         return self.callback.url
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url} {self.callback.status}>"
+
+
+class CallbackHandle(HandleBase):
+    """A callback as `create` returns it: its URL to hand out, and a way to await its result.
+
+    `callback` is the record as read when the handle was made; `refresh()` reads it again.
+    """
+
+    def __init__(self, hub: CbHub, callback: Callback) -> None:
+        self.hub = hub
+        self.callback = callback
 
     async def wait(self, timeout: float | None = None, after: int = 0) -> Delivery:
         """The latest delivery; see `CbHub.wait`."""
@@ -51,9 +60,6 @@ class CallbackHandle:
     async def cancel(self) -> Callback:
         self.callback = await self.hub.cancel(self.token)
         return self.callback
-
-    def __repr__(self) -> str:
-        return f"<CallbackHandle {self.url} {self.callback.status}>"
 
 
 class CbHub:

@@ -11,7 +11,7 @@ import threading
 from types import TracebackType
 from typing import Any, Coroutine, Iterator, Mapping, TypeVar
 
-from cbhub.client.hub import CallbackHandle, CbHub
+from cbhub.client.hub import CbHub, HandleBase
 from cbhub.client.models import Callback, Delivery, DeliveryPage, GroupStatus
 
 T = TypeVar("T")
@@ -20,37 +20,24 @@ T = TypeVar("T")
 CANCEL_GRACE = 2.0
 
 
-class SyncCallbackHandle:
+class SyncCallbackHandle(HandleBase):
     """A callback as `SyncCbHub.create` returns it: its URL, and a blocking `wait`."""
 
-    def __init__(self, hub: SyncCbHub, handle: CallbackHandle) -> None:
+    def __init__(self, hub: SyncCbHub, callback: Callback) -> None:
         self.hub = hub
-        self._handle = handle
-
-    @property
-    def token(self) -> str:
-        return self._handle.token
-
-    @property
-    def url(self) -> str:
-        return self._handle.url
-
-    @property
-    def callback(self) -> Callback:
-        return self._handle.callback
+        self.callback = callback
 
     def wait(self, timeout: float | None = None, after: int = 0) -> Delivery:
         """The latest delivery; see `CbHub.wait`."""
-        return self.hub._run(self._handle.wait(timeout=timeout, after=after))
+        return self.hub.wait(self.token, timeout=timeout, after=after)
 
     def refresh(self) -> Callback:
-        return self.hub._run(self._handle.refresh())
+        self.callback = self.hub.get(self.token)
+        return self.callback
 
     def cancel(self) -> Callback:
-        return self.hub._run(self._handle.cancel())
-
-    def __repr__(self) -> str:
-        return f"<SyncCallbackHandle {self.url} {self.callback.status}>"
+        self.callback = self.hub.cancel(self.token)
+        return self.callback
 
 
 class SyncCbHub:
@@ -118,12 +105,12 @@ class SyncCbHub:
         idempotency_key: str | None = None,
     ) -> SyncCallbackHandle:
         handle = self._run(self.hub.create(ttl, label, group, metadata, idempotency_key=idempotency_key))
-        return SyncCallbackHandle(self, handle)
+        return SyncCallbackHandle(self, handle.callback)
 
     def create_batch(self, count: int, **fields: Any) -> list[SyncCallbackHandle]:
         """`count` callbacks alike; `fields` as for `create` (ttl, label, group, metadata)."""
         handles = self._run(self.hub.create_batch(count, **fields))
-        return [SyncCallbackHandle(self, handle) for handle in handles]
+        return [SyncCallbackHandle(self, handle.callback) for handle in handles]
 
     def get(self, token: str) -> Callback:
         return self._run(self.hub.get(token))
@@ -144,7 +131,8 @@ class SyncCbHub:
             while True:
                 yield self._run(stream.__anext__())
         finally:
-            self._run(stream.aclose())  # type: ignore[attr-defined]
+            if not self._closed:  # a generator dropped after close() has nothing left to stop
+                self._run(stream.aclose())  # type: ignore[attr-defined]
 
     def body(self, delivery_id: int) -> bytes:
         return self._run(self.hub.body(delivery_id))
