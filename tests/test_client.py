@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -19,6 +20,11 @@ from cbhub.client import (
 )
 from cbhub.http.keys import HUB
 from conftest import MARKETING_CLOUD_FIELDS, eventually, post_callback, registry_size
+
+
+async def third_party_post(url: str, body: dict) -> None:
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as response:
+        assert response.status == 200
 
 
 def url_of(client) -> str:
@@ -218,9 +224,7 @@ async def test_the_stream_survives_a_server_restart_without_losing_or_repeating(
         callbacks = await hub.create_batch(4, group="g")
 
         async def post(n: int) -> None:
-            cb = callbacks[n % len(callbacks)]
-            async with hub._client().post(cb.url, json={"n": n}) as response:
-                assert response.status == 200
+            await third_party_post(callbacks[n % len(callbacks)].url, {"n": n})
 
         seen: list = []
         reading = asyncio.create_task(collect(hub.deliveries(group="g"), seen))
@@ -244,3 +248,18 @@ async def test_the_stream_survives_a_server_restart_without_losing_or_repeating(
         assert [d.id for d in seen] == [d.id for d in stored.deliveries]
         assert [d.body["n"] for d in seen] == list(range(20))
         assert any("reconnecting" in record.message for record in caplog.records)
+
+
+async def test_a_wait_outlives_a_server_restart(aiohttp_server, config, unused_tcp_port):
+    port = unused_tcp_port
+    server = await aiohttp_server(create_app(config), port=port)
+    async with CbHub(f"http://127.0.0.1:{port}") as hub:
+        cb = await hub.create()
+        waiting = asyncio.create_task(cb.wait(timeout=30))
+        await eventually(lambda: len(server.app[HUB].registry) == 1)
+        await server.close()  # the pending long-poll is answered 503, or its connection drops
+        assert not waiting.done()
+        server = await aiohttp_server(create_app(config), port=port)
+        await third_party_post(cb.url, {"after": "restart"})
+        delivery = await asyncio.wait_for(waiting, 20)
+        assert delivery.body == {"after": "restart"}

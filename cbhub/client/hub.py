@@ -186,9 +186,10 @@ class CbHub:
                 return callback.result
             if data["deliveries"]:
                 return Delivery.from_json(data["deliveries"][-1])
-            closed = Cancelled if callback.status == CANCELLED else Expired
-            what = "any delivery" if after == 0 else f"a delivery after {after}"
-            raise closed(f"callback {token} is {callback.status} and did not receive {what}", callback)
+            what = "a delivery" if after == 0 else f"a delivery after {after}"
+            if callback.status == CANCELLED:
+                raise Cancelled(f"callback {token} was cancelled without {what}", callback)
+            raise Expired(f"callback {token} expired without {what}", callback)
 
     # Deliveries
 
