@@ -31,7 +31,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 Command = Callable[[CbHub, argparse.Namespace], Awaitable[int]]
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the client commands to the `cbhub` parser's subcommands."""
     server = argparse.ArgumentParser(add_help=False)
     server.add_argument(

@@ -13,7 +13,7 @@ INTERVAL = 0.1
 
 
 def elapsed(seconds: float) -> str:
-    """"7s", "2m05s", "1h02m03s"."""
+    """Seconds as a person reads them: 7s, 2m05s, 1h02m03s."""
     whole = int(seconds)
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)

@@ -209,7 +209,9 @@ def read_rows(lines: Iterable[str]) -> list[dict[str, Any]]:
 
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Create data extension rows asynchronously and await the outcomes.")
-    parser.add_argument("--soap-url", required=True, help="https://YOUR_SUBDOMAIN.soap.marketingcloudapis.com/Service.asmx")
+    parser.add_argument(
+        "--soap-url", required=True, help="https://YOUR_SUBDOMAIN.soap.marketingcloudapis.com/Service.asmx"
+    )
     parser.add_argument("--access-token", default=os.environ.get("MC_ACCESS_TOKEN"), help="default: $MC_ACCESS_TOKEN")
     parser.add_argument("--data-extension", required=True, help="the data extension's external key")
     parser.add_argument("--respond-when", default="Always", choices=ANSWERS_EVERY_CALL)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-
 from conftest import MARKETING_CLOUD_FIELDS, eventually, mint, post_callback, registry_size
 
 BIN = Path(sys.executable).parent
@@ -96,7 +95,9 @@ async def test_a_shell_script_mints_hands_out_and_waits(client, tmp_path):
 
 async def test_wait_prints_text_as_it_came_and_binary_as_the_exact_bytes(client):
     text_cb = await mint(client)
-    await post_callback(client, text_cb, data="line one\nligne deux é", headers={"Content-Type": "text/plain; charset=utf-8"})
+    await post_callback(
+        client, text_cb, data="line one\nligne deux é", headers={"Content-Type": "text/plain; charset=utf-8"}
+    )
     ran = await cbhub(client, "wait", text_cb["token"], "--timeout", "5")
     assert (ran.code, ran.out) == (0, "line one\nligne deux é".encode())
 

@@ -8,6 +8,7 @@ import logging
 import aiohttp
 import pytest
 from aiohttp import web
+from conftest import MARKETING_CLOUD_FIELDS, eventually, post_callback, registry_size
 
 from cbhub.app import create_app
 from cbhub.client import (
@@ -19,7 +20,6 @@ from cbhub.client import (
     Unreachable,
 )
 from cbhub.http.keys import HUB
-from conftest import MARKETING_CLOUD_FIELDS, eventually, post_callback, registry_size
 
 
 async def third_party_post(url: str, body: dict) -> None:

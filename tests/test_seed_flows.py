@@ -122,9 +122,7 @@ class FakeMarketingCloud:
             self.callback_statuses.append(response.status)  # and no retry, whatever it is
 
 
-async def test_500_marketing_cloud_async_calls_in_one_group_all_arrive_correlated_by_request_id(
-    client, aiohttp_server
-):
+async def test_500_marketing_cloud_async_calls_in_one_group_all_arrive_correlated_by_request_id(client, aiohttp_server):
     example = load_example("marketing_cloud")
     mc = FakeMarketingCloud()
     mc_server = await aiohttp_server(mc.app)
@@ -168,7 +166,7 @@ async def test_the_marketing_cloud_script_prints_one_line_per_row(client, aiohtt
     out, err = await asyncio.wait_for(proc.communicate(rows), 40)
     lines = sorted(out.decode().splitlines(), key=lambda line: "Error" in line)
     assert proc.returncode == 1, err.decode()  # one row failed
-    assert len(lines) == 3 and set(line.split()[0] for line in lines) == set(mc.calls)
+    assert len(lines) == 3 and {line.split()[0] for line in lines} == set(mc.calls)
     assert [line.split(" ", 1)[1] for line in lines] == ["OK", "OK", "Error 12000 Violation of PRIMARY KEY constraint"]
 
 

@@ -5,15 +5,23 @@ from __future__ import annotations
 import asyncio
 import os
 from types import TracebackType
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncGenerator, Mapping
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 
-from cbhub.client.errors import Cancelled, CbHubError, Expired, Unavailable, Unreachable, from_response
-from cbhub.client.models import CANCELLED, Callback, Delivery, DeliveryPage, GroupStatus
+from cbhub.client.errors import (
+    Cancelled,
+    CbHubError,
+    Expired,
+    Unavailable,
+    Unreachable,
+    from_response,
+)
+from cbhub.client.models import Callback, Delivery, DeliveryPage, GroupStatus
 from cbhub.client.streaming import POLL_SECONDS, Backoff, LongPoll, Transport, resume
+from cbhub.model import CANCELLED
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 URL_ENV = "CBHUB_URL"
@@ -218,7 +226,7 @@ class CbHub:
         correlation_id: str | None = None,
         after: int = 0,
         transport: Transport | None = None,
-    ) -> AsyncIterator[Delivery]:
+    ) -> AsyncGenerator[Delivery, None]:
         """Every matching delivery with id > after, oldest first, then live ones as they arrive;
         it never ends by itself (break out of the loop). Network errors and 503 answers are
         retried with backoff, resuming after the last delivery yielded: nothing is lost or
@@ -227,7 +235,8 @@ class CbHub:
 
     async def body(self, delivery_id: int) -> bytes:
         """The exact bytes a delivery carried."""
-        return await self._request("GET", f"/v1/deliveries/{delivery_id}/body", raw=True)
+        content: bytes = await self._request("GET", f"/v1/deliveries/{delivery_id}/body", raw=True)
+        return content
 
     # Groups
 
@@ -289,7 +298,7 @@ class CbHub:
                     raise CbHubError(
                         f"{method} {url}: the answer is not JSON (is this a cbhub server?)", response.status
                     ) from None
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
             raise Unreachable(f"cannot reach cbhub at {self.base_url}: {reason}") from exc
 

@@ -16,7 +16,7 @@ from cbhub.model import CANCELLED, EXPIRED, PENDING, RECEIVED
 
 def parse_time(text: str) -> datetime:
     """An RFC 3339 UTC time as the server writes it ("...T12:00:00.000Z"), timezone-aware."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return datetime.fromisoformat(text)
 
 
 @dataclass(frozen=True, slots=True)

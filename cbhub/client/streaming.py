@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from contextlib import aclosing
-from typing import TYPE_CHECKING, AsyncIterator, Mapping, Protocol
+from typing import TYPE_CHECKING, AsyncGenerator, Mapping, Protocol
 
 from cbhub.client.errors import Unavailable
 from cbhub.client.models import Delivery
@@ -32,7 +32,7 @@ PAGE_SIZE = 500
 
 
 class Transport(Protocol):
-    def stream(self, filters: Mapping[str, str], after: int) -> AsyncIterator[Delivery]:
+    def stream(self, filters: Mapping[str, str], after: int) -> AsyncGenerator[Delivery, None]:
         """Deliveries matching `filters` (token, group, correlation_id) with id > after, oldest
         first, live; raises Unavailable when the connection is lost."""
         ...
@@ -46,7 +46,7 @@ class LongPoll:
         self.wait = wait
         self.limit = limit
 
-    async def stream(self, filters: Mapping[str, str], after: int) -> AsyncIterator[Delivery]:
+    async def stream(self, filters: Mapping[str, str], after: int) -> AsyncGenerator[Delivery, None]:
         while True:
             page = await self.hub.list_deliveries(after=after, limit=self.limit, wait=self.wait, **filters)
             for delivery in page.deliveries:
@@ -83,7 +83,7 @@ HEALTHY_SECONDS = 10.0
 
 async def resume(
     transport: Transport, filters: Mapping[str, str], after: int, backoff: Backoff | None = None
-) -> AsyncIterator[Delivery]:
+) -> AsyncGenerator[Delivery, None]:
     """Every delivery matching `filters` with id > after, forever, across reconnections."""
     backoff = backoff or Backoff()
     last = after

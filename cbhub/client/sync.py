@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from types import TracebackType
-from typing import Any, Coroutine, Iterator, Mapping, TypeVar
+from typing import Any, Awaitable, Iterator, Mapping, TypeVar
 
 from cbhub.client.hub import CbHub, HandleBase
 from cbhub.client.models import Callback, Delivery, DeliveryPage, GroupStatus
@@ -57,9 +57,7 @@ class SyncCbHub:
     def __enter__(self) -> SyncCbHub:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
     def close(self) -> None:
@@ -73,15 +71,15 @@ class SyncCbHub:
             self._thread.join()
             self._loop.close()
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _run(self, work: Awaitable[T]) -> T:
         if self._closed and not self._loop.is_running():
-            coro.close()
+            getattr(work, "close", lambda: None)()  # never started: no "never awaited" warning
             raise RuntimeError("this SyncCbHub is closed")
         finished = threading.Event()
 
         async def tracked() -> T:
             try:
-                return await coro
+                return await work
             finally:
                 finished.set()
 
@@ -132,7 +130,7 @@ class SyncCbHub:
                 yield self._run(stream.__anext__())
         finally:
             if not self._closed:  # a generator dropped after close() has nothing left to stop
-                self._run(stream.aclose())  # type: ignore[attr-defined]
+                self._run(stream.aclose())
 
     def body(self, delivery_id: int) -> bytes:
         return self._run(self.hub.body(delivery_id))
