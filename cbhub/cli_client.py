@@ -62,7 +62,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "Exit codes: 0 delivered, 2 timed out, 3 expired or cancelled, 1 any other error, 130 interrupted.",
     )
     wait.add_argument("token", metavar="TOKEN", help="the callback's token or URL")
-    wait.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (default: until it expires)")
+    wait.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds (default: until it expires)")
     wait.add_argument("--after", type=int, default=0, metavar="ID", help="only a delivery newer than this id")
     wait.set_defaults(run=_runner(_wait))
 
@@ -102,6 +102,16 @@ def _json_object(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text!r}")
     return value
 
 

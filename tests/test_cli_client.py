@@ -248,3 +248,26 @@ async def test_a_spinner_shows_on_a_terminal_and_never_in_a_pipe(client):
     assert proc.returncode == 2 and out == b""
     assert f"waiting for callback {cb['token'][:12]}" in screen and " 0s" in screen
     assert screen.rstrip().endswith(f"timed out after 1 s waiting for callback {cb['token']}")
+
+
+async def test_ctrl_c_during_a_wait_exits_130_quietly(client):
+    cb = await mint(client)
+    proc = await asyncio.create_subprocess_exec(
+        CBHUB, "wait", cb["token"], "--url", url_of(client),
+        env=clean_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    await eventually(lambda: registry_size(client) == 1, timeout=15)  # it is waiting
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert (proc.returncode, out, err) == (130, b"", b"")
+
+
+async def test_a_bad_timeout_is_refused_before_anything_is_awaited(client):
+    ran = await cbhub(client, "wait", "t", "--timeout", "-1")
+    assert ran.code == 2 and "must be 0 or more seconds" in ran.err
+
+
+def test_the_spinner_shows_the_elapsed_time_as_a_person_reads_it():
+    from cbhub.progress import elapsed
+
+    assert [elapsed(s) for s in (0.4, 7.9, 65, 3723)] == ["0s", "7s", "1m05s", "1h02m03s"]
