@@ -13,7 +13,7 @@ from aiohttp import web
 
 from cbhub import __version__
 from cbhub.app import create_app
-from cbhub.cli_client import add_commands
+from cbhub.cli_client import add_commands, protect_tokens
 from cbhub.config import Config, ConfigError, load_config
 from cbhub.store import StoreError
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(protect_tokens(sys.argv[1:] if argv is None else argv))
     return args.run(args)
 
 

@@ -10,9 +10,10 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
 import orjson
@@ -29,6 +30,30 @@ EXIT_CLOSED = 3  # expired or cancelled
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 Command = Callable[[CbHub, argparse.Namespace], Awaitable[int]]
+
+COMMANDS = ("new", "wait", "show", "tail", "cancel")
+# A token is URL-safe base64, so one in 64 starts with "-" and would pass for an option. No option
+# of ours is this long or looks like this, so an argument that does is a token (or a group name).
+TOKEN_LIKE = re.compile(r"-[-\w]{19,}")
+VALUE_OPTIONS = frozenset({"--url", "--api-key", "--label", "--group", "--token", "--correlation-id"})
+
+
+def protect_tokens(argv: Sequence[str]) -> list[str]:
+    """`argv` with every token that starts with "-" made unmistakable for argparse: as an
+    option's value it is joined to it (`--token=-x...`), as the positional it goes after `--`."""
+    args = list(argv)
+    if not args or args[0] not in COMMANDS or "--" in args:
+        return args
+    kept: list[str] = []
+    positional: list[str] = []
+    for arg in args:
+        if not TOKEN_LIKE.fullmatch(arg):
+            kept.append(arg)
+        elif kept and kept[-1] in VALUE_OPTIONS:
+            kept[-1] = f"{kept[-1]}={arg}"
+        else:
+            positional.append(arg)
+    return kept + ["--", *positional] if positional else kept
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -271,3 +271,36 @@ def test_the_spinner_shows_the_elapsed_time_as_a_person_reads_it():
     from cbhub.progress import elapsed
 
     assert [elapsed(s) for s in (0.4, 7.9, 65, 3723)] == ["0s", "7s", "1m05s", "1h02m03s"]
+
+
+def test_tokens_that_start_with_a_dash_are_not_taken_for_options():
+    from cbhub.cli_client import protect_tokens
+
+    dash, help_like = "-6RzntY_7znjobR8tKQb-Z8Cs3I4HDi9dqCo2NOihTk", "-hXzntY_7znjobR8tKQb-Z8Cs3I4HDi9dqCo2NOihTk"
+    assert protect_tokens(["wait", dash, "--timeout", "5"]) == ["wait", "--timeout", "5", "--", dash]
+    assert protect_tokens(["show", help_like]) == ["show", "--", help_like]
+    assert protect_tokens(["tail", "--token", dash]) == ["tail", f"--token={dash}"]
+    assert protect_tokens(["wait", "-h"]) == ["wait", "-h"]
+    assert protect_tokens(["serve", "--db", dash]) == ["serve", "--db", dash]
+    assert protect_tokens(["wait", "--", dash]) == ["wait", "--", dash]
+
+
+async def test_the_commands_take_any_token_even_one_starting_with_a_dash(client):
+    # One token in 64 starts with "-": among a thousand there is one.
+    response = await client.post("/v1/callbacks/batch", json={"count": 1000})
+    dashed = next(cb for cb in (await response.json())["callbacks"] if cb["token"].startswith("-"))
+    await post_callback(client, dashed, json={"ok": True})
+    ran = await cbhub(client, "wait", dashed["token"], "--timeout", "5")
+    assert (ran.code, orjson.loads(ran.out)) == (0, {"ok": True})
+    assert orjson.loads((await cbhub(client, "show", dashed["token"])).out)["token"] == dashed["token"]
+
+    proc = await asyncio.create_subprocess_exec(
+        CBHUB, "tail", "--token", dashed["token"], "--url", url_of(client),
+        env=clean_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    [line] = await read_lines(proc.stdout, 1)
+    assert line["token"] == dashed["token"]
+    proc.send_signal(signal.SIGINT)
+    await asyncio.wait_for(proc.communicate(), 15)
+    assert (await cbhub(client, "cancel", dashed["token"])).text == "cancelled\n"
