@@ -11,6 +11,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from cbhub import __version__
 from cbhub.client.errors import (
     Cancelled,
     CbHubError,
@@ -254,7 +255,7 @@ class CbHub:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            headers = {"User-Agent": "cbhub-client"}
+            headers = {"User-Agent": f"cbhub-client/{__version__}"}
             if self.api_key:
                 headers["Authorization"] = f"Bearer {self.api_key}"
             self._session = aiohttp.ClientSession(
