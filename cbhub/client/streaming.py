@@ -101,5 +101,5 @@ async def resume(
             if time.monotonic() - started >= HEALTHY_SECONDS:
                 backoff.reset()
             delay = backoff.delay(exc.retry_after)
-            log.info("cbhub unavailable (%s); reconnecting in %.1f s after delivery %d", exc, delay, last)
+            log.info("server unavailable (%s); reconnecting in %.1f s, resuming after delivery %d", exc, delay, last)
             await asyncio.sleep(delay)
