@@ -304,3 +304,51 @@ async def test_the_commands_take_any_token_even_one_starting_with_a_dash(client)
     proc.send_signal(signal.SIGINT)
     await asyncio.wait_for(proc.communicate(), 15)
     assert (await cbhub(client, "cancel", dashed["token"])).text == "cancelled\n"
+
+
+async def test_the_api_key_is_sent_from_the_flag_or_the_environment(aiohttp_server):
+    from aiohttp import web
+
+    async def refuse(request: web.Request) -> web.Response:
+        seen = request.headers.get("Authorization", "nothing")
+        return web.json_response({"error": {"code": "unauthorized", "message": f"refused: {seen}"}}, status=401)
+
+    app = web.Application()
+    app.router.add_get("/v1/callbacks/{token}", refuse)
+    server = await aiohttp_server(app)
+    url = f"http://127.0.0.1:{server.port}"
+    ran = await cbhub(None, "show", "t", env=clean_env(CBHUB_URL=url, CBHUB_API_KEY="from-env"))
+    assert (ran.code, ran.err) == (1, "cbhub: refused: Bearer from-env\n")
+    ran = await cbhub(None, "show", "t", "--url", url, "--api-key", "from-flag")
+    assert ran.err == "cbhub: refused: Bearer from-flag\n"
+    ran = await cbhub(None, "show", "t", "--url", url)
+    assert ran.err == "cbhub: refused: nothing\n"
+
+
+async def test_tail_rides_out_a_server_restart(aiohttp_client, config, unused_tcp_port):
+    from cbhub.app import create_app
+    from cbhub.http.keys import HUB
+
+    on_the_port = {"port": unused_tcp_port}
+    server = await aiohttp_client(create_app(config), server_kwargs=on_the_port)
+    url = f"http://127.0.0.1:{unused_tcp_port}"
+    cb = await mint(server, group="g")
+    proc = await asyncio.create_subprocess_exec(
+        CBHUB, "tail", "--group", "g", "--url", url,
+        env=clean_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    await post_callback(server, cb, json={"n": 1})
+    [first] = await read_lines(proc.stdout, 1)
+    await eventually(lambda: len(server.app[HUB].registry) == 1, timeout=15)
+
+    await server.close()
+    server = await aiohttp_client(create_app(config), server_kwargs=on_the_port)
+    await post_callback(server, cb, json={"n": 2})
+    [second] = await read_lines(proc.stdout, 1)
+    assert (first["body"], second["body"]) == ({"n": 1}, {"n": 2})
+
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert (proc.returncode, out) == (0, b"")
+    assert "reconnecting" in err.decode() and "Traceback" not in err.decode()

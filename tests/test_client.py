@@ -14,9 +14,12 @@ from cbhub.app import create_app
 from cbhub.client import (
     Cancelled,
     CbHub,
+    CbHubError,
     Expired,
     InvalidRequest,
     NotFound,
+    Unauthorized,
+    Unavailable,
     Unreachable,
 )
 from cbhub.http.keys import HUB
@@ -263,3 +266,36 @@ async def test_a_wait_outlives_a_server_restart(aiohttp_server, config, unused_t
         await third_party_post(cb.url, {"after": "restart"})
         delivery = await asyncio.wait_for(waiting, 20)
         assert delivery.body == {"after": "restart"}
+
+
+@pytest.mark.parametrize(
+    ("status", "payload", "headers", "kind", "code"),
+    [
+        (503, {"error": {"code": "shutting_down", "message": "the server is restarting; retry"}}, {"Retry-After": "1"}, Unavailable, "shutting_down"),
+        (502, "<html>Bad Gateway</html>", {}, Unavailable, None),
+        (401, {"error": {"code": "unauthorized", "message": "a valid API key is required"}}, {}, Unauthorized, "unauthorized"),
+        (422, {"error": {"code": "idempotency_key_reused", "message": "reused"}}, {}, InvalidRequest, "idempotency_key_reused"),
+        (410, {"error": {"code": "callback_expired", "message": "expired"}}, {}, Expired, "callback_expired"),
+        (500, {"error": {"code": "internal_error", "message": "internal server error"}}, {}, CbHubError, "internal_error"),
+    ],
+)  # fmt: skip
+async def test_every_error_answer_becomes_the_exception_a_caller_catches(
+    aiohttp_server, status, payload, headers, kind, code
+):
+    async def answer(request: web.Request) -> web.Response:
+        if isinstance(payload, str):
+            return web.Response(status=status, text=payload, content_type="text/html", headers=headers)
+        return web.json_response(payload, status=status, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/v1/callbacks/{token}", answer)
+    server = await aiohttp_server(app)
+    async with CbHub(f"http://127.0.0.1:{server.port}") as hub:
+        with pytest.raises(kind) as caught:
+            await hub.get("t")
+    assert type(caught.value) is kind
+    assert (caught.value.status, caught.value.code) == (status, code)
+    if code == "shutting_down":
+        assert caught.value.retry_after == 1.0 and str(caught.value) == "the server is restarting; retry"
+    if status == 502:
+        assert "Bad Gateway" in str(caught.value)

@@ -53,8 +53,10 @@ class Unreachable(Unavailable):
 class CallbackClosed(CbHubError):
     """The callback can receive no more deliveries, and none is left to return."""
 
-    def __init__(self, message: str, callback: Callback | None = None, code: str | None = None) -> None:
-        super().__init__(message, status=None, code=code)
+    def __init__(
+        self, message: str, callback: Callback | None = None, code: str | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message, status, code)
         self.callback = callback
 
 
@@ -89,9 +91,9 @@ def from_response(status: int, payload: Any, retry_after: str | None = None) -> 
     elif isinstance(payload, str) and payload.strip():
         message = f"HTTP {status}: {payload.strip()[:200]}"
     if code == "callback_expired":
-        return Expired(message, code=code)
+        return Expired(message, code=code, status=status)
     if code == "callback_cancelled":
-        return Cancelled(message, code=code)
+        return Cancelled(message, code=code, status=status)
     if status == 404:
         return NotFound(message, status, code)
     if status in (401, 403):
