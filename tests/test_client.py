@@ -299,3 +299,35 @@ async def test_every_error_answer_becomes_the_exception_a_caller_catches(
         assert caught.value.retry_after == 1.0 and str(caught.value) == "the server is restarting; retry"
     if status == 502:
         assert "Bad Gateway" in str(caught.value)
+
+
+async def test_another_transport_slots_in_and_the_stream_still_never_repeats(client):
+    """The seam a websocket transport will use: any object with `stream(filters, after)`. This one
+    wraps the long-poll transport, drops its connection after every second new delivery, and on
+    reconnecting replays from the start, as a careless transport might: the stream stays exact."""
+    from cbhub.client import LongPoll
+
+    class Forgetful:
+        def __init__(self, inner: LongPoll) -> None:
+            self.inner = inner
+            self.connections = 0
+
+        async def stream(self, filters, after):
+            self.connections += 1
+            new = 0
+            async for delivery in self.inner.stream(filters, 0):  # ignores `after`: replays all
+                yield delivery
+                new += delivery.id > after
+                if new == 2:
+                    raise Unavailable("connection dropped")
+
+    async with CbHub(url_of(client)) as hub:
+        cb = await hub.create(group="g")
+        posted = [(await post_callback(client, {"token": cb.token}, json={"n": n}))["delivery_id"] for n in range(5)]
+        transport = Forgetful(LongPoll(hub))
+        seen: list = []
+        stream = hub.deliveries(group="g", transport=transport)
+        await asyncio.wait_for(collect(stream, seen, 5), 20)
+        await stream.aclose()
+    assert [d.id for d in seen] == posted
+    assert transport.connections == 3
