@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
 
 import orjson
@@ -67,3 +71,34 @@ async def test_it_works_where_the_calling_thread_already_runs_an_event_loop(serv
         cb = hub.create()
         third_party_post(cb.url, {"ok": True})
         assert cb.wait(timeout=5).body == {"ok": True}
+
+
+def test_ctrl_c_interrupts_a_blocking_wait_and_the_client_stays_usable(server_url, tmp_path):
+    # As in a notebook: a cell blocked in wait() is interrupted, and the next cell goes on.
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        "import sys\n"
+        "from cbhub.client import SyncCbHub\n"
+        "with SyncCbHub(sys.argv[1]) as hub:\n"
+        "    cb = hub.create()\n"
+        "    print('waiting', flush=True)\n"
+        "    try:\n"
+        "        cb.wait(timeout=60)\n"
+        "    except KeyboardInterrupt:\n"
+        "        print('interrupted', flush=True)\n"
+        "    print(hub.get(cb.token).status, flush=True)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script), server_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "waiting\n"
+        time.sleep(0.3)  # into the blocking wait (a signal before it would fail the test, not pass it)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, out, err) == (0, "interrupted\npending\n", "")
