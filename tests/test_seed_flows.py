@@ -39,20 +39,12 @@ def url_of(client) -> str:
     return f"http://{client.host}:{client.port}"
 
 
-class FakeMarketingCloud:
-    """The SOAP endpoint: accepts asynchronous Create calls, answers OK with a RequestID at
-    once, and later POSTs the ten form fields to the call's ResponseAddress, once, no retry.
-    A row whose Email it has seen before fails with a primary key violation."""
-
-    ACCESS_TOKEN = "mc-access-token"
+class FakeProvider:
+    """A third party's HTTP server, with the client it calls back with and its pending work."""
 
     def __init__(self) -> None:
-        self.calls: dict[str, dict] = {}  # RequestID -> what the call asked
-        self.callback_statuses: list[int] = []
-        self._emails: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self.app = web.Application()
-        self.app.router.add_post("/Service.asmx", self.soap)
         self.app.cleanup_ctx.append(self._session)
 
     async def _session(self, app: web.Application):
@@ -62,6 +54,27 @@ class FakeMarketingCloud:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.session.close()
+
+    def later(self, work) -> None:
+        """Run `work` after the answer, as a provider's background job."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class FakeMarketingCloud(FakeProvider):
+    """The SOAP endpoint: accepts asynchronous Create calls, answers OK with a RequestID at
+    once, and later POSTs the ten form fields to the call's ResponseAddress, once, no retry.
+    A row whose Email it has seen before fails with a primary key violation."""
+
+    ACCESS_TOKEN = "mc-access-token"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, dict] = {}  # RequestID -> what the call asked
+        self.callback_statuses: list[int] = []
+        self._emails: set[str] = set()
+        self.app.router.add_post("/Service.asmx", self.soap)
 
     async def soap(self, request: web.Request) -> web.Response:
         envelope = ET.fromstring(await request.read())
@@ -86,9 +99,7 @@ class FakeMarketingCloud:
         self.calls[request_id] = call
         duplicate = properties["Email"] in self._emails
         self._emails.add(properties["Email"])
-        task = asyncio.create_task(self._call_back(request_id, call, duplicate))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.later(self._call_back(request_id, call, duplicate))
         return web.Response(text=self._create_response(request_id), content_type="text/xml")
 
     @staticmethod
@@ -186,24 +197,16 @@ def test_the_soap_envelope_asks_for_an_http_post_to_the_callback_url():
         asyncio.run(example.create_rows(None, None, "", "", "", [], respond_when="OnError"))
 
 
-class FakeEnrichmentProvider:
+class FakeEnrichmentProvider(FakeProvider):
     """Answers `{"status": "processing"}` at once and POSTs the enriched company to the request's
     callbackUrl later: when the test says so, or by itself with `automatic`."""
 
     def __init__(self, automatic: bool = False, refuse: bool = False) -> None:
+        super().__init__()
         self.automatic = automatic
         self.refuse = refuse
         self.requests: list[dict] = []
-        self._tasks: set[asyncio.Task] = set()
-        self.app = web.Application()
         self.app.router.add_post("/enrich", self.enrich)
-        self.app.cleanup_ctx.append(self._session)
-
-    async def _session(self, app: web.Application):
-        self.session = aiohttp.ClientSession()
-        yield
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.session.close()
 
     async def enrich(self, request: web.Request) -> web.Response:
         if self.refuse:
@@ -212,9 +215,7 @@ class FakeEnrichmentProvider:
         assert set(body) == {"companyName", "callbackUrl"}
         self.requests.append(body)
         if self.automatic:
-            task = asyncio.create_task(self.call_back(body, employees=400))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.later(self.call_back(body, employees=400))
         return web.json_response(
             {
                 "status": "processing",
