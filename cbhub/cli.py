@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cbhub", description="Where asynchronous callbacks land and are awaited.")
     parser.add_argument("--version", action="version", version=f"cbhub {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_commands(commands)  # new, wait, show, tail, cancel: the client side (cli_client.py)
 
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--config", metavar="PATH", help="a TOML configuration file")
@@ -32,8 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", metavar="PATH", help="SQLite database file (storage.path)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
-
-    add_commands(commands)
     return parser
 
 
