@@ -19,7 +19,8 @@ from cbhub.cli_client import add_commands, protect_tokens
 from cbhub.config import Config, ConfigError, exposure_problem, load_config
 from cbhub.http.ingest import INGESTS
 from cbhub.http.keys import HUB
-from cbhub.logs import AccessLogger, setup_logging
+from cbhub.http.access import AccessLogger
+from cbhub.logs import setup_logging
 from cbhub.store import StoreError
 from cbhub.store.sqlite import backup_database
 
