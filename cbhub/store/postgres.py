@@ -16,7 +16,6 @@ anything else, so it cannot be part of a deadlock.
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -53,6 +52,7 @@ from cbhub.store.rows import (
     delivery_where,
     guard_columns,
     new_delivery,
+    new_token,
 )
 
 log = logging.getLogger("cbhub.store")
@@ -377,7 +377,7 @@ class PostgresStore(Store):
                     if row[0] != fingerprint:
                         raise IdempotencyConflict(key)
                     return [await self._load_callback(conn, cid) for cid in orjson.loads(row[1])], False
-            tokens = [secrets.token_urlsafe(32) for _ in specs]
+            tokens = [new_token() for _ in specs]
             guards = [guard_columns(spec) for spec in specs]
             rows = await conn.fetch(
                 INSERT_CALLBACKS,

@@ -4,6 +4,7 @@ row, and the rules a delivery is checked and counted by. The SQL dialects differ
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, Callable, Sequence
 
 import orjson
@@ -67,6 +68,13 @@ def delivery_from_row(row: Sequence[Any], text: Text = _same) -> Delivery:
         correlation_id=text(row[9]),
         group=text(row[10]),
     )
+
+
+def new_token() -> str:
+    """264 random bits, URL-safe; never starting with "-", which command lines take for an option."""
+    while (token := secrets.token_urlsafe(33)).startswith("-"):
+        pass
+    return token
 
 
 def by_status(rows: Sequence[Sequence[Any]]) -> dict[str, int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +56,7 @@ from cbhub.store.rows import (
     delivery_where,
     guard_columns,
     new_delivery,
+    new_token,
 )
 
 log = logging.getLogger("cbhub.store")
@@ -252,7 +252,7 @@ class SQLiteStore(Store):
                     "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata,"
                     " created_by, allow_ips, verify) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        secrets.token_urlsafe(32),
+                        new_token(),
                         PENDING,
                         now,
                         now + spec.ttl * 1000,
