@@ -272,3 +272,30 @@ async def test_a_waiter_on_a_is_woken_after_its_listening_connection_is_terminat
         assert response.status == 200
         assert [d["id"] for d in (await response.json())["deliveries"]] == [delivery_id]
         assert time.monotonic() - posted < 5
+
+
+async def test_a_cancellation_on_b_and_an_expiry_wake_waiters_on_a(two):
+    a, b = two
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        [cancelled] = await _mint(session, b, 1)
+        async with session.post(f"{b}/v1/callbacks", json={"ttl": 1}) as response:
+            expiring = (await response.json())["token"]
+        waits = [
+            asyncio.ensure_future(session.get(f"{a}/v1/callbacks/{token}/wait?timeout=20"))
+            for token in (cancelled, expiring)
+        ]
+        async with session.ws_connect(f"{a}/v1/ws") as ws:
+            await ws.send_json({"op": "subscribe", "id": "s", "tokens": [cancelled, expiring]})
+            assert (await ws.receive_json(timeout=10))["type"] == "subscribed"
+            await asyncio.sleep(0.3)
+            async with session.delete(f"{b}/v1/callbacks/{cancelled}") as response:
+                assert response.status == 200
+            statuses = {}
+            while len(statuses) < 2:
+                frame = await ws.receive_json(timeout=10)
+                statuses[frame["token"]] = frame["status"]
+        assert statuses == {cancelled: "cancelled", expiring: "expired"}
+        for wait, status in zip(waits, ("cancelled", "expired")):
+            response = await asyncio.wait_for(wait, 10)
+            assert response.status == 200
+            assert (await response.json())["callback"]["status"] == status
