@@ -70,7 +70,7 @@ LAST_POSITION = (
 )
 NOTIFY_AND_LAST_POSITION = (
     "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM delivery_ids),"
-    " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM closing_seq), pg_notify($1, '')"
+    " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM closing_seq), pg_notify($1, $2)"
 )
 COMMITTED_POSITION = (
     "SELECT (SELECT coalesce(max(id), 0) FROM deliveries), (SELECT coalesce(max(closed_seq), 0) FROM callbacks)"
@@ -328,7 +328,9 @@ class PostgresStore(Store):
                 if ordered:
                     # The notification is delivered by the server only if, and once, this
                     # transaction commits.
-                    end = Position(*tuple(await conn.fetchrow(NOTIFY_AND_LAST_POSITION, CHANNEL))[:2])
+                    end = Position(
+                        *tuple(await conn.fetchrow(NOTIFY_AND_LAST_POSITION, CHANNEL, self._feed.instance))[:2]
+                    )
                 committing = True
         except Exception as exc:
             if held:

@@ -9,7 +9,8 @@ the cursor never skips anything: a notification that is lost, or one sent while 
 connection was down, costs nothing but latency, since the next read after reconnecting finds
 everything since the cursor.
 
-The instance's own commits are announced from memory, not read back. Two rules keep the
+The instance's own commits are announced from memory, not read back (its notifications carry
+its id, and it skips them). Two rules keep the
 announcements in commit order without doubles: while one of its own batches is being
 committed, the feed is *held* at the position that batch started from, so no read announces
 past it; and the batch announces its own events only once everything before it was announced.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
@@ -69,6 +71,8 @@ class EventFeed:
         self._read_deliveries = read_deliveries
         self._read_closings = read_closings
         self._publish = publish
+        # Sent as the payload of our own notifications, which we need not read back.
+        self.instance = secrets.token_hex(8)
         self.cursor = Position()
         # While one of our batches commits: where it started; nothing past it is announced.
         self._hold: Position | None = None
@@ -161,6 +165,10 @@ class EventFeed:
                 await asyncio.sleep(0.5)
                 self.catch_up_soon()
 
+    def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        if payload != self.instance:
+            self.catch_up_soon()
+
     async def _listen(self) -> None:
         """Keep one connection listening; after each (re)connection, read what may have been
         missed meanwhile."""
@@ -171,7 +179,7 @@ class EventFeed:
                 conn = await self._connect()
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _conn: lost.set())
-                await conn.add_listener(CHANNEL, lambda *_: self.catch_up_soon())
+                await conn.add_listener(CHANNEL, self._notified)
                 if failures:
                     log.info("listening for other instances' commits again")
                 failures = 0
