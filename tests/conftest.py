@@ -176,6 +176,7 @@ class ServerProcess:
         )
         self.url = ""
         self._partial = ""
+        self._drain: Any = None
 
     def wait_until_serving(self, timeout: float = 15.0) -> str:
         """Read the log until the listening line; the URL it names."""
@@ -206,15 +207,42 @@ class ServerProcess:
                     return self.url
         raise AssertionError("server did not start:\n" + "".join(self.log_lines) + self._partial)
 
+    def keep_reading(self) -> None:
+        """Go on reading the log in the background: a server under load writes more access log
+        than a pipe holds, and would block on a full pipe."""
+        import os
+        import threading
+
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+
+        def drain() -> None:
+            while chunk := os.read(fd, 65536):
+                self._partial += chunk.decode(errors="replace")
+
+        self._drain = threading.Thread(target=drain, daemon=True)
+        self._drain.start()
+
     def finish(self, timeout: float = 15.0) -> tuple[int, str]:
         """Wait for exit; the exit code and everything logged."""
+        if self._drain is not None:
+            self.proc.wait(timeout=timeout)
+            self._drain.join(timeout)
+            self.proc.stderr.close()
+            return self.proc.returncode, "".join(self.log_lines) + self._partial
         _, rest = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, "".join(self.log_lines) + self._partial + (rest or "")
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.communicate()  # reaps the process and closes its pipe
+        if self._drain is not None:
+            self.proc.wait()
+            self._drain.join(5)
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
+        else:
+            self.proc.communicate()  # reaps the process and closes its pipe
 
 
 @pytest.fixture
@@ -253,19 +281,26 @@ def postgres_server():
 
 
 @pytest.fixture
-def pg_dsn(postgres_server) -> str:
-    """A DSN of a new, empty database on the session's server."""
+def pg_dsn(postgres_server):
+    """A DSN of a new, empty database on the session's server, dropped after the test (a few
+    hundred tests would otherwise leave gigabytes behind)."""
     import subprocess
     import uuid
 
     name = f"cbhub_{uuid.uuid4().hex[:12]}"
-    subprocess.run(
-        [str(postgres_server.bindir / "psql"), "-q", postgres_server.dsn(), "-c", f"CREATE DATABASE {name}"],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return postgres_server.dsn(name)
+
+    def psql(sql: str) -> None:
+        subprocess.run(
+            [str(postgres_server.bindir / "psql"), "-q", postgres_server.dsn(), "-c", sql],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    psql(f"CREATE DATABASE {name}")
+    yield postgres_server.dsn(name)
+    # FORCE: a killed instance's connections may not be gone yet.
+    psql(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 @pytest.fixture

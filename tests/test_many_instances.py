@@ -31,7 +31,9 @@ def start_instance(serve_process, pg_dsn):
                 "CBHUB_INGEST_RATE_PER_IP": "0",
             },
         )
-        return server, server.wait_until_serving()
+        url = server.wait_until_serving()
+        server.keep_reading()
+        return server, url
 
     return start
 
