@@ -134,7 +134,7 @@ async def test_idempotent_minting_and_sender_retries_hold_across_instances(make_
 
 async def test_a_terminated_listening_connection_reconnects_and_misses_nothing(make_store, pg_dsn):
     heard: list[Event] = []
-    a = await make_store(heard.append)
+    await make_store(heard.append)  # instance a, listening
     b = await make_store()
     callbacks, _ = await b.mint([spec()] * 3, now_ms())
     admin = await asyncpg.connect(pg_dsn)
