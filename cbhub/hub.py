@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from cbhub.config import Config
-from cbhub.model import PENDING, Callback, Delivery, Event, Incoming, MintSpec, now_ms
+from cbhub.model import CREATED, PENDING, Callback, Delivery, Event, Incoming, MintSpec, now_ms
 from cbhub.registry import Registry, Waiter
 from cbhub.store import CallbackNotFound, DeliveryFilter, IngestResult, Store, StoreUnavailable
 
@@ -67,7 +67,12 @@ class Hub:
     async def mint(
         self, specs: list[MintSpec], idempotency: tuple[str, str, str] | None = None
     ) -> tuple[list[Callback], bool]:
-        return await self.store.mint(specs, now_ms(), idempotency)
+        callbacks, created = await self.store.mint(specs, now_ms(), idempotency)
+        if created:
+            # Told only to streams that ask for creations (the inspector's live list).
+            for callback in callbacks:
+                self.registry.publish(Event(CREATED, callback))
+        return callbacks, created
 
     async def ingest(self, incoming: Incoming) -> IngestResult:
         result = await self.store.ingest(incoming)

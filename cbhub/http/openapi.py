@@ -113,6 +113,14 @@ SCHEMAS: dict[str, Any] = {
         "required": ["callbacks"],
         "properties": {"callbacks": {"type": "array", "items": _ref("Callback")}},
     },
+    "CallbackListing": {
+        "type": "object",
+        "required": ["callbacks", "next_before"],
+        "properties": {
+            "callbacks": {"type": "array", "items": _ref("Callback")},
+            "next_before": {"type": "integer", "nullable": True, "description": "cursor to older ones; null: no more"},
+        },
+    },
     "CallbackUpdate": {
         "type": "object",
         "required": ["callback", "deliveries"],
@@ -215,8 +223,24 @@ def _sse_operation(summary: str, parameters: list[dict[str, Any]]) -> dict[str, 
     }
 
 
+NAME = {"type": "string", "maxLength": 200}
+
 PATHS: dict[str, Any] = {
-    "/v1/callbacks": {"post": _mint_operation("Mint a callback", "MintRequest", "Callback")},
+    "/v1/callbacks": {
+        "post": _mint_operation("Mint a callback", "MintRequest", "Callback"),
+        "get": {
+            "summary": "Callbacks matching every filter, newest first (items without result)",
+            "parameters": [
+                _query("group", NAME, "only this group's"),
+                _query("label", NAME, "only those with this label"),
+                _query("status", {"type": "string", "enum": ["pending", "received", "expired", "cancelled"]}, "only those with this status"),
+                _query("correlation_id", NAME, "only those that received a delivery with this correlation id"),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "page size (default 50)"),
+                _query("before", {"type": "integer", "minimum": 1}, "the next_before of the previous page"),
+            ],
+            "responses": {"200": _json(_ref("CallbackListing"), "a page"), "400": BAD_REQUEST, "503": UNAVAILABLE},
+        },
+    },
     "/v1/callbacks/batch": {"post": _mint_operation("Mint up to 1000 callbacks at once", "BatchRequest", "CallbackList")},
     "/v1/callbacks/{token}": {
         "get": {
@@ -304,7 +328,7 @@ PATHS: dict[str, Any] = {
     },
     "/v1/events": {
         "get": _sse_operation(
-            "Server-Sent Events for a token, group or correlation id (one is required)",
+            "Server-Sent Events: deliveries, statuses and new callbacks matching the filters (none: everything)",
             [
                 _query("token", {"type": "string", "maxLength": 200}, "this callback's deliveries"),
                 _query("group", {"type": "string", "maxLength": 200}, "this group's deliveries"),
@@ -318,6 +342,22 @@ PATHS: dict[str, Any] = {
             "Server-Sent Events for one callback, replayed from `after` (default 0) then live",
             [TOKEN, _query("after", CURSOR, "replay deliveries after this id (default 0)")],
         )
+    },
+    "/": {
+        "get": {
+            "summary": "The inspector: a web page where callbacks are seen arriving (docs/inspector.md)",
+            "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }
+    },
+    "/static/{name}": {
+        "get": {
+            "summary": "A file of the inspector page (script, style sheet, icon)",
+            "parameters": [_path("name")],
+            "responses": {
+                "200": {"description": "the file", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                "404": _error("no such file"),
+            },
+        }
     },
     "/v1/openapi.json": {
         "get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3")}}

@@ -5,7 +5,9 @@ from typing import Callable
 from cbhub.config import Config
 from cbhub.store.base import (
     CallbackClosed,
+    CallbackFilter,
     CallbackNotFound,
+    CallbackPage,
     DeliveryFilter,
     IdempotencyConflict,
     IngestResult,
@@ -17,7 +19,9 @@ from cbhub.store.base import (
 
 __all__ = [
     "CallbackClosed",
+    "CallbackFilter",
     "CallbackNotFound",
+    "CallbackPage",
     "DeliveryFilter",
     "IdempotencyConflict",
     "IngestResult",

@@ -6,7 +6,7 @@ import abc
 from dataclasses import dataclass
 from typing import Sequence
 
-from cbhub.model import Callback, Delivery, Event, Incoming, MintSpec
+from cbhub.model import CREATED, Callback, Delivery, Event, Incoming, MintSpec
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 
@@ -56,11 +56,15 @@ class DeliveryFilter:
     correlation_id: str | None = None
     tokens: frozenset[str] | None = None
 
-    def accepts(self, event: Event) -> bool:
+    def accepts(self, event: Event, created: bool = False) -> bool:
         """Whether a waiter with these filters cares about `event`. A status change (no
-        delivery) concerns the filters on the callback: its token and its group."""
+        delivery) concerns the filters on the callback: its token and its group. A creation
+        concerns only those who ask for creations (`created`), and never a correlation id,
+        which belongs to deliveries."""
         if event.delivery is not None:
             return self.matches(event.delivery)
+        if event.kind == CREATED and (not created or self.correlation_id is not None):
+            return False
         return (
             (self.token is None or event.token == self.token)
             and (self.tokens is None or event.token in self.tokens)
@@ -74,6 +78,26 @@ class DeliveryFilter:
             and (self.group is None or delivery.group == self.group)
             and (self.correlation_id is None or delivery.correlation_id == self.correlation_id)
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackFilter:
+    """Which callbacks a listing shows: filters combined with AND, None matches all. A
+    callback matches `correlation_id` when one of its deliveries carries it."""
+
+    group: str | None = None
+    label: str | None = None
+    status: str | None = None
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackPage:
+    """Callbacks newest first; `next_before` is the cursor to the next (older) page, None
+    when there is none."""
+
+    callbacks: list[Callback]
+    next_before: int | None
 
 
 class Store(abc.ABC):
@@ -139,6 +163,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_callback(self, token: str) -> Callback | None:
         """The callback with its latest delivery as `result`."""
+
+    @abc.abstractmethod
+    async def list_callbacks(self, where: CallbackFilter, before: int | None, limit: int) -> CallbackPage:
+        """Callbacks matching `where`, newest first, at most `limit`, created before the
+        cursor `before` (a `next_before` of an earlier page); without `result`."""
 
     @abc.abstractmethod
     async def find_deliveries(self, where: DeliveryFilter, after: int, limit: int) -> list[Delivery]:

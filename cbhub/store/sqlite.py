@@ -37,7 +37,9 @@ from cbhub.model import (
 from cbhub.store.base import (
     IDEMPOTENCY_WINDOW_MS,
     CallbackClosed,
+    CallbackFilter,
     CallbackNotFound,
+    CallbackPage,
     DeliveryFilter,
     IdempotencyConflict,
     IngestResult,
@@ -118,6 +120,22 @@ def _delivery_where(where: DeliveryFilter, after: int) -> tuple[str, list[Any]]:
         clauses.append("d.correlation_id = ?")
         params.append(where.correlation_id)
     return " AND ".join(clauses), params
+
+
+def _callback_where(where: CallbackFilter, before: int | None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if before is not None:
+        clauses.append("id < ?")
+        params.append(before)
+    for column, value in (("group_name", where.group), ("label", where.label), ("status", where.status)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if where.correlation_id is not None:
+        clauses.append("id IN (SELECT callback_id FROM deliveries WHERE correlation_id = ?)")
+        params.append(where.correlation_id)
+    return " AND ".join(clauses) or "1", params
 
 
 def backup_database(source: str | os.PathLike, dest: str | os.PathLike, pages_per_step: int = 1024) -> int:
@@ -529,6 +547,16 @@ class SQLiteStore(Store):
         if row[9] is not None:
             callback.result = await self.get_delivery(row[9])
         return callback
+
+    async def list_callbacks(self, where: CallbackFilter, before: int | None, limit: int) -> CallbackPage:
+        clause, params = _callback_where(where, before)
+        # One row more than asked tells whether an older page exists.
+        rows = await self._fetchall(
+            f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE {clause} ORDER BY id DESC LIMIT ?", [*params, limit + 1]
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return CallbackPage([_callback_from_row(row) for row in rows], rows[-1][0] if more else None)
 
     async def find_deliveries(self, where: DeliveryFilter, after: int, limit: int) -> list[Delivery]:
         clause, params = _delivery_where(where, after)
