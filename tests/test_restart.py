@@ -56,3 +56,40 @@ async def test_a_database_from_a_newer_cbhub_is_refused_and_left_untouched(db_pa
 async def test_the_database_file_is_private_to_its_owner(client, db_path):
     await mint(client)
     assert db_path.stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_database_made_by_the_first_schema_version_is_migrated_forward(start_hub, make_config, db_path):
+    from cbhub.store.migrations import MIGRATIONS
+
+    # Exactly what the first released cbhub wrote: schema version 1 and its rows.
+    conn = sqlite3.connect(db_path)
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    MIGRATIONS[0](conn)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata, deliveries,"
+        " last_delivery_id) VALUES ('t' || hex(randomblob(20)), 'received', 1700000000000, 4102444800000, 'old', 'g',"
+        " '{\"v\": 1}', 1, 1)"
+    )
+    conn.execute(
+        "INSERT INTO deliveries (callback_id, group_name, received_at, method, content_type, remote_addr, headers,"
+        " query, body, correlation_id) VALUES (1, 'g', 1700000001000, 'POST', 'application/x-www-form-urlencoded',"
+        " '192.0.2.1', CAST('{}' AS BLOB), 'x=1', CAST('RequestID=r-1&StatusCode=OK' AS BLOB), 'r-1')"
+    )
+    (token,) = conn.execute("SELECT token FROM callbacks").fetchone()
+    conn.commit()
+    conn.close()
+
+    client = await start_hub(make_config())
+    state = await (await client.get(f"/v1/callbacks/{token}")).json()
+    assert state["label"] == "old" and state["metadata"] == {"v": 1} and state["status"] == "received"
+    assert state["result"]["body"] == {"RequestID": "r-1", "StatusCode": "OK"}
+    assert state["result"]["query"] == {"x": "1"}
+    found = await (await client.get("/v1/deliveries?correlation_id=r-1")).json()
+    assert [d["id"] for d in found["deliveries"]] == [1]
+    # And it keeps working: a new delivery continues the cursor.
+    receipt = await post_callback(client, {"token": token}, data="RequestID=r-2")
+    assert receipt["delivery_id"] == 2
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+    conn.close()
