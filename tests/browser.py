@@ -60,8 +60,8 @@ def post_form(url: str, fields: dict[str, str]) -> dict[str, Any]:
         return json.loads(response.read())
 
 
-def post_raw(url: str, body: bytes, content_type: str) -> dict[str, Any]:
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
+def post_raw(url: str, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type, **(headers or {})})
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
         return json.loads(response.read())

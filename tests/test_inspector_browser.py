@@ -202,6 +202,17 @@ def test_cancel_on_a_pending_row_and_the_filters(hub, open_page):
     assert watched.errors == []
 
 
+def test_a_pending_callback_turns_expired_at_its_expiry(hub, open_page):
+    watched = open_page(hub)
+    mint(hub, label="short-lived", ttl=1)
+    found = row(watched.page, "short-lived")
+    expect(found.locator(".status")).to_have_text("Awaiting callback", timeout=WITHIN)
+    expect(found.locator(".status")).to_have_text("Expired", timeout=5000)
+    expect(found.locator(".left")).to_have_text("—")
+    expect(found.get_by_role("button", name="Cancel")).to_have_count(0)
+    assert watched.errors == []
+
+
 def test_a_group_of_50_fills_its_grid(hub, open_page):
     status, batch = call(f"{hub}/v1/callbacks/batch", "POST", {"count": 50, "group": "import-50", "label": "row"})
     assert status == 201
@@ -238,17 +249,19 @@ def test_bodies_and_headers_from_a_sender_are_shown_as_text_never_as_markup(hub,
     page = watched.page
     expect(page.locator("#detail .waiting")).to_be_visible()
     attack = '<img src=x onerror="document.title=\'owned\'"><script>document.title="owned"</script>'
-    post_raw(callback["callback_url"], attack.encode(), "text/html")
+    post_raw(callback["callback_url"] + "?q=<b>x</b>", attack.encode(), "text/html", {"X-Note": "<i>hi</i>"})
     post_raw(callback["callback_url"], ('{"x": "%s"}' % attack.replace('"', '\\"')).encode(), "application/json")
     post_raw(callback["callback_url"], b"\x89PNG\r\n\x1a\n\x00\x00binary", "image/png")
     post_raw(callback["callback_url"], b"{broken", "application/json")
     articles = page.locator("#detail article.delivery")
     expect(articles).to_have_count(4)
-    expect(articles.nth(3).locator("pre")).to_have_text(attack)
+    expect(articles.nth(3).locator("section.body pre")).to_have_text(attack)
+    expect(articles.nth(3).locator("table.headers")).to_contain_text("<i>hi</i>")
+    expect(articles.nth(3)).to_contain_text("<b>x</b>")
     expect(articles.nth(2).locator("pre.json")).to_contain_text("<img src=x")
     expect(articles.nth(1)).to_contain_text("Binary body, 16 bytes")
     expect(articles.nth(0).locator(".parse-error")).to_contain_text("Parse error")
-    assert page.locator("#detail img, #detail script").count() == 0
+    assert page.locator("#detail img, #detail script, #detail i, #detail b").count() == 0
     assert page.title() == "cbhub inspector"
     # The raw body of the HTML one is served sandboxed: no script of the sender's runs here.
     raw = page.request.get(f"{hub}/v1/deliveries/{articles.nth(3).get_attribute('data-id')}/body")
