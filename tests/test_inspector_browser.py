@@ -44,7 +44,7 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def hub(serve_process) -> str:
     """A real `cbhub serve` on a free port; its base URL."""
-    return serve_process("--port", "0").wait_until_serving()
+    return serve_process("--port", "0").wait_until_serving(timeout=60)
 
 
 class Watched:

@@ -101,9 +101,9 @@ export class CallbackList {
       return;
     }
     const token = payload.token;
-    if (kind === "delivery" && this.filters.correlation_id && payload.correlation_id === this.filters.correlation_id) {
-      this.matchingCorrelation.add(token);
-    }
+    const correlated =
+      kind === "delivery" && Boolean(this.filters.correlation_id) && payload.correlation_id === this.filters.correlation_id;
+    if (correlated) this.matchingCorrelation.add(token);
     const callback = known.get(token);
     const shown = this.order.includes(token);
     if (callback && shown) {
@@ -111,8 +111,9 @@ export class CallbackList {
       else this.remove(token);
     } else if (callback && kind === "created") {
       if (this.matches(callback)) this.insert(callback);
-    } else if (!shown && this.anyFilter()) {
-      // It may just have entered the filtered view (received, cancelled, or the correlation id).
+    } else if (!shown && (correlated || (kind !== "created" && this.filters.status))) {
+      // It may just have entered the filtered view: by its new status, or the correlation id.
+      // (A group or a label never changes: a callback outside the view stays outside.)
       this.fetchAndInsert(token);
     }
   }
