@@ -6,17 +6,24 @@ from aiohttp import web
 
 from cbhub.config import Config
 from cbhub.http import api, ingest, inspector, openapi, ops, realtime
+from cbhub.http.auth import Authenticator, auth_middleware
 from cbhub.http.errors import error_middleware
-from cbhub.http.keys import CONFIG, HUB, METRICS, STREAMS
+from cbhub.http.keys import CONFIG, HUB, LIMITER, METRICS, STREAMS
 from cbhub.hub import Hub
 from cbhub.metrics import Metrics
+from cbhub.ratelimit import RateLimiter
 from cbhub.registry import Registry
 from cbhub.store import Store, create_store
 from cbhub.subscriptions import Streams
 
 
 def create_app(config: Config, store: Store | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.limits.max_body_bytes)
+    # The error middleware is outermost: it renders the refusals of the ones inside it.
+    authenticator = Authenticator(config.auth.api_keys, config.auth.admin)
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware(authenticator)],
+        client_max_size=config.limits.max_body_bytes,
+    )
     registry = Registry()
     metrics = Metrics(registry.count_by_kind)
     hub = Hub(config, store or create_store(config, on_commit=metrics.on_commit), registry)
@@ -24,6 +31,8 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app[HUB] = hub
     app[METRICS] = metrics
     app[STREAMS] = Streams(hub.registry, hub.store, config.realtime)
+    if config.ingest.rate_per_ip > 0:
+        app[LIMITER] = RateLimiter(config.ingest.rate_per_ip, config.ingest.burst)
     ingest.add_routes(app)
     api.add_routes(app)
     ops.add_routes(app)

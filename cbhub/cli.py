@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sqlite3
+import ssl
 import sys
 from typing import Sequence
 
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from cbhub import __version__
 from cbhub.app import create_app
-from cbhub.config import Config, ConfigError, load_config
+from cbhub.config import Config, ConfigError, exposure_problem, load_config
 from cbhub.http.ingest import INGESTS
 from cbhub.http.keys import HUB
 from cbhub.logs import AccessLogger, setup_logging
@@ -67,6 +68,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"cbhub: {exc}", file=sys.stderr)
         return 2
+    problem = exposure_problem(config)
+    if problem is not None:
+        print(f"cbhub: refusing to start: {problem}", file=sys.stderr)
+        return 2
     setup_logging(config.log.level, config.log.format)
     try:
         asyncio.run(serve(config))
@@ -91,8 +96,21 @@ def _backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server's TLS context from server.tls_cert / server.tls_key; None: plain HTTP.
+    A missing or unreadable file raises OSError (ssl.SSLError is one), which stops the start."""
+    if not config.server.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.server.tls_cert, config.server.tls_key)
+    return context
+
+
 async def serve(config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully within server.shutdown_timeout."""
+    context = tls_context(config)
+    scheme = "https" if context is not None else "http"
     app = create_app(config)
     runner = web.AppRunner(
         app,
@@ -104,7 +122,7 @@ async def serve(config: Config) -> None:
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
+        site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024, ssl_context=context)
         await site.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -113,7 +131,13 @@ async def serve(config: Config) -> None:
         for address in runner.addresses:
             host, port = address[0], address[1]
             shown = f"[{host}]" if ":" in host else host
-            log.info("cbhub %s serving on http://%s:%d (database %s)", __version__, shown, port, config.storage.path)
+            log.info(
+                "cbhub %s serving on %s://%s:%d (database %s)", __version__, scheme, shown, port, config.storage.path
+            )
+        if config.auth.api_keys:
+            log.info("client API: %d API keys (%s)", len(config.auth.api_keys), ", ".join(config.auth.api_keys))
+        else:
+            log.info("client API: no API keys; anyone who can reach the server can use it")
         await stop.wait()
         await _stop_gracefully(app, site, config.server.shutdown_timeout)
     finally:

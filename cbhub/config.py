@@ -8,14 +8,27 @@ needs one line here and one in config.example.toml.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from cbhub import networks
+from cbhub.signatures import SpecError, VerifySpec, parse_spec
+
 ENV_PREFIX = "CBHUB_"
+# Keys whose environment variable is not the derived CBHUB_SECTION_KEY.
+_ENV_NAMES = {"auth.api_keys": "CBHUB_API_KEYS"}
+# Keys whose values are secrets: an error message names them but never shows the value.
+_SECRET_KEYS = frozenset({"auth.api_keys", "ingest.verify.secret"})
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MIN_API_KEY_LENGTH = 16
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 DAY = 86400
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -33,6 +46,11 @@ class ServerConfig:
     # Base of every callback_url, e.g. "https://hooks.example.com"; empty means "from the request".
     public_url: str = ""
     shutdown_timeout: float = 10.0
+    # Proxies (CIDRs) whose X-Forwarded-For / Forwarded headers are believed.
+    trusted_proxies: tuple[str, ...] = ()
+    # PEM files: both set, cbhub serves HTTPS itself.
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,6 +109,54 @@ class RealtimeConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    # API key name -> key; with any key set, every /v1 route needs one.
+    api_keys: dict[str, str] = field(default_factory=dict, repr=False)
+    # Key names that see every callback, not only their own.
+    admin: tuple[str, ...] = ()
+    # Serve the client API without keys on an address other hosts can reach.
+    allow_anonymous: bool = False
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """The [ingest.verify] table: the signature scheme of callbacks minted without one."""
+
+    scheme: str = ""
+    secret: str = field(default="", repr=False)
+    header: str = ""
+    encoding: str = "hex"
+    prefix: str = ""
+
+    def spec(self) -> VerifySpec | None:
+        # "hex" is the default, not a choice: Standard Webhooks takes no encoding.
+        given = {k: v for k, v in dataclasses.asdict(self).items() if v and (k, v) != ("encoding", "hex")}
+        if not self.scheme:
+            if given:
+                # A secret with no scheme would look like protection and be none.
+                raise SpecError(f"ingest.verify.scheme: required when ingest.verify.{next(iter(given))} is set")
+            return None
+        return parse_spec(given, "ingest.verify")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    # Networks (CIDRs) every callback POST must come from; empty: anywhere.
+    allow_ips: tuple[str, ...] = ()
+    # Seconds a Standard Webhooks timestamp may be away from now.
+    verify_tolerance: int = 300
+    # Requests a second per source address on /cb; 0 turns the limit off.
+    rate_per_ip: float = 50.0
+    # The largest burst per source address; 0: twice rate_per_ip.
+    rate_burst: int = 0
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+
+    @property
+    def burst(self) -> float:
+        return float(self.rate_burst) if self.rate_burst else max(1.0, 2 * self.rate_per_ip)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -100,6 +166,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
 
 
 def _positive(value: Any) -> bool:
@@ -108,6 +176,18 @@ def _positive(value: Any) -> bool:
 
 def _port(value: int) -> bool:
     return 0 <= value <= 65535
+
+
+def _cidrs(value: tuple[str, ...]) -> bool:
+    try:
+        networks.normalise(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _non_negative(value: Any) -> bool:
+    return value >= 0
 
 
 def _public_url(value: str) -> bool:
@@ -135,6 +215,11 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "realtime.max_subscriptions": (_positive, "a whole number greater than 0"),
     "realtime.max_backlog": (_positive, "a whole number greater than 0"),
     "realtime.heartbeat": (_positive, "a number of seconds greater than 0"),
+    "server.trusted_proxies": (_cidrs, "a list of IP addresses or CIDRs such as 10.0.0.0/8"),
+    "ingest.allow_ips": (_cidrs, "a list of IP addresses or CIDRs such as 203.0.113.0/24 or 2001:db8::/32"),
+    "ingest.verify_tolerance": (_positive, "a whole number of seconds greater than 0"),
+    "ingest.rate_per_ip": (_non_negative, "a number of requests per second, 0 to turn the limit off"),
+    "ingest.rate_burst": (_non_negative, "a number of requests, 0 for twice ingest.rate_per_ip"),
 }
 
 _NORMALISE: dict[str, Callable[[Any], Any]] = {
@@ -142,18 +227,42 @@ _NORMALISE: dict[str, Callable[[Any], Any]] = {
     "server.public_url": lambda v: v.rstrip("/"),
     "log.level": lambda v: v.lower(),
     "log.format": lambda v: v.lower(),
+    "server.trusted_proxies": lambda v: _canonical_cidrs(v),
+    "ingest.allow_ips": lambda v: _canonical_cidrs(v),
 }
 
 
+def _canonical_cidrs(values: tuple[str, ...]) -> tuple[str, ...]:
+    # A bad entry is kept as written, for the check to name it.
+    try:
+        return networks.normalise(values)
+    except ValueError:
+        return values
+
+
 def env_name(dotted: str) -> str:
-    return ENV_PREFIX + dotted.replace(".", "_").upper()
+    return _ENV_NAMES.get(dotted) or ENV_PREFIX + dotted.replace(".", "_").upper()
+
+
+def _api_keys_from_text(text: str) -> dict[str, str]:
+    """CBHUB_API_KEYS: "name1:key1,name2:key2"."""
+    keys: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        name, sep, key = item.partition(":")
+        if not sep:
+            raise ConfigError(f"invalid value for auth.api_keys: an item has no ':' (expected name:key, ...)")
+        keys[name.strip()] = key.strip()
+    return keys
 
 
 def _convert(dotted: str, kind: Any, raw: Any, from_text: bool) -> Any:
     """Turn a raw value (TOML value, or text from the environment or a flag) into `kind`."""
 
     def bad(hint: str) -> ConfigError:
-        return ConfigError(f"invalid value for {dotted}: {raw!r} (expected {hint})")
+        shown = "(hidden)" if dotted in _SECRET_KEYS else repr(raw)
+        return ConfigError(f"invalid value for {dotted}: {shown} (expected {hint})")
 
     if kind == "int":
         if isinstance(raw, bool):
@@ -181,6 +290,20 @@ def _convert(dotted: str, kind: Any, raw: Any, from_text: bool) -> Any:
         if not isinstance(raw, str):
             raise bad("a string")
         return raw
+    if kind == "bool":
+        if from_text:
+            word = str(raw).strip().lower()
+            if word in TRUE_WORDS + FALSE_WORDS:
+                return word in TRUE_WORDS
+        elif isinstance(raw, bool):
+            return raw
+        raise bad("true or false")
+    if kind == "dict[str, str]":
+        if from_text and isinstance(raw, str):
+            return _api_keys_from_text(raw)
+        if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+            raise bad("a table of name = \"string\" lines")
+        return dict(raw)
     if kind == "tuple[str, ...]":
         if from_text and isinstance(raw, str):
             return tuple(part.strip() for part in raw.split(",") if part.strip())
@@ -190,8 +313,45 @@ def _convert(dotted: str, kind: Any, raw: Any, from_text: bool) -> Any:
     raise AssertionError(f"no converter for {kind}")
 
 
-def _section_fields(section_cls: type) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(section_cls)}
+def _nested(fld: dataclasses.Field) -> type | None:
+    """The dataclass a field holds as a nested table ([section] or [section.table]), if any."""
+    factory = fld.default_factory
+    return factory if isinstance(factory, type) and dataclasses.is_dataclass(factory) else None  # type: ignore[return-value]
+
+
+def _load_table(
+    cls: type,
+    prefix: str,
+    file_table: Any,
+    path: Any,
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any] | None,
+) -> Any:
+    """An instance of `cls` from its file table, the environment and flags; `prefix` is its
+    dotted name ("server", "ingest.verify")."""
+    if not isinstance(file_table, dict):
+        raise ConfigError(f"invalid value for {prefix}: {file_table!r} (expected a table)")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in file_table:
+        if key not in fields:
+            raise ConfigError(f"unknown key {prefix}.{key} in {path}")
+    values: dict[str, Any] = {}
+    for name, fld in fields.items():
+        dotted = f"{prefix}.{name}"
+        nested = _nested(fld)
+        if nested is not None:
+            values[name] = _load_table(nested, dotted, file_table.get(name, {}), path, env, overrides)
+            continue
+        if overrides and overrides.get(dotted) is not None:
+            value = _convert(dotted, fld.type, overrides[dotted], from_text=isinstance(overrides[dotted], str))
+        elif env_name(dotted) in env:
+            value = _convert(dotted, fld.type, env[env_name(dotted)], from_text=True)
+        elif name in file_table:
+            value = _convert(dotted, fld.type, file_table[name], from_text=False)
+        else:
+            continue
+        values[name] = _NORMALISE.get(dotted, lambda v: v)(value)
+    return cls(**values)
 
 
 def load_config(
@@ -207,28 +367,11 @@ def load_config(
 
     sections: dict[str, Any] = {}
     for section in dataclasses.fields(Config):
-        section_cls = section.default_factory  # type: ignore[misc]
-        values: dict[str, Any] = {}
-        file_section = file_values.get(section.name, {})
-        if not isinstance(file_section, dict):
-            raise ConfigError(f"invalid value for {section.name}: {file_section!r} (expected a table)")
-        for key in file_section:
-            if key not in _section_fields(section_cls):
-                raise ConfigError(f"unknown key {section.name}.{key} in {path}")
-        for name, fld in _section_fields(section_cls).items():
-            dotted = f"{section.name}.{name}"
-            kind = fld.type
-            if overrides and overrides.get(dotted) is not None:
-                value = _convert(dotted, kind, overrides[dotted], from_text=isinstance(overrides[dotted], str))
-            elif env_name(dotted) in env:
-                value = _convert(dotted, kind, env[env_name(dotted)], from_text=True)
-            elif name in file_section:
-                value = _convert(dotted, kind, file_section[name], from_text=False)
-            else:
-                continue
-            value = _NORMALISE.get(dotted, lambda v: v)(value)
-            values[name] = value
-        sections[section.name] = section_cls(**values)
+        section_cls = _nested(section)
+        assert section_cls is not None
+        sections[section.name] = _load_table(
+            section_cls, section.name, file_values.get(section.name, {}), path, env, overrides
+        )
     for key in file_values:
         if key not in sections:
             raise ConfigError(f"unknown section [{key}] in {path}")
@@ -248,14 +391,70 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
+def _value(config: Config, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def _validate(config: Config) -> None:
     for dotted, (check, hint) in _CHECKS.items():
-        section, key = dotted.split(".")
-        value = getattr(getattr(config, section), key)
+        value = _value(config, dotted)
         if not check(value):
             raise ConfigError(f"invalid value for {dotted}: {value!r} (expected {hint})")
+    _validate_auth(config.auth)
+    try:
+        config.ingest.verify.spec()
+    except SpecError as exc:
+        raise ConfigError(f"invalid value for {exc}") from None
+    server = config.server
+    if bool(server.tls_cert) != bool(server.tls_key):
+        raise ConfigError("server.tls_cert and server.tls_key: set both (PEM files) to serve HTTPS, or neither")
     if config.callbacks.default_ttl > config.callbacks.max_ttl:
         raise ConfigError(
             f"invalid value for callbacks.default_ttl: {config.callbacks.default_ttl!r} "
             f"(expected at most callbacks.max_ttl = {config.callbacks.max_ttl})"
         )
+
+
+def _validate_auth(auth: AuthConfig) -> None:
+    # The messages name keys by their names only: a key is a secret.
+    seen: dict[str, str] = {}
+    for name, key in auth.api_keys.items():
+        if not KEY_NAME.fullmatch(name):
+            raise ConfigError(
+                f"invalid value for auth.api_keys: the name {name[:64]!r} (expected letters, digits, '_', '.', '-')"
+            )
+        if len(key) < MIN_API_KEY_LENGTH:
+            raise ConfigError(
+                f"invalid value for auth.api_keys: the key named {name!r} is shorter than {MIN_API_KEY_LENGTH}"
+                " characters (expected a long random string, e.g. from `openssl rand -hex 32`)"
+            )
+        if key in seen:
+            raise ConfigError(f"invalid value for auth.api_keys: {seen[key]!r} and {name!r} have the same key")
+        seen[key] = name
+    for name in auth.admin:
+        if name not in auth.api_keys:
+            raise ConfigError(f"invalid value for auth.admin: {name!r} (expected names from auth.api_keys)")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host`; a name other than localhost counts as not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_problem(config: Config) -> str | None:
+    """Why `config` must not be served, if it must not: an open client API on a reachable address."""
+    if config.auth.api_keys or config.auth.allow_anonymous or is_loopback(config.server.host):
+        return None
+    return (
+        f"server.host {config.server.host!r} can be reached from other hosts and no API key is set: "
+        "anyone could read every callback. Set keys in [auth.api_keys] or CBHUB_API_KEYS=\"name:key,...\", "
+        "or set auth.allow_anonymous = true (CBHUB_AUTH_ALLOW_ANONYMOUS=true) to serve without keys."
+    )

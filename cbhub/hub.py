@@ -9,12 +9,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from cbhub.config import Config
-from cbhub.model import CREATED, PENDING, Callback, Delivery, Event, Incoming, MintSpec, now_ms
+from cbhub.guards import check_address, delivery_guard
+from cbhub.model import CREATED, PENDING, Callback, Delivery, Event, Incoming, MintSpec, now_ms, short_token
 from cbhub.registry import Registry, Waiter
-from cbhub.store import CallbackNotFound, DeliveryFilter, IngestResult, Store, StoreUnavailable
+from cbhub.store import (
+    CallbackNotFound,
+    DeliveryFilter,
+    DeliveryRefused,
+    IngestResult,
+    SignatureInvalid,
+    Store,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("cbhub.hub")
 
@@ -45,6 +55,9 @@ class Hub:
         self.registry = registry if registry is not None else Registry()
         self._expiry_task: asyncio.Task | None = None
         self._retention_task: asyncio.Task | None = None
+        self._default_verify = config.ingest.verify.spec()
+        # Deliveries refused by a guard since the start, by kind ("address", "signature").
+        self.refused: Counter[str] = Counter()
 
     async def start(self) -> None:
         self._expiry_task = asyncio.create_task(self._expire_forever(), name="cbhub-expiry")
@@ -74,28 +87,64 @@ class Hub:
                 self.registry.publish(Event(CREATED, callback))
         return callbacks, created
 
+    def admit(self, token: str, remote_addr: str | None) -> None:
+        """Raise AddressNotAllowed unless the server-wide allowlist admits the sender. Cheap:
+        callers may ask before reading a body."""
+        try:
+            check_address(self.config.ingest.allow_ips, remote_addr, "the server's")
+        except DeliveryRefused as exc:
+            self._count_refusal(token, remote_addr, exc)
+            raise
+
     async def ingest(self, incoming: Incoming) -> IngestResult:
-        result = await self.store.ingest(incoming)
+        """Store a delivery and wake its waiters; raises DeliveryRefused when a guard (the
+        server's allowlist here, the callback's allowlist and signature in the store) refuses it."""
+        self.admit(incoming.token, incoming.remote_addr)
+        guard = delivery_guard(incoming, self._default_verify, self.config.ingest.verify_tolerance)
+        try:
+            result = await self.store.ingest(incoming, guard)
+        except DeliveryRefused as exc:
+            self._count_refusal(incoming.token, incoming.remote_addr, exc)
+            raise
         if not result.duplicate:
             self.registry.publish(Event("delivery", result.callback, result.delivery))
         return result
 
-    async def cancel(self, token: str) -> Callback:
-        callback, changed = await self.store.cancel(token, now_ms())
+    def _count_refusal(self, token: str, remote_addr: str | None, exc: DeliveryRefused) -> None:
+        kind = "signature" if isinstance(exc, SignatureInvalid) else "address"
+        self.refused[kind] += 1
+        # A forged or misconfigured sender is worth an operator's eye; an address outside an
+        # allowlist is routine internet noise.
+        level = logging.WARNING if isinstance(exc, SignatureInvalid) else logging.INFO
+        log.log(
+            level,
+            "refused a delivery to %s from %s: %s (%d %s refusals so far)",
+            short_token(token),
+            remote_addr,
+            exc.reason,
+            self.refused[kind],
+            kind,
+        )
+
+    async def cancel(self, token: str, owner: str | None = None) -> Callback:
+        callback, changed = await self.store.cancel(token, now_ms(), owner)
         if changed:
             self.registry.publish(Event("status", callback))
         return callback
 
     # Waiting
 
-    async def wait_for_callback(self, token: str, after: int, timeout: float) -> CallbackUpdate | None:
+    async def wait_for_callback(
+        self, token: str, after: int, timeout: float, owner: str | None = None
+    ) -> CallbackUpdate | None:
         """The callback's deliveries with id > after as soon as there are some, or the callback
-        once it can receive no more; None when `timeout` passes first."""
-        waiter = Waiter(DeliveryFilter(token=token))
+        once it can receive no more; None when `timeout` passes first. With an `owner`, another
+        key's callback is not found."""
+        waiter = Waiter(DeliveryFilter(token=token, owner=owner))
         self.registry.add(waiter)
         try:
             callback = await self.store.get_callback(token)
-            if callback is None:
+            if callback is None or (owner is not None and callback.created_by != owner):
                 raise CallbackNotFound(token)
             deliveries: list[Delivery] = []
             if callback.result is not None and callback.result.id > after:
@@ -134,22 +183,22 @@ class Hub:
         finally:
             self.registry.remove(waiter)
 
-    async def group_counts(self, group: str) -> dict[str, int]:
-        counts = await self.store.group_counts(group)
+    async def group_counts(self, group: str, owner: str | None = None) -> dict[str, int]:
+        counts = await self.store.group_counts(group, owner)
         if not any(counts.values()):
             raise GroupNotFound(group)
         return counts
 
-    async def wait_for_group(self, group: str, timeout: float) -> dict[str, int] | None:
+    async def wait_for_group(self, group: str, timeout: float, owner: str | None = None) -> dict[str, int] | None:
         """The group's counts as soon as none of its callbacks is pending; None on timeout."""
-        waiter = Waiter(DeliveryFilter(group=group))
+        waiter = Waiter(DeliveryFilter(group=group, owner=owner))
         self.registry.add(waiter)
         try:
             deadline = time.monotonic() + timeout
             while True:
                 # Re-armed before the read: an event during the read triggers one more read.
                 waiter.rearm()
-                counts = await self.group_counts(group)
+                counts = await self.group_counts(group, owner)
                 if counts[PENDING] == 0:
                     return counts
                 if not await waiter.wait( deadline - time.monotonic()):

@@ -15,23 +15,23 @@ import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-SHOWN_TOKEN_CHARS = 6
+from cbhub.model import short_token
+
+# A path segment this long may be a token (they are 43 characters), even on an unknown route.
+LONG_SEGMENT = 16
 # Attributes every LogRecord has; anything else was passed with `extra=` and is worth keeping.
 _RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
-def short_token(token: str) -> str:
-    return token[:SHOWN_TOKEN_CHARS] + "…" if len(token) > SHOWN_TOKEN_CHARS else token
-
-
-def redacted_path(request: web.BaseRequest) -> str:
-    """The request path with any token in it shortened."""
-    path = request.path
+def loggable_path(request: web.BaseRequest) -> str:
+    """The request's path as a log line may show it: tokens cut to their first characters."""
     match_info = getattr(request, "match_info", None)
     token = match_info.get("token") if match_info else None
-    if token:
-        path = path.replace(token, short_token(token))
-    return path
+    parts = [
+        short_token(part) if part and (part == token or len(part) > LONG_SEGMENT) else part
+        for part in request.path.split("/")
+    ]
+    return "/".join(parts)[:120]
 
 
 class JsonFormatter(logging.Formatter):
@@ -56,7 +56,7 @@ class AccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        path = redacted_path(request)
+        path = loggable_path(request)
         self.logger.info(
             "%s %s %d %.1fms %s",
             request.method,

@@ -8,9 +8,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cbhub.bodies import ParsedBody, parse_body
+
+if TYPE_CHECKING:
+    from cbhub.signatures import VerifySpec
 
 PENDING = "pending"
 RECEIVED = "received"
@@ -24,10 +27,17 @@ CREATED = "created"
 
 # Headers a client API reader never sees: they carry the sender's credentials.
 HIDDEN_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+# How much of a token a log line may show: enough to tell callbacks apart, too little to use.
+LOGGED_TOKEN_CHARS = 6
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def short_token(token: str) -> str:
+    """A token as log lines show it."""
+    return token[:LOGGED_TOKEN_CHARS] + "…" if len(token) > LOGGED_TOKEN_CHARS else token
 
 
 def rfc3339(ms: int) -> str:
@@ -94,6 +104,11 @@ class Callback:
     metadata: dict[str, Any]
     deliveries: int = 0
     result: Delivery | None = None
+    # The name of the API key that minted it; None when minted without keys.
+    created_by: str | None = None
+    # Guards on its public URL, set at mint: source networks (CIDRs) and a signature scheme.
+    allow_ips: tuple[str, ...] = ()
+    verify: VerifySpec | None = None
 
     def to_json(self, base_url: str) -> dict[str, Any]:
         return {
@@ -107,6 +122,9 @@ class Callback:
             "metadata": self.metadata,
             "deliveries": self.deliveries,
             "result": self.result.to_json() if self.result is not None else None,
+            "created_by": self.created_by,
+            "allow_ips": list(self.allow_ips),
+            "verify": self.verify.describe() if self.verify is not None else None,
         }
 
     def closed(self, at_ms: int) -> bool:
@@ -138,6 +156,9 @@ class MintSpec:
     label: str | None
     group: str | None
     metadata: dict[str, Any]
+    created_by: str | None = None
+    allow_ips: tuple[str, ...] = ()
+    verify: VerifySpec | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -244,7 +244,7 @@ class Feed:
         try:
             tokens = sorted(where.tokens or ()) or ([where.token] if where.token is not None else [])
             if tokens:
-                statuses = await self._store.callback_statuses(tokens)
+                statuses = await self._store.callback_statuses(tokens, where.owner)
                 missing = [token for token in tokens if token not in statuses]
                 if missing:
                     raise SubscribeRefused("callback_not_found", f"no callback has the token {missing[0][:64]!r}")

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -41,7 +42,9 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def make_config(db_path: Path) -> Callable[..., Config]:
     def make(**overrides: Any) -> Config:
-        values = {"storage.path": str(db_path), **overrides}
+        # Every test request comes from 127.0.0.1: the per-address rate limit would only get in
+        # the way, except where a test sets it to test it.
+        values = {"storage.path": str(db_path), "ingest.rate_per_ip": "0", **overrides}
         return load_config(env={}, overrides=values)
 
     return make
@@ -84,6 +87,48 @@ async def post_callback(client: TestClient, callback: dict[str, Any], **kwargs: 
         return await response.json()
 
 
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+async def session_as():
+    """A client session against a running hub that sends an API key with every request, as a
+    program configured with that key does; `mint` and `post_callback` take it like a client."""
+    sessions: list[aiohttp.ClientSession] = []
+
+    def make(client: TestClient, key: str | None = None) -> aiohttp.ClientSession:
+        session = aiohttp.ClientSession(base_url=client.make_url("/"), headers=bearer(key) if key else None)
+        sessions.append(session)
+        return session
+
+    yield make
+    for session in sessions:
+        await session.close()
+
+
+async def start_watching(client: TestClient, token: str, session: Any = None) -> asyncio.Task:
+    """A long-poll on the callback, registered before this returns: whatever wakes it shows."""
+    before = registry_size(client)
+    task = asyncio.create_task((session or client).get(f"/v1/callbacks/{token}/wait?timeout=30"))
+    await eventually(lambda: registry_size(client) > before)
+    return task
+
+
+async def woken_with(task: asyncio.Task) -> list[dict[str, Any]]:
+    """The deliveries that woke a watching long-poll."""
+    response = await asyncio.wait_for(task, 10)
+    assert response.status == 200, await response.text()
+    return (await response.json())["deliveries"]
+
+
+async def assert_error(response: aiohttp.ClientResponse, status: int, code: str) -> dict[str, Any]:
+    assert response.status == status, await response.text()
+    error = (await response.json())["error"]
+    assert error["code"] == code and error["message"], error
+    return error
+
+
 async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
@@ -111,33 +156,41 @@ class ServerProcess:
             text=True,
         )
         self.url = ""
+        self._partial = ""
 
     def wait_until_serving(self, timeout: float = 15.0) -> str:
         """Read the log until the listening line; the URL it names."""
+        import os
         import re
         import selectors
 
         assert self.proc.stderr is not None
+        # Read the descriptor, not the file object: bytes a file object buffered past the
+        # listening line would never reach communicate() in finish().
+        fd = self.proc.stderr.fileno()
         selector = selectors.DefaultSelector()
-        selector.register(self.proc.stderr, selectors.EVENT_READ)
+        selector.register(fd, selectors.EVENT_READ)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not selector.select(timeout=0.1):
                 continue
-            line = self.proc.stderr.readline()
-            if not line:
+            chunk = os.read(fd, 65536).decode(errors="replace")
+            if not chunk:
                 break
-            self.log_lines.append(line)
-            match = re.search(r"serving on (http\S+)", line)
-            if match:
-                self.url = match.group(1)
-                return self.url
-        raise AssertionError("server did not start:\n" + "".join(self.log_lines))
+            self._partial += chunk
+            *lines, self._partial = self._partial.split("\n")
+            self.log_lines.extend(line + "\n" for line in lines)
+            for line in lines:
+                match = re.search(r"serving on (https?://\S+)", line)
+                if match:
+                    self.url = match.group(1)
+                    return self.url
+        raise AssertionError("server did not start:\n" + "".join(self.log_lines) + self._partial)
 
     def finish(self, timeout: float = 15.0) -> tuple[int, str]:
         """Wait for exit; the exit code and everything logged."""
         _, rest = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, "".join(self.log_lines) + (rest or "")
+        return self.proc.returncode, "".join(self.log_lines) + self._partial + (rest or "")
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -10,6 +10,9 @@ import time
 import aiohttp
 import orjson
 
+# Load from one address is what these tests make: the per-address rate limit is not under test.
+UNLIMITED = {"CBHUB_INGEST_RATE_PER_IP": "0"}
+
 
 async def _mint(session: aiohttp.ClientSession, url: str, count: int) -> list[str]:
     async with session.post(f"{url}/v1/callbacks/batch", json={"count": count, "ttl": 3600}) as response:
@@ -32,7 +35,7 @@ async def test_kill_9_under_load_loses_nothing_that_was_answered_200(serve_proce
     acknowledged: dict[bytes, int] = {}  # body -> delivery id answered
     tokens: list[str] = []
     for round_no in range(5):
-        server = serve_process("--port", "0", "--db", str(tmp_path / "crash.db"))
+        server = serve_process("--port", "0", "--db", str(tmp_path / "crash.db"), env=UNLIMITED)
         started = time.monotonic()
         url = server.wait_until_serving()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
@@ -152,7 +155,7 @@ async def test_backup_while_the_server_takes_callbacks(serve_process, tmp_path):
     import sys
 
     db = tmp_path / "live.db"
-    server = serve_process("--port", "0", "--db", str(db))
+    server = serve_process("--port", "0", "--db", str(db), env=UNLIMITED)
     url = server.wait_until_serving()
     async with aiohttp.ClientSession() as session:
         tokens = await _mint(session, url, 20)

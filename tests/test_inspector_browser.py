@@ -63,13 +63,14 @@ class Watched:
 def open_page(browser: Browser) -> Iterator[Callable[..., Watched]]:
     contexts = []
 
-    def open_(base: str, path: str = "/") -> Watched:
+    def open_(base: str, path: str = "/", wait_live: bool = True) -> Watched:
         context = browser.new_context(viewport={"width": 1440, "height": 900})
         context.set_default_timeout(15000)
         contexts.append(context)
         watched = Watched(context.new_page(), base)
         watched.page.goto(base + path)
-        expect(watched.page.locator("#connection")).to_have_text("Live")
+        if wait_live:
+            expect(watched.page.locator("#connection")).to_have_text("Live")
         return watched
 
     yield open_
@@ -323,3 +324,50 @@ def test_after_a_network_drop_the_page_resumes_without_losing_or_doubling_a_row(
         assert all("ERR_CONNECTION" in e or "Failed to load" in e for e in watched.errors), watched.errors
     finally:
         relay.close()
+
+
+def test_with_keys_set_a_wrong_key_sees_nothing(serve_process, open_page):
+    keys = {"alice": "alice-key-7f3e9a1c5b", "bob": "bob-key-4d8c2e6a0f91"}
+    server = serve_process("--port", "0", env={"CBHUB_API_KEYS": ",".join(f"{n}:{k}" for n, k in keys.items())})
+    hub = server.wait_until_serving(timeout=60)
+    secret = mint(hub, key=keys["alice"], label="alice-secret")
+
+    def enter_key(page: Page, key: str) -> None:
+        dialog = page.locator("#key-dialog")
+        expect(dialog).to_be_visible()
+        dialog.get_by_label("API key").fill(key)
+        dialog.get_by_role("button", name="Use key").click()
+
+    watched = open_page(hub, wait_live=False)
+    page = watched.page
+    # Asked once; a key the server refuses is asked again, and nothing is shown meanwhile.
+    enter_key(page, "not-a-key-at-all")
+    expect(page.locator("#key-error")).to_have_text(re.compile("refused"))
+    expect(page.locator("#rows tr")).to_have_count(0)
+    # Another real key: it sees nothing of alice's, neither listed nor live.
+    enter_key(page, keys["bob"])
+    expect(page.locator("#key-dialog")).to_be_hidden()
+    expect(page.locator("#connection")).to_have_text("Live")
+    expect(page.locator("#empty")).to_be_visible()
+    post_form(secret["callback_url"], {"RequestID": "for-alice-only"})
+    mint(hub, key=keys["alice"], label="alice-later")
+    mint(hub, key=keys["bob"], label="bob-own")
+    expect(row(page, "bob-own")).to_have_count(1, timeout=WITHIN)  # events come in order: alice's came first
+    expect(page.locator("#rows tr")).to_have_count(1)
+    page.goto(f"{hub}/#/callbacks/{secret['token']}")
+    expect(page.locator("#detail")).to_contain_text("No callback has this token.")
+    # The key stays in this tab's session storage: not in the address bar, not in a cookie.
+    assert page.evaluate("sessionStorage.getItem('cbhub.apiKey')") == keys["bob"]
+    assert keys["bob"] not in page.url and page.context.cookies() == []
+
+    alices = open_page(hub, wait_live=False).page
+    enter_key(alices, keys["alice"])
+    expect(row(alices, "alice-secret").locator(".status")).to_have_text("Received")
+    expect(row(alices, "alice-later").locator(".status")).to_have_text("Awaiting callback")
+    expect(alices.locator("#rows tr")).to_have_count(2)
+    later = call(f"{hub}/v1/callbacks?label=alice-later", key=keys["alice"])[1]["callbacks"][0]
+    post_form(later["callback_url"], {"RequestID": "later"})
+    expect(row(alices, "alice-later").locator(".status")).to_have_text("Received", timeout=WITHIN)
+    expect(row(page, "alice-later")).to_have_count(0)
+    # The only console errors are the refused requests that asked for a key, and alice's token.
+    assert all("status of 401" in e or "status of 404" in e for e in watched.errors), watched.errors

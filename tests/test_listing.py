@@ -153,3 +153,27 @@ async def test_a_version_1_database_gains_the_listing_indexes(start_hub, make_co
     assert {"callbacks_group_created", "callbacks_label_created", "deliveries_correlation_callback"} <= indexes
     assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     conn.close()
+
+
+KEYS = {"alice": "alice-key-7f3e9a1c5b", "bob": "bob-key-4d8c2e6a0f91", "ops": "ops-key-2d7f9e4a6c1b35"}
+
+
+async def test_with_keys_each_key_lists_and_streams_only_its_own_callbacks(start_hub, make_config, session_as):
+    client = await start_hub(make_config(**{"auth.api_keys": KEYS, "auth.admin": ["ops"]}))
+    alice, bob, ops = (session_as(client, KEYS[name]) for name in ("alice", "bob", "ops"))
+    assert (await client.get("/v1/callbacks")).status == 401
+    async with bob.get("/v1/events") as bobs, ops.get("/v1/events") as opss:
+        assert bobs.status == 200 and opss.status == 200
+        secret = await mint(alice, label="alice-secret")
+        await post_callback(alice, secret, json={"n": 1})
+        own = await mint(bob, label="bob-own")
+        # Bob's stream tells of his own callback only; the admin's of everything, in order.
+        event = await read_event(bobs)
+        assert event["event"] == "created" and orjson.loads(event["data"])["token"] == own["token"]
+        told = [(await read_event(opss))["event"] for _ in range(3)]
+        assert told == ["created", "delivery", "created"]
+    for session, expected in ((alice, [secret]), (bob, [own]), (ops, [own, secret])):
+        listed = await (await session.get("/v1/callbacks")).json()
+        assert tokens(listed) == [callback["token"] for callback in expected]
+    found = await (await bob.get("/v1/callbacks?label=alice-secret")).json()
+    assert found == {"callbacks": [], "next_before": None}

@@ -9,11 +9,13 @@ import orjson
 from aiohttp import web
 
 from cbhub.http.errors import ApiError, json_response
-from cbhub.http.keys import CONFIG, HUB, base_url
+from cbhub.http.keys import CONFIG, HUB, base_url, caller
 from cbhub.http.params import (
     field_int,
     field_metadata,
     field_name,
+    field_networks,
+    field_verify,
     invalid_parameter,
     json_object,
     query_filter,
@@ -24,7 +26,7 @@ from cbhub.http.params import (
 from cbhub.model import STATUSES, Callback, Delivery, MintSpec
 from cbhub.store import CallbackFilter
 
-MINT_FIELDS = frozenset({"ttl", "label", "group", "metadata"})
+MINT_FIELDS = frozenset({"ttl", "label", "group", "metadata", "allow_ips", "verify"})
 BATCH_FIELDS = MINT_FIELDS | {"count"}
 MAX_BATCH = 1000
 DEFAULT_WAIT = 30.0
@@ -32,8 +34,6 @@ MAX_CURSOR = 2**63 - 1
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
 DEFAULT_LISTING, MAX_LISTING = 50, 500
 RAW_BODY_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox"}
-# The scope idempotency keys are unique in; per API key once keys exist.
-ANONYMOUS = ""
 
 
 def _callback_json(request: web.Request, callback: Callback) -> dict[str, Any]:
@@ -51,6 +51,9 @@ def _mint_spec(request: web.Request, body: dict[str, Any]) -> MintSpec:
         label=field_name(body, "label"),
         group=field_name(body, "group"),
         metadata=field_metadata(body),
+        created_by=caller(request).name,
+        allow_ips=field_networks(body, "allow_ips"),
+        verify=field_verify(body),
     )
 
 
@@ -60,9 +63,11 @@ def _idempotency(request: web.Request, kind: str, spec: MintSpec, count: int) ->
         return None
     if len(key) > 255:
         raise ApiError(400, "invalid_header", "Idempotency-Key: must be at most 255 characters")
-    request_shape = [kind, count, spec.ttl, spec.label, spec.group, spec.metadata]
+    verify = spec.verify.to_json() if spec.verify is not None else None
+    request_shape = [kind, count, spec.ttl, spec.label, spec.group, spec.metadata, spec.allow_ips, verify]
     fingerprint = hashlib.sha256(orjson.dumps(request_shape, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return ANONYMOUS, key, fingerprint
+    # Scoped by API key: two clients choosing the same key get their own callbacks.
+    return caller(request).scope, key, fingerprint
 
 
 async def create_callback(request: web.Request) -> web.Response:
@@ -88,6 +93,7 @@ async def list_callbacks(request: web.Request) -> web.Response:
     if status is not None and status not in STATUSES:
         raise invalid_parameter("status", f"must be one of {', '.join(STATUSES)}, got {status[:40]!r}")
     where = CallbackFilter(
+        owner=caller(request).owner,
         group=query_text(query, "group"),
         label=query_text(query, "label"),
         status=status,
@@ -102,15 +108,20 @@ async def list_callbacks(request: web.Request) -> web.Response:
     return json_response({"callbacks": listed, "next_before": page.next_before})
 
 
+def _not_found() -> ApiError:
+    # Another key's callback is answered exactly like a missing one: tokens cannot be probed.
+    return ApiError(404, "callback_not_found", "no callback has this token")
+
+
 async def get_callback(request: web.Request) -> web.Response:
     callback = await request.app[HUB].store.get_callback(request.match_info["token"])
-    if callback is None:
-        raise ApiError(404, "callback_not_found", "no callback has this token")
+    if callback is None or not caller(request).sees(callback):
+        raise _not_found()
     return json_response(_callback_json(request, callback))
 
 
 async def cancel_callback(request: web.Request) -> web.Response:
-    callback = await request.app[HUB].cancel(request.match_info["token"])
+    callback = await request.app[HUB].cancel(request.match_info["token"], caller(request).owner)
     return json_response(_callback_json(request, callback))
 
 
@@ -118,7 +129,9 @@ async def wait_callback(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     timeout = query_seconds(request.query, "timeout", DEFAULT_WAIT, config.callbacks.max_wait)
     after = query_int(request.query, "after", 0, 0, MAX_CURSOR)
-    update = await request.app[HUB].wait_for_callback(request.match_info["token"], after, timeout)
+    update = await request.app[HUB].wait_for_callback(
+        request.match_info["token"], after, timeout, caller(request).owner
+    )
     if update is None:
         return web.Response(status=204)
     return json_response(
@@ -128,7 +141,7 @@ async def wait_callback(request: web.Request) -> web.StreamResponse:
 
 async def list_deliveries(request: web.Request) -> web.Response:
     query = request.query
-    where = query_filter(query)
+    where = query_filter(query, owner=caller(request).owner)
     after = query_int(query, "after", 0, 0, MAX_CURSOR)
     limit = query_int(query, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     wait = query_seconds(query, "wait", 0, request.app[CONFIG].callbacks.max_wait)
@@ -142,7 +155,12 @@ async def delivery_body(request: web.Request) -> web.Response:
         delivery_id = int(request.match_info["id"])
     except ValueError:
         delivery_id = -1
-    delivery = await request.app[HUB].store.get_delivery(delivery_id) if 0 < delivery_id <= MAX_CURSOR else None
+    store = request.app[HUB].store
+    delivery = await store.get_delivery(delivery_id) if 0 < delivery_id <= MAX_CURSOR else None
+    if delivery is not None and caller(request).owner is not None:
+        callback = await store.get_callback(delivery.token)
+        if callback is None or not caller(request).sees(callback):
+            delivery = None
     if delivery is None:
         raise ApiError(404, "delivery_not_found", "no delivery has this id")
     # The exact bytes and type received; never rendered by a browser as a page of ours: a
@@ -165,7 +183,7 @@ def _sendable_header(value: str | None) -> str | None:
 
 async def group_status(request: web.Request) -> web.Response:
     group = request.match_info["group"]
-    counts = await request.app[HUB].group_counts(group)
+    counts = await request.app[HUB].group_counts(group, caller(request).owner)
     return json_response(_group_json(group, counts))
 
 
@@ -173,7 +191,7 @@ async def wait_group(request: web.Request) -> web.StreamResponse:
     group = request.match_info["group"]
     config = request.app[CONFIG]
     timeout = query_seconds(request.query, "timeout", DEFAULT_WAIT, config.callbacks.max_wait)
-    counts = await request.app[HUB].wait_for_group(group, timeout)
+    counts = await request.app[HUB].wait_for_group(group, timeout, caller(request).owner)
     if counts is None:
         return web.Response(status=204)
     return json_response(_group_json(group, counts))

@@ -9,10 +9,18 @@ from typing import Any, Awaitable, Callable, Mapping
 import orjson
 from aiohttp import web
 
+from cbhub.http.keys import CALLER
 from cbhub.hub import GroupNotFound
-from cbhub.logs import redacted_path
+from cbhub.logs import loggable_path
 from cbhub.registry import ShuttingDown
-from cbhub.store import CallbackClosed, CallbackNotFound, IdempotencyConflict, StoreUnavailable
+from cbhub.store import (
+    AddressNotAllowed,
+    CallbackClosed,
+    CallbackNotFound,
+    IdempotencyConflict,
+    SignatureInvalid,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("cbhub.http")
 
@@ -52,6 +60,10 @@ def _from_domain(exc: Exception) -> ApiError | None:
         return ApiError(410, f"callback_{exc.status}", f"this callback is {exc.status} and accepts no more deliveries")
     if isinstance(exc, GroupNotFound):
         return ApiError(404, "group_not_found", "no callback belongs to this group")
+    if isinstance(exc, AddressNotAllowed):
+        return ApiError(403, "address_not_allowed", "this address may not deliver to this callback")
+    if isinstance(exc, SignatureInvalid):
+        return ApiError(401, "signature_invalid", f"signature verification failed: {exc.reason}")
     if isinstance(exc, IdempotencyConflict):
         return ApiError(
             422, "idempotency_key_reused", "this Idempotency-Key was already used with a different request"
@@ -80,11 +92,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception as exc:
         mapped = _from_domain(exc)
         if mapped is None:
-            log.exception("unhandled error on %s %s", request.method, redacted_path(request))
+            log.exception("unhandled error on %s %s", request.method, loggable_path(request))
             return error_response(500, "internal_error", "internal server error")
         err = mapped
-    # The server's own faults are worth a warning; a client's mistakes only at debug.
     level = logging.WARNING if err.status >= 500 else logging.DEBUG
-    if log.isEnabledFor(level):
-        log.log(level, "%s %s answered %d %s", request.method, redacted_path(request), err.status, err.code)
+    who = request.get(CALLER)
+    by = f" to key {who.name}" if who is not None and who.name is not None else ""
+    log.log(level, "%s %s answered %d %s%s", request.method, loggable_path(request), err.status, err.code, by)
     return error_response(err.status, err.code, err.message, err.headers)

@@ -6,6 +6,7 @@ Whatever the body is, it is stored; the 200 goes out only once it is committed.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -14,11 +15,19 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from cbhub.bodies import correlation_id, parse_body
-from cbhub.http.errors import json_response
-from cbhub.http.keys import CONFIG, HUB, METRICS
+from cbhub.http.errors import ApiError, json_response
+from cbhub.http.forwarded import client_address
+from cbhub.http.keys import CONFIG, HUB, LIMITER, METRICS
 from cbhub.model import HIDDEN_HEADERS, Incoming, now_ms
 from cbhub.registry import ShuttingDown
-from cbhub.store import CallbackClosed, CallbackNotFound, IngestResult, StoreUnavailable
+from cbhub.store import (
+    AddressNotAllowed,
+    CallbackClosed,
+    CallbackNotFound,
+    IngestResult,
+    SignatureInvalid,
+    StoreUnavailable,
+)
 
 # Headers by which senders name a message, so that their retries are stored once.
 DEDUPE_HEADERS = ("webhook-id", "svix-id", "idempotency-key")
@@ -57,6 +66,22 @@ def dedupe_key(headers: CIMultiDictProxy[str]) -> str | None:
     return None
 
 
+def _rate_limit(request: web.Request, remote_addr: str | None) -> None:
+    """429 once this address has spent its burst; every request counts, unknown tokens too, so
+    that probing for tokens is slowed as much as flooding one."""
+    limiter = request.app.get(LIMITER)
+    if limiter is None:
+        return
+    wait = limiter.take(remote_addr or "unknown")
+    if wait > 0:
+        raise ApiError(
+            429,
+            "rate_limited",
+            "too many requests from this address; retry after the Retry-After delay",
+            {"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+
+
 # Why a callback request was refused, for the deliveries metric.
 REFUSALS: dict[type[Exception], str] = {
     CallbackNotFound: "not_found",
@@ -64,6 +89,8 @@ REFUSALS: dict[type[Exception], str] = {
     StoreUnavailable: "store_unavailable",
     ShuttingDown: "shutting_down",
     web.HTTPRequestEntityTooLarge: "too_large",
+    AddressNotAllowed: "address_not_allowed",
+    SignatureInvalid: "signature_invalid",
 }
 
 
@@ -106,7 +133,8 @@ async def receive(request: web.Request) -> web.Response:
         with request.app[INGESTS].track():
             result = await _store(request)
     except Exception as exc:
-        metrics.deliveries.labels(REFUSALS.get(type(exc), "error")).inc()
+        reason = exc.code if isinstance(exc, ApiError) else REFUSALS.get(type(exc), "error")
+        metrics.deliveries.labels(reason).inc()
         raise
     metrics.deliveries.labels("duplicate" if result.duplicate else "stored").inc()
     metrics.ingest_seconds.observe(time.perf_counter() - started)
@@ -114,10 +142,14 @@ async def receive(request: web.Request) -> web.Response:
 
 
 async def _store(request: web.Request) -> IngestResult:
+    config = request.app[CONFIG]
+    remote_addr = client_address(request, config.server.trusted_proxies)
+    _rate_limit(request, remote_addr)
     token = request.match_info["token"]
+    # Before the body is read: an outsider costs no more than its headers.
+    request.app[HUB].admit(token, remote_addr)
     if len(token) > MAX_TOKEN_LENGTH:
         raise CallbackNotFound(token)
-    config = request.app[CONFIG]
     received_at = now_ms()
     raw = await request.read()  # bounded by the app's client_max_size: 413 beyond it
     content_type = request.headers.get("Content-Type")
@@ -129,7 +161,7 @@ async def _store(request: web.Request) -> IngestResult:
         received_at=received_at,
         method=request.method,
         content_type=content_type,
-        remote_addr=request.remote,
+        remote_addr=remote_addr,
         headers=visible_headers(request.headers),
         query_string=request.query_string,
         raw=raw,

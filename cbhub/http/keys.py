@@ -1,4 +1,8 @@
-"""Typed keys for what the app carries, shared by every route module."""
+"""Typed keys for what the app and each request carry, shared by every route module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -6,11 +10,48 @@ from cbhub.config import Config
 from cbhub.hub import Hub
 from cbhub.metrics import Metrics
 from cbhub.subscriptions import Streams
+from cbhub.model import Callback
+from cbhub.ratelimit import RateLimiter
+
+# The idempotency scope of requests made without keys.
+ANONYMOUS_SCOPE = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who makes a client API request, as the auth middleware identified them."""
+
+    name: str | None  # the API key's name; None when no keys are configured
+    admin: bool
+
+    @property
+    def owner(self) -> str | None:
+        """The owner filter for this caller's reads: None (everything) for admins."""
+        return None if self.admin else self.name
+
+    @property
+    def scope(self) -> str:
+        """Where this caller's idempotency keys are unique."""
+        return self.name if self.name is not None else ANONYMOUS_SCOPE
+
+    def sees(self, callback: Callback) -> bool:
+        return self.admin or callback.created_by == self.name
+
+
+ANONYMOUS = Caller(None, admin=True)
 
 CONFIG = web.AppKey("config", Config)
 HUB = web.AppKey("hub", Hub)
 METRICS = web.AppKey("metrics", Metrics)
 STREAMS = web.AppKey("streams", Streams)
+# The per-address limit on /cb; absent when ingest.rate_per_ip is 0.
+LIMITER = web.AppKey("limiter", RateLimiter)
+# Set by the auth middleware on every /v1 request.
+CALLER = web.RequestKey("caller", Caller)
+
+
+def caller(request: web.Request) -> Caller:
+    return request[CALLER]
 
 
 def base_url(request: web.Request) -> str:

@@ -8,8 +8,10 @@ from typing import Any, Mapping
 import orjson
 from aiohttp import web
 
+from cbhub import networks
 from cbhub.http.errors import ApiError
 from cbhub.store import DeliveryFilter
+from cbhub.signatures import SpecError, VerifySpec, parse_spec
 
 MAX_NAME_LENGTH = 200
 MAX_METADATA_BYTES = 16 * 1024
@@ -69,12 +71,14 @@ def query_text(query: Mapping[str, str], name: str) -> str | None:
     return value
 
 
-def query_filter(query: Mapping[str, str]) -> DeliveryFilter:
-    """The token, group and correlation_id parameters, combined with AND."""
+def query_filter(query: Mapping[str, str], owner: str | None) -> DeliveryFilter:
+    """The token, group and correlation_id parameters, combined with AND, within what
+    `owner` may see (None: everything)."""
     return DeliveryFilter(
         token=query_text(query, "token"),
         group=query_text(query, "group"),
         correlation_id=query_text(query, "correlation_id"),
+        owner=owner,
     )
 
 
@@ -131,3 +135,27 @@ def field_metadata(body: Mapping[str, Any], name: str = "metadata") -> dict[str,
     if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
         raise invalid(name, f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
     return value
+
+
+def field_networks(body: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    """An optional list of IP addresses or CIDRs, as canonical CIDRs."""
+    value = body.get(name)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise invalid(name, "must be a list of IP addresses or CIDRs such as \"203.0.113.0/24\"")
+    try:
+        return networks.normalise(value)
+    except ValueError as exc:
+        raise invalid(name, str(exc)) from None
+
+
+def field_verify(body: Mapping[str, Any], name: str = "verify") -> VerifySpec | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    try:
+        return parse_spec(value, name)
+    except SpecError as exc:
+        # The message names the field and never repeats the secret.
+        raise ApiError(400, "invalid_field", str(exc)) from None

@@ -16,7 +16,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from cbhub.http.api import MAX_CURSOR
 from cbhub.http.errors import ApiError
-from cbhub.http.keys import CONFIG, STREAMS, base_url
+from cbhub.http.keys import CONFIG, STREAMS, base_url, caller
 from cbhub.http.params import (
     field_int,
     field_name,
@@ -62,7 +62,8 @@ async def callback_websocket(request: web.Request) -> web.StreamResponse:
     feed = request.app[STREAMS].open("websocket")
     # Subscribed before the upgrade, so that an unknown token is a plain 404.
     confirm = {"type": "subscribed", "id": token}
-    await _subscribe_or_refuse(request, feed, token, DeliveryFilter(token=token), after, confirm)
+    where = DeliveryFilter(token=token, owner=caller(request).owner)
+    await _subscribe_or_refuse(request, feed, token, where, after, confirm)
     return await _run_websocket(request, feed, once)
 
 
@@ -85,7 +86,7 @@ async def _run_websocket(request: web.Request, feed: Feed, once: bool) -> web.St
         try:
             async for message in ws:
                 if message.type is WSMsgType.TEXT:
-                    await _handle_frame(feed, message.data)
+                    await _handle_frame(feed, message.data, caller(request).owner)
                 elif message.type is WSMsgType.BINARY:
                     feed.reply(_error_frame(None, "invalid_frame", "frames must be text frames holding JSON"))
                 elif message.type is WSMsgType.ERROR:
@@ -138,7 +139,7 @@ def _error_frame(name: Any, code: str, message: str) -> dict[str, Any]:
     return {"type": "error", "id": name, "error": {"code": code, "message": message}}
 
 
-async def _handle_frame(feed: Feed, data: str) -> None:
+async def _handle_frame(feed: Feed, data: str, owner: str | None) -> None:
     """Act on one client frame; a bad one is answered by an error frame, never a close."""
     try:
         frame = orjson.loads(data)
@@ -156,7 +157,7 @@ async def _handle_frame(feed: Feed, data: str) -> None:
         if op == "subscribe":
             refuse_unknown_fields(frame, SUBSCRIBE_FIELDS)
             name = _subscription_name(frame)
-            where = _frame_filter(frame)
+            where = _frame_filter(frame, owner)
             after = None if frame.get("after") is None else field_int(frame, "after", 0, 0, MAX_CURSOR)
             await feed.subscribe(name, where, after, confirm={"type": "subscribed", "id": name})
         elif op == "unsubscribe":
@@ -186,19 +187,20 @@ def _subscription_name(frame: dict[str, Any]) -> str | int:
     raise invalid("id", "required: a non-empty string or a whole number naming the subscription")
 
 
-def _frame_filter(frame: dict[str, Any]) -> DeliveryFilter:
+def _frame_filter(frame: dict[str, Any], owner: str | None) -> DeliveryFilter:
+    """What a subscribe frame asks for, within what its connection's API key may see."""
     group = field_name(frame, "group")
     correlation_id = field_name(frame, "correlation_id")
     tokens = frame.get("tokens")
     if tokens is None:
         if group is None and correlation_id is None:
             raise invalid("tokens", "one of tokens, group or correlation_id is required")
-        return DeliveryFilter(group=group, correlation_id=correlation_id)
+        return DeliveryFilter(group=group, correlation_id=correlation_id, owner=owner)
     if group is not None or correlation_id is not None:
         raise invalid("tokens", "give tokens, or group and/or correlation_id, not both")
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t for t in tokens):
         raise invalid("tokens", "must be a non-empty list of tokens")
-    return DeliveryFilter(tokens=frozenset(tokens))
+    return DeliveryFilter(tokens=frozenset(tokens), owner=owner)
 
 
 # Server-Sent Events
@@ -207,13 +209,15 @@ def _frame_filter(frame: dict[str, Any]) -> DeliveryFilter:
 async def callback_events(request: web.Request) -> web.StreamResponse:
     """GET /v1/callbacks/{token}/events: one callback's deliveries, from the first one."""
     token = request.match_info["token"]
-    return await _stream_events(request, DeliveryFilter(token=token), _resume_point(request, default=0))
+    where = DeliveryFilter(token=token, owner=caller(request).owner)
+    return await _stream_events(request, where, _resume_point(request, default=0))
 
 
 async def events(request: web.Request) -> web.StreamResponse:
     """GET /v1/events?group=|token=|correlation_id=: what arrives from now (or from `after`);
-    without a filter, everything. Callbacks minted within the filters come as `created`."""
-    where = query_filter(request.query)
+    without a filter, everything the caller's key may see. Callbacks minted within the filters
+    come as `created`."""
+    where = query_filter(request.query, caller(request).owner)
     return await _stream_events(request, where, _resume_point(request, default=None), created=True)
 
 

@@ -4,28 +4,36 @@ from typing import Callable
 
 from cbhub.config import Config
 from cbhub.store.base import (
+    AddressNotAllowed,
     CallbackClosed,
     CallbackFilter,
     CallbackNotFound,
     CallbackPage,
     DeliveryFilter,
+    DeliveryRefused,
+    Guard,
     IdempotencyConflict,
     IngestResult,
     SchemaTooNew,
+    SignatureInvalid,
     Store,
     StoreError,
     StoreUnavailable,
 )
 
 __all__ = [
+    "AddressNotAllowed",
     "CallbackClosed",
     "CallbackFilter",
     "CallbackNotFound",
     "CallbackPage",
     "DeliveryFilter",
+    "DeliveryRefused",
+    "Guard",
     "IdempotencyConflict",
     "IngestResult",
     "SchemaTooNew",
+    "SignatureInvalid",
     "Store",
     "StoreError",
     "StoreUnavailable",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
-from cbhub.model import CREATED, Callback, Delivery, Event, Incoming, MintSpec
+from cbhub.model import CREATED, Callback, Delivery, Event, Incoming, MintSpec, short_token
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 
@@ -24,7 +24,9 @@ class SchemaTooNew(StoreError):
 
 
 class CallbackNotFound(StoreError):
-    pass
+    def __init__(self, token: str) -> None:
+        # Shortened: an exception's text can end up in a log line.
+        super().__init__(short_token(token))
 
 
 class CallbackClosed(StoreError):
@@ -37,6 +39,27 @@ class CallbackClosed(StoreError):
 
 class IdempotencyConflict(StoreError):
     """An idempotency key was reused with a different request."""
+
+
+class DeliveryRefused(StoreError):
+    """A guard on the callback refused the request: nothing was stored, nobody is woken."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class AddressNotAllowed(DeliveryRefused):
+    """The sender's address is outside the callback's allowlist."""
+
+
+class SignatureInvalid(DeliveryRefused):
+    """The request does not carry a valid signature made with the callback's secret."""
+
+
+# Run by `Store.ingest` on the callback a request is for, before anything is written; raises
+# DeliveryRefused. It gets plain data only, so any backend can run it inside its transaction.
+Guard = Callable[[Callback], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +78,16 @@ class DeliveryFilter:
     group: str | None = None
     correlation_id: str | None = None
     tokens: frozenset[str] | None = None
+    # Only callbacks minted by this API key name; None: whoever minted them.
+    owner: str | None = None
 
     def accepts(self, event: Event, created: bool = False) -> bool:
         """Whether a waiter with these filters cares about `event`. A status change (no
         delivery) concerns the filters on the callback: its token and its group. A creation
         concerns only those who ask for creations (`created`), and never a correlation id,
         which belongs to deliveries."""
+        if self.owner is not None and event.callback.created_by != self.owner:
+            return False
         if event.delivery is not None:
             return self.matches(event.delivery)
         if event.kind == CREATED and (not created or self.correlation_id is not None):
@@ -89,6 +116,8 @@ class CallbackFilter:
     label: str | None = None
     status: str | None = None
     correlation_id: str | None = None
+    # Only callbacks minted by this API key name; None: whoever minted them.
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +162,14 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def ingest(self, incoming: Incoming) -> IngestResult:
-        """Store a delivery; raises CallbackNotFound or CallbackClosed."""
+    async def ingest(self, incoming: Incoming, guard: Guard | None = None) -> IngestResult:
+        """Store a delivery; raises CallbackNotFound, DeliveryRefused (from `guard`, run on the
+        callback before the closed and duplicate checks) or CallbackClosed."""
 
     @abc.abstractmethod
-    async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
-        """Cancel a pending or received callback; returns it and whether it changed."""
+    async def cancel(self, token: str, now: int, owner: str | None = None) -> tuple[Callback, bool]:
+        """Cancel a pending or received callback; returns it and whether it changed. With an
+        `owner`, another key's callback raises CallbackNotFound, as a missing one does."""
 
     @abc.abstractmethod
     async def expire_due(self, now: int, limit: int = 500) -> list[Callback]:
@@ -174,15 +205,17 @@ class Store(abc.ABC):
         """Deliveries with id > after matching `where`, oldest first."""
 
     @abc.abstractmethod
-    async def callback_statuses(self, tokens: Sequence[str]) -> dict[str, str]:
-        """The status of each of these callbacks that exists, by token (unknown ones left out)."""
+    async def callback_statuses(self, tokens: Sequence[str], owner: str | None = None) -> dict[str, str]:
+        """The status of each of these callbacks that exists (and, with an `owner`, was minted
+        by that API key), by token; the others are left out."""
 
     @abc.abstractmethod
     async def get_delivery(self, delivery_id: int) -> Delivery | None: ...
 
     @abc.abstractmethod
-    async def group_counts(self, group: str) -> dict[str, int]:
-        """Callbacks of a group by status (every status present, zero included)."""
+    async def group_counts(self, group: str, owner: str | None = None) -> dict[str, int]:
+        """Callbacks of a group (minted by `owner`, if given) by status (every status present,
+        zero included)."""
 
     @abc.abstractmethod
     async def status_counts(self) -> dict[str, int]:

@@ -71,11 +71,21 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL)")
 
 
+def _v2_owner_and_guards(conn: sqlite3.Connection) -> None:
+    # Who minted each callback (an API key's name; NULL before keys, or without them), and the
+    # guards on its public URL as JSON (NULL: none): a list of CIDRs, a signature spec.
+    conn.execute("ALTER TABLE callbacks ADD COLUMN created_by TEXT")
+    conn.execute("ALTER TABLE callbacks ADD COLUMN allow_ips TEXT")
+    conn.execute("ALTER TABLE callbacks ADD COLUMN verify TEXT")
+
+
 def _callback_listing_indexes(conn: sqlite3.Connection) -> None:
     # GET /v1/callbacks lists newest first (by id) under one filter at a time: each index ends
     # with the rowid (the id), so a filtered page is an index range read backwards, no sort.
     conn.execute("CREATE INDEX callbacks_group_created ON callbacks (group_name) WHERE group_name IS NOT NULL")
     conn.execute("CREATE INDEX callbacks_label_created ON callbacks (label) WHERE label IS NOT NULL")
+    # A key's own callbacks, newest first: what the inspector shows a non-admin key.
+    conn.execute("CREATE INDEX callbacks_owner_created ON callbacks (created_by) WHERE created_by IS NOT NULL")
     # The callbacks that received a correlation id, without reading the deliveries' rows.
     conn.execute(
         "CREATE INDEX deliveries_correlation_callback ON deliveries (correlation_id, callback_id)"
@@ -83,4 +93,4 @@ def _callback_listing_indexes(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _callback_listing_indexes]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_owner_and_guards, _callback_listing_indexes]

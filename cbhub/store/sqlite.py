@@ -34,6 +34,7 @@ from cbhub.model import (
     Incoming,
     MintSpec,
 )
+from cbhub.signatures import VerifySpec
 from cbhub.store.base import (
     IDEMPOTENCY_WINDOW_MS,
     CallbackClosed,
@@ -41,6 +42,7 @@ from cbhub.store.base import (
     CallbackNotFound,
     CallbackPage,
     DeliveryFilter,
+    Guard,
     IdempotencyConflict,
     IngestResult,
     SchemaTooNew,
@@ -54,7 +56,10 @@ log = logging.getLogger("cbhub.store")
 
 WriteOp = Callable[[sqlite3.Connection], Any]
 
-CALLBACK_COLUMNS = "id, token, status, created_at, expires_at, label, group_name, metadata, deliveries, last_delivery_id"
+CALLBACK_COLUMNS = (
+    "id, token, status, created_at, expires_at, label, group_name, metadata, deliveries, last_delivery_id,"
+    " created_by, allow_ips, verify"
+)
 DELIVERY_COLUMNS = (
     "d.id, c.token, d.received_at, d.method, d.content_type, d.remote_addr, d.headers, d.query,"
     " d.body, d.correlation_id, d.group_name"
@@ -74,6 +79,9 @@ def _callback_from_row(row: tuple) -> Callback:
         group=row[6],
         metadata=orjson.loads(row[7]),
         deliveries=row[8],
+        created_by=row[10],
+        allow_ips=tuple(orjson.loads(row[11])) if row[11] is not None else (),
+        verify=VerifySpec(**orjson.loads(row[12])) if row[12] is not None else None,
     )
 
 
@@ -119,6 +127,9 @@ def _delivery_where(where: DeliveryFilter, after: int) -> tuple[str, list[Any]]:
     if where.correlation_id is not None:
         clauses.append("d.correlation_id = ?")
         params.append(where.correlation_id)
+    if where.owner is not None:
+        clauses.append("c.created_by = ?")
+        params.append(where.owner)
     return " AND ".join(clauses), params
 
 
@@ -128,7 +139,8 @@ def _callback_where(where: CallbackFilter, before: int | None) -> tuple[str, lis
     if before is not None:
         clauses.append("id < ?")
         params.append(before)
-    for column, value in (("group_name", where.group), ("label", where.label), ("status", where.status)):
+    columns = ("group_name", where.group), ("label", where.label), ("status", where.status), ("created_by", where.owner)
+    for column, value in columns:
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
@@ -214,6 +226,16 @@ class SQLiteStore(Store):
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            return
+        # A file made elsewhere keeps its mode (changing it is the owner's call), but it is said.
+        mode = self.path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning(
+                "database %s can be read by other users (mode %04o): it holds every token and payload;"
+                " `chmod 600` it (its -wal and -shm files follow)",
+                self.path,
+                mode,
+            )
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -360,8 +382,8 @@ class SQLiteStore(Store):
             ids = []
             for spec in specs:
                 cursor = conn.execute(
-                    "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata,"
+                    " created_by, allow_ips, verify) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         secrets.token_urlsafe(32),
                         PENDING,
@@ -370,6 +392,9 @@ class SQLiteStore(Store):
                         spec.label,
                         spec.group,
                         orjson.dumps(spec.metadata).decode(),
+                        spec.created_by,
+                        orjson.dumps(spec.allow_ips).decode() if spec.allow_ips else None,
+                        orjson.dumps(spec.verify.to_json()).decode() if spec.verify is not None else None,
                     ),
                 )
                 ids.append(cursor.lastrowid)
@@ -383,12 +408,17 @@ class SQLiteStore(Store):
 
         return await self._submit(op)
 
-    async def ingest(self, incoming: Incoming) -> IngestResult:
+    async def ingest(self, incoming: Incoming, guard: Guard | None = None) -> IngestResult:
         def op(conn: sqlite3.Connection) -> IngestResult:
             row = conn.execute(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = ?", (incoming.token,)).fetchone()
             if row is None:
                 raise CallbackNotFound(incoming.token)
             callback = _callback_from_row(row)
+            if guard is not None:
+                # On the row this op loads anyway: guards cost no extra read. Before the closed
+                # check, so a refused sender learns nothing of the callback's state; before the
+                # duplicate check, so a forgery reusing a real message id is refused too.
+                guard(callback)
             if callback.status in TERMINAL:
                 raise CallbackClosed(callback.status)
             if callback.expires_at <= incoming.received_at:
@@ -445,12 +475,14 @@ class SQLiteStore(Store):
 
         return await self._submit(op)
 
-    async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
+    async def cancel(self, token: str, now: int, owner: str | None = None) -> tuple[Callback, bool]:
         def op(conn: sqlite3.Connection) -> tuple[Callback, bool]:
             row = conn.execute(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = ?", (token,)).fetchone()
             if row is None:
                 raise CallbackNotFound(token)
             callback = _callback_from_row(row)
+            if owner is not None and callback.created_by != owner:
+                raise CallbackNotFound(token)
             callback.result = self._load_delivery(conn, row[9])
             if callback.status in TERMINAL:
                 return callback, False
@@ -566,13 +598,15 @@ class SQLiteStore(Store):
         )
         return [_delivery_from_row(row) for row in rows]
 
-    async def callback_statuses(self, tokens: Sequence[str]) -> dict[str, str]:
+    async def callback_statuses(self, tokens: Sequence[str], owner: str | None = None) -> dict[str, str]:
         statuses: dict[str, str] = {}
+        mine = "" if owner is None else " AND created_by = ?"
         # In chunks: SQLite caps the number of parameters of one statement.
         for start in range(0, len(tokens), STATUS_CHUNK):
             chunk = list(tokens[start : start + STATUS_CHUNK])
             rows = await self._fetchall(
-                f"SELECT token, status FROM callbacks WHERE token IN ({', '.join('?' * len(chunk))})", chunk
+                f"SELECT token, status FROM callbacks WHERE token IN ({', '.join('?' * len(chunk))}){mine}",
+                chunk if owner is None else [*chunk, owner],
             )
             statuses.update(rows)
         return statuses
@@ -581,10 +615,13 @@ class SQLiteStore(Store):
         row = await self._fetchone(f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.id = ?", (delivery_id,))
         return _delivery_from_row(row) if row is not None else None
 
-    async def group_counts(self, group: str) -> dict[str, int]:
-        return _by_status(
-            await self._fetchall("SELECT status, COUNT(*) FROM callbacks WHERE group_name = ? GROUP BY status", (group,))
-        )
+    async def group_counts(self, group: str, owner: str | None = None) -> dict[str, int]:
+        if owner is None:
+            sql, params = "SELECT status, COUNT(*) FROM callbacks WHERE group_name = ? GROUP BY status", (group,)
+        else:
+            sql = "SELECT status, COUNT(*) FROM callbacks WHERE group_name = ? AND created_by = ? GROUP BY status"
+            params = (group, owner)
+        return _by_status(await self._fetchall(sql, params))
 
     async def status_counts(self) -> dict[str, int]:
         return _by_status(await self._fetchall("SELECT status, COUNT(*) FROM callbacks GROUP BY status", ()))

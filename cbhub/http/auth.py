@@ -1,0 +1,108 @@
+"""Who is calling the client API: API keys on every /v1 route.
+
+With no key configured the API is open and every caller is anonymous (and sees everything).
+With keys, a request names its key as `Authorization: Bearer <key>`; a browser cannot set that
+header on a websocket or an EventSource, so those two may send `?access_token=<key>` instead.
+Keys are compared in constant time; only a key's name is ever logged or stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from typing import Mapping
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from cbhub.http.errors import ApiError, Handler
+from cbhub.logs import loggable_path
+from cbhub.http.keys import ANONYMOUS, CALLER, Caller
+
+log = logging.getLogger("cbhub.http")
+
+API_PREFIX = "/v1"
+ACCESS_TOKEN = "access_token"
+
+
+def _digest(key: str) -> bytes:
+    # Equal-length digests: compare_digest then takes the same time whatever the key's length.
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
+def _unauthorized(message: str, invalid: bool) -> ApiError:
+    challenge = 'Bearer realm="cbhub"' + (', error="invalid_token"' if invalid else "")
+    code = "invalid_api_key" if invalid else "missing_api_key"
+    return ApiError(401, code, message, {"WWW-Authenticate": challenge})
+
+
+def _accepts_query_token(request: web.Request) -> bool:
+    """Websocket upgrades and EventSource requests: the two a browser cannot add headers to."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return True
+    return "text/event-stream" in request.headers.get("Accept", "").lower()
+
+
+def _presented_key(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, key = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise _unauthorized("the Authorization header must be 'Bearer <API key>'", invalid=True)
+        return key.strip()
+    if ACCESS_TOKEN in request.query:
+        if not _accepts_query_token(request):
+            raise _unauthorized(
+                f"{ACCESS_TOKEN} is taken on websocket and event-stream requests only; "
+                "send the key as 'Authorization: Bearer <API key>'",
+                invalid=True,
+            )
+        return request.query[ACCESS_TOKEN]
+    return None
+
+
+class Authenticator:
+    def __init__(self, api_keys: Mapping[str, str], admin: tuple[str, ...]) -> None:
+        self._keys = [(_digest(key), Caller(name, admin=name in admin)) for name, key in api_keys.items()]
+
+    def identify(self, presented: str) -> Caller | None:
+        digest = _digest(presented)
+        found: Caller | None = None
+        # Every key is compared, found or not: the time taken tells nothing about which matched.
+        for known, who in self._keys:
+            if hmac.compare_digest(known, digest):
+                found = who
+        return found
+
+    def caller_for(self, request: web.Request) -> Caller:
+        if not self._keys:
+            return ANONYMOUS
+        presented = _presented_key(request)
+        if presented is None:
+            raise _unauthorized("this route needs an API key: 'Authorization: Bearer <API key>'", invalid=False)
+        who = self.identify(presented)
+        if who is None:
+            log.info("refused %s %s: unknown API key", request.method, loggable_path(request))
+            raise _unauthorized("this API key is not valid", invalid=True)
+        return who
+
+
+def _under_api(request: web.Request) -> bool:
+    """By path (unknown routes too: they are not told apart from known ones without a key) and
+    by the route matched, whatever spelling of the path reached it."""
+    path = request.path
+    if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
+        return True
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical.startswith(API_PREFIX + "/")
+
+
+def auth_middleware(authenticator: Authenticator) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if _under_api(request):
+            request[CALLER] = authenticator.caller_for(request)
+        return await handler(request)
+
+    return middleware
