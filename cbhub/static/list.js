@@ -161,10 +161,10 @@ export class CallbackList {
 
   row(callback) {
     const name = callback.label
-      ? h("span", { class: "label" }, callback.label)
+      ? h("span", { class: "label", title: callback.label }, callback.label)
       : h("code", { class: "token", title: "token" }, shortToken(callback.token));
     const group = callback.group
-      ? h("a", { class: "group-link", href: `#/groups/${encodeURIComponent(callback.group)}` }, callback.group)
+      ? h("a", { class: "group-link", title: callback.group, href: `#/groups/${encodeURIComponent(callback.group)}` }, callback.group)
       : h("span", { class: "muted" }, "—");
     const cancel =
       callback.status === "pending"
