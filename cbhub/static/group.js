@@ -18,6 +18,7 @@ export class GroupView {
     this.group = null;
     this.cells = new Map(); // token -> cell, oldest first
     this.pending = null;
+    this.countQueued = false;
   }
 
   async show(group) {
@@ -86,7 +87,17 @@ export class GroupView {
     if (old) old.replaceWith(cell);
     else this.gridEl.append(cell);
     this.cells.set(token, cell);
-    this.renderCounts();
+    this.countSoon();
+  }
+
+  // Counted once per frame however many cells changed in it.
+  countSoon() {
+    if (this.countQueued) return;
+    this.countQueued = true;
+    requestAnimationFrame(() => {
+      this.countQueued = false;
+      if (this.group !== null) this.renderCounts();
+    });
   }
 
   cell(callback) {

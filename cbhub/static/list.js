@@ -23,6 +23,7 @@ export class CallbackList {
     this.matchingCorrelation = new Set(); // tokens that received the filtered correlation id
     this.pending = null; // events held back while a read is running
     this.selected = null;
+    this.renderQueued = false;
     this.olderEl.addEventListener("click", () => this.loadOlder());
   }
 
@@ -141,17 +142,24 @@ export class CallbackList {
     let at = this.order.findIndex((token) => newestFirst(callback, known.get(token)) < 0);
     if (at < 0) at = this.order.length;
     this.order.splice(at, 0, callback.token);
-    this.render();
+    this.renderSoon();
   }
 
   remove(token) {
     this.order = this.order.filter((t) => t !== token);
-    this.render();
+    this.renderSoon();
   }
 
   update(token) {
     const row = this.rows.get(token);
-    if (row) row.replaceWith(this.row(known.get(token)));
+    if (row && !this.renderQueued) row.replaceWith(this.row(known.get(token)));
+  }
+
+  // A batch of 500 minted at once is drawn once, not 500 times.
+  renderSoon() {
+    if (this.renderQueued) return;
+    this.renderQueued = true;
+    requestAnimationFrame(() => this.render());
   }
 
   select(token) {
@@ -195,6 +203,7 @@ export class CallbackList {
   }
 
   render() {
+    this.renderQueued = false;
     this.rows.clear();
     clear(this.rowsEl).append(...this.order.map((token) => this.row(known.get(token))));
     this.emptyEl.hidden = this.order.length > 0;
