@@ -340,6 +340,7 @@ def test_with_keys_set_a_wrong_key_sees_nothing(serve_process, open_page):
 
     watched = open_page(hub, wait_live=False)
     page = watched.page
+    expect(page.locator("#connection")).to_have_text("API key needed")
     # Asked once; a key the server refuses is asked again, and nothing is shown meanwhile.
     enter_key(page, "not-a-key-at-all")
     expect(page.locator("#key-error")).to_have_text(re.compile("refused"))

@@ -6,6 +6,7 @@
 
 const KEY_ITEM = "cbhub.apiKey";
 const keyListeners = [];
+const promptListeners = [];
 let asking = null;
 
 export class ApiError extends Error {
@@ -22,6 +23,10 @@ export function apiKey() {
 
 export function onKeyChange(listener) {
   keyListeners.push(listener);
+}
+
+export function onKeyPrompt(listener) {
+  promptListeners.push(listener);
 }
 
 export function forgetKey() {
@@ -54,6 +59,7 @@ function askForKey(refused) {
       dialog.addEventListener("cancel", (event) => event.preventDefault()); // nothing works without one
       if (!dialog.open) dialog.showModal();
       input.focus();
+      for (const listener of promptListeners) listener();
     });
   }
   return asking;

@@ -1,7 +1,7 @@
 // The inspector page: wires the live stream to the list, the group view and the delivery view,
 // and routes by the address's #fragment (#/, #/callbacks/TOKEN, #/groups/NAME).
 
-import { api, apiKey, forgetKey, onKeyChange } from "./api.js";
+import { api, apiKey, forgetKey, onKeyChange, onKeyPrompt } from "./api.js";
 import { delivered, known, merge, statusChanged } from "./callbacks.js";
 import { DeliveryView } from "./detail.js";
 import { copyText, toast } from "./dom.js";
@@ -9,7 +9,12 @@ import { GroupView } from "./group.js";
 import { CallbackList } from "./list.js";
 import { LiveStream } from "./stream.js";
 
-const CONNECTION_TEXT = { connecting: "Connecting", live: "Live", reconnecting: "Reconnecting…" };
+const CONNECTION_TEXT = {
+  connecting: "Connecting",
+  live: "Live",
+  reconnecting: "Reconnecting…",
+  key: "API key needed",
+};
 
 const list = new CallbackList({ onSelect: (token) => open(token), onCancel: cancel });
 const detail = new DeliveryView({ onClose: closeDetail, onCancel: cancel });
@@ -102,12 +107,14 @@ const stream = new LiveStream({
     detail.delivery(delivery);
   },
   onStatus,
-  onState(state) {
-    const el = document.getElementById("connection");
-    el.dataset.state = state;
-    el.textContent = CONNECTION_TEXT[state];
-  },
+  onState: showConnection,
 });
+
+function showConnection(state) {
+  const el = document.getElementById("connection");
+  el.dataset.state = state;
+  el.textContent = CONNECTION_TEXT[state];
+}
 
 function formFields(form) {
   const fields = {};
@@ -158,6 +165,7 @@ forget.addEventListener("click", () => {
   forgetKey();
   location.reload();
 });
+onKeyPrompt(() => showConnection("key"));
 onKeyChange(() => {
   forget.hidden = false;
   stream.connect();
