@@ -15,10 +15,12 @@ from aiohttp import web
 
 from cbhub import __version__
 from cbhub.app import create_app
+from cbhub.cli_client import add_commands, protect_tokens
 from cbhub.config import Config, ConfigError, exposure_problem, load_config
 from cbhub.http.ingest import INGESTS
 from cbhub.http.keys import HUB
-from cbhub.logs import AccessLogger, setup_logging
+from cbhub.http.access import AccessLogger
+from cbhub.logs import setup_logging
 from cbhub.store import StoreError
 from cbhub.store.sqlite import backup_database
 
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cbhub", description="Where asynchronous callbacks land and are awaited.")
     parser.add_argument("--version", action="version", version=f"cbhub {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_commands(commands)  # new, wait, show, tail, cancel: the client side (cli_client.py)
 
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--config", metavar="PATH", help="a TOML configuration file")
@@ -49,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(protect_tokens(sys.argv[1:] if argv is None else argv))
     return args.run(args)
 
 

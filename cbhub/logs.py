@@ -13,7 +13,6 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
 from cbhub.model import short_token
 
@@ -46,33 +45,6 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
-
-
-class AccessLogger(AbstractAccessLogger):
-    """One line per request, token shortened; nothing is formatted when nobody reads it."""
-
-    @property
-    def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        path = loggable_path(request)
-        self.logger.info(
-            "%s %s %d %.1fms %s",
-            request.method,
-            path,
-            response.status,
-            time * 1000,
-            request.remote,
-            extra={
-                "method": request.method,
-                "path": path,
-                "status": response.status,
-                "duration_ms": round(time * 1000, 2),
-                "remote": request.remote,
-                "bytes": response.body_length,
-            },
-        )
 
 
 def setup_logging(level: str, fmt: str) -> None:

@@ -213,3 +213,17 @@ def test_backup_of_a_missing_database_fails_with_a_message(tmp_path):
     )
     assert result.returncode == 1
     assert "no database" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_the_access_log_names_the_real_client_behind_a_trusted_proxy(serve_process):
+    server = serve_process("--port", "0", env={"CBHUB_SERVER_TRUSTED_PROXIES": "127.0.0.1"})
+    url = server.wait_until_serving()
+    async with aiohttp.ClientSession() as session:
+        [token] = await _mint(session, url, 1)
+        async with session.post(f"{url}/cb/{token}", data="a=1", headers={"X-Forwarded-For": "203.0.113.7"}) as r:
+            assert r.status == 200
+    server.proc.send_signal(signal.SIGTERM)
+    code, log = await asyncio.to_thread(server.finish)
+    assert code == 0
+    [line] = [line for line in log.splitlines() if "POST /cb/" in line]
+    assert line.endswith("203.0.113.7")

@@ -150,3 +150,13 @@ def test_any_body_with_any_content_type_is_stored_and_returned_intact(serve_proc
         server.proc.terminate()
         print(server.finish()[1][-4000:])
         raise
+
+
+async def test_with_api_keys_the_document_needs_one_and_says_so(start_hub, make_config):
+    client = await start_hub(make_config(**{"auth.api_keys": {"ops": "0123456789abcdef0123"}}))
+    assert (await client.get("/v1/openapi.json")).status == 401
+    response = await client.get("/v1/openapi.json", headers={"Authorization": "Bearer 0123456789abcdef0123"})
+    document = await response.json()
+    assert document["security"] == [{"bearer": []}]
+    assert "401" in document["paths"]["/v1/callbacks"]["post"]["responses"]
+    assert "401" not in document["paths"]["/healthz"]["get"]["responses"]

@@ -52,6 +52,25 @@ MINT_PROPERTIES: dict[str, Any] = {
     "label": {"type": "string", "minLength": 1, "maxLength": 200, "nullable": True},
     "group": {"type": "string", "minLength": 1, "maxLength": 200, "nullable": True},
     "metadata": {"type": "object", "nullable": True},
+    "allow_ips": {
+        "type": "array",
+        "items": {"type": "string"},
+        "nullable": True,
+        "description": "IP addresses or CIDRs the callback URL accepts requests from (403 otherwise)",
+    },
+    "verify": {
+        "type": "object",
+        "nullable": True,
+        "description": "signature check of every request: docs/security.md",
+        "required": ["scheme", "secret"],
+        "properties": {
+            "scheme": {"type": "string", "enum": ["standard-webhooks", "hmac-sha256"]},
+            "secret": {"type": "string", "minLength": 1},
+            "header": {"type": "string"},
+            "encoding": {"type": "string", "enum": ["hex", "base64"]},
+            "prefix": {"type": "string"},
+        },
+    },
 }
 
 SCHEMAS: dict[str, Any] = {
@@ -99,6 +118,9 @@ SCHEMAS: dict[str, Any] = {
             "metadata": {"type": "object"},
             "deliveries": {"type": "integer"},
             "result": {"allOf": [_ref("Delivery")], "nullable": True},
+            "created_by": {"type": "string", "nullable": True, "description": "the name of the API key that minted it"},
+            "allow_ips": {"type": "array", "items": {"type": "string"}},
+            "verify": {"type": "object", "nullable": True, "description": "its signature check, without the secret"},
         },
     },
     "MintRequest": {"type": "object", "additionalProperties": False, "properties": MINT_PROPERTIES},
@@ -181,7 +203,10 @@ def _ingest_operation(method: str) -> dict[str, Any]:
         "requestBody": {"required": False, "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
         "responses": {
             "200": _json(_ref("Receipt"), "committed to disk (or a sender's retry, already stored)"),
+            "401": _error("the request's signature does not verify"),
+            "403": _error("the sender's address is not allowed"),
             "404": NOT_FOUND,
+            "429": _error("too many requests from this address; see Retry-After"),
             "410": _error("the callback expired or was cancelled"),
             "413": _error("body too large"),
             "503": UNAVAILABLE,
@@ -393,6 +418,13 @@ def document(config: Config) -> dict[str, Any]:
     schemas = copy.deepcopy(SCHEMAS)
     for name in ("MintRequest", "BatchRequest"):
         schemas[name]["properties"]["ttl"]["maximum"] = config.callbacks.max_ttl
+    if config.auth.api_keys:
+        # Every client API route then answers 401 without a key.
+        for path, item in paths.items():
+            if path.startswith("/v1/"):
+                for operation in item.values():
+                    operation["responses"]["401"] = _error("no API key, or an unknown one")
+    security = {"bearer": {"type": "http", "scheme": "bearer"}} if config.auth.api_keys else {}
     return {
         "openapi": "3.0.3",
         "info": {
@@ -401,7 +433,8 @@ def document(config: Config) -> dict[str, Any]:
             "description": "Where asynchronous callbacks land and are awaited.",
         },
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": security},
+        **({"security": [{"bearer": []}]} if security else {}),
     }
 
 

@@ -101,6 +101,13 @@ def _delivery_from_row(row: tuple) -> Delivery:
     )
 
 
+def new_token() -> str:
+    """264 random bits, URL-safe; never starting with "-", which command lines take for an option."""
+    while (token := secrets.token_urlsafe(33)).startswith("-"):
+        pass
+    return token
+
+
 def _retrieve(future: asyncio.Future) -> None:
     if not future.cancelled():
         future.exception()
@@ -385,7 +392,7 @@ class SQLiteStore(Store):
                     "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata,"
                     " created_by, allow_ips, verify) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        secrets.token_urlsafe(32),
+                        new_token(),
                         PENDING,
                         now,
                         now + spec.ttl * 1000,

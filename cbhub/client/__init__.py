@@ -1,0 +1,48 @@
+"""The cbhub client: mint callback URLs and await what arrives on them.
+
+    async with CbHub() as hub:                      # $CBHUB_URL, $CBHUB_API_KEY
+        cb = await hub.create(label="upsert", ttl=3600)
+        hand_out(cb.url)
+        delivery = await cb.wait(timeout=600)       # or Expired, Cancelled, TimeoutError
+
+It needs only aiohttp and orjson, not the server's dependencies.
+"""
+
+from cbhub.client.errors import (
+    CallbackClosed,
+    Cancelled,
+    CbHubError,
+    Expired,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+    Unreachable,
+)
+from cbhub.client.hub import CallbackHandle, CbHub
+from cbhub.client.models import Callback, Delivery, DeliveryPage, GroupStatus
+from cbhub.client.streaming import Backoff, LongPoll, Transport
+from cbhub.client.sync import SyncCallbackHandle, SyncCbHub
+
+__all__ = [
+    "Backoff",
+    "Callback",
+    "CallbackClosed",
+    "CallbackHandle",
+    "Cancelled",
+    "CbHub",
+    "CbHubError",
+    "Delivery",
+    "DeliveryPage",
+    "Expired",
+    "GroupStatus",
+    "InvalidRequest",
+    "LongPoll",
+    "NotFound",
+    "SyncCallbackHandle",
+    "SyncCbHub",
+    "Transport",
+    "Unauthorized",
+    "Unavailable",
+    "Unreachable",
+]

@@ -1,0 +1,140 @@
+"""What the client hands back: typed records built from the server's JSON.
+
+Each record keeps the exact JSON it was built from in `raw`, so a caller (or `cbhub show`) can
+print the object as the API returned it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cbhub.bodies import FORM_TYPE, media_type
+from cbhub.model import CANCELLED, EXPIRED, PENDING, RECEIVED
+
+
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 UTC time as the server writes it ("...T12:00:00.000Z"), timezone-aware."""
+    return datetime.fromisoformat(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One request a third party made to a callback URL."""
+
+    id: int
+    token: str
+    received_at: datetime
+    method: str
+    content_type: str | None
+    remote_addr: str | None
+    headers: dict[str, str]
+    size: int
+    body: Any  # a JSON value, form fields as a dict, text, or None (empty or binary)
+    body_base64: str | None  # set when the body is binary, or text that could not be decoded
+    parse_error: str | None
+    query: dict[str, Any]
+    correlation_id: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Delivery:
+        return cls(
+            id=data["id"],
+            token=data["token"],
+            received_at=parse_time(data["received_at"]),
+            method=data["method"],
+            content_type=data["content_type"],
+            remote_addr=data["remote_addr"],
+            headers=data["headers"],
+            size=data["size"],
+            body=data["body"],
+            body_base64=data["body_base64"],
+            parse_error=data["parse_error"],
+            query=data["query"],
+            correlation_id=data["correlation_id"],
+            raw=data,
+        )
+
+    @property
+    def kind(self) -> str:
+        """How the body reads: "empty", "binary", "json", "form" or "text"."""
+        if self.size == 0:
+            return "empty"
+        if self.body_base64 is not None:
+            return "binary"
+        media, _ = media_type(self.content_type)
+        if media == FORM_TYPE and isinstance(self.body, dict):
+            return "form"
+        # The server parsed JSON when the type says so, or when an untyped body looked like it.
+        if self.parse_error is None and (
+            media == "application/json" or media.endswith("+json") or (not media and not isinstance(self.body, str))
+        ):
+            return "json"
+        return "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Callback:
+    """A minted callback URL and its state when it was read; `result` is its latest delivery."""
+
+    token: str
+    url: str
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    label: str | None
+    group: str | None
+    metadata: dict[str, Any]
+    deliveries: int
+    result: Delivery | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Callback:
+        result = data.get("result")
+        return cls(
+            token=data["token"],
+            url=data["callback_url"],
+            status=data["status"],
+            created_at=parse_time(data["created_at"]),
+            expires_at=parse_time(data["expires_at"]),
+            label=data["label"],
+            group=data["group"],
+            metadata=data["metadata"],
+            deliveries=data["deliveries"],
+            result=Delivery.from_json(result) if result is not None else None,
+            raw=data,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPage:
+    """One page of `GET /v1/deliveries`: pass `next_after` as `after` for the next one."""
+
+    deliveries: list[Delivery]
+    next_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStatus:
+    """How many callbacks of a group are in each status."""
+
+    group: str
+    total: int
+    pending: int
+    received: int
+    expired: int
+    cancelled: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GroupStatus:
+        return cls(
+            group=data["group"],
+            total=data["total"],
+            pending=data[PENDING],
+            received=data[RECEIVED],
+            expired=data[EXPIRED],
+            cancelled=data[CANCELLED],
+        )
