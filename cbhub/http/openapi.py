@@ -371,12 +371,14 @@ PATHS: dict[str, Any] = {
     "/": {
         "get": {
             "summary": "The inspector: a web page where callbacks are seen arriving (docs/inspector.md)",
+            "security": [],  # public: the page asks for a key itself when the API needs one
             "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}},
         }
     },
     "/static/{name}": {
         "get": {
             "summary": "A file of the inspector page (script, style sheet, icon)",
+            "security": [],
             "parameters": [_path("name")],
             "responses": {
                 "200": {"description": "the file", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
