@@ -38,16 +38,16 @@ export function statusBadge(status) {
   return h("span", { class: `badge s-${status}` }, STATUS_TEXT[status] || status);
 }
 
-// "42 s", "5 min", "3 h 12 min", "2 d 4 h": short enough for a table cell.
+// "42s", "5m", "3h 12m", "2d 4h": short enough for a table cell.
 export function duration(ms) {
   const s = Math.max(0, Math.floor(ms / 1000));
-  if (s < 60) return `${s} s`;
+  if (s < 60) return `${s}s`;
   const m = Math.floor(s / 60);
-  if (m < 60) return `${m} min`;
+  if (m < 60) return `${m}m`;
   const hours = Math.floor(m / 60);
-  if (hours < 24) return m % 60 ? `${hours} h ${m % 60} min` : `${hours} h`;
+  if (hours < 24) return m % 60 ? `${hours}h ${m % 60}m` : `${hours}h`;
   const days = Math.floor(hours / 24);
-  return hours % 24 ? `${days} d ${hours % 24} h` : `${days} d`;
+  return hours % 24 ? `${days}d ${hours % 24}h` : `${days}d`;
 }
 
 export function age(callback, now = Date.now()) {
