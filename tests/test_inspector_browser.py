@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
@@ -168,6 +169,27 @@ def test_creating_a_callback_from_the_form_shows_a_url_that_accepts_a_post(hub, 
     expect(row(page, "from-the-form").locator(".status")).to_have_text("Received", timeout=WITHIN)
     body = page.locator("#detail article.delivery pre.json")
     expect(body).to_have_text('{\n  "companyName": "Acme Logistics",\n  "employees": 400\n}')
+    # The raw body: the exact bytes, in a tab of its own.
+    with page.expect_popup() as popup:
+        page.get_by_role("link", name="Raw body").click()
+    raw = popup.value
+    expect(raw.locator("body")).to_contain_text('{"companyName": "Acme Logistics", "employees": 400}')
+    raw.close()
+    assert watched.errors == []
+
+
+def test_older_callbacks_are_read_page_by_page(hub, open_page):
+    status, _ = call(f"{hub}/v1/callbacks/batch", "POST", {"count": 60, "label": "bulk"})
+    assert status == 201
+    mint(hub, label="newest")
+    watched = open_page(hub)
+    page = watched.page
+    rows = page.locator("#rows tr")
+    expect(rows).to_have_count(50)
+    expect(rows.first).to_contain_text("newest")
+    page.get_by_role("button", name="Show older").click()
+    expect(rows).to_have_count(61)
+    expect(page.get_by_role("button", name="Show older")).to_be_hidden()
     assert watched.errors == []
 
 
@@ -366,6 +388,11 @@ def test_with_keys_set_a_wrong_key_sees_nothing(serve_process, open_page):
     expect(row(alices, "alice-secret").locator(".status")).to_have_text("Received")
     expect(row(alices, "alice-later").locator(".status")).to_have_text("Awaiting callback")
     expect(alices.locator("#rows tr")).to_have_count(2)
+    # With a key, the raw body is fetched with it and saved, byte for byte.
+    row(alices, "alice-secret").locator("td.name").click()
+    with alices.expect_download() as download:
+        alices.get_by_role("link", name="Raw body").click()
+    assert Path(download.value.path()).read_bytes() == b"RequestID=for-alice-only"
     later = call(f"{hub}/v1/callbacks?label=alice-later", key=keys["alice"])[1]["callbacks"][0]
     post_form(later["callback_url"], {"RequestID": "later"})
     expect(row(alices, "alice-later").locator(".status")).to_have_text("Received", timeout=WITHIN)
