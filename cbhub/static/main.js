@@ -171,7 +171,8 @@ onKeyChange(() => {
   stream.connect();
 });
 
-window.addEventListener("hashchange", route);
+// Before the stream first opens, a read could miss what lands meanwhile: the first open routes.
+window.addEventListener("hashchange", () => stream.everOpened && route());
 setInterval(() => {
   list.tick();
   detail.tick();
