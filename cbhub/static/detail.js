@@ -6,7 +6,8 @@ import { bodyKind, curlCommand, pairsTable, renderBody } from "./body.js";
 import { clear, clock, copyButton, h, shortToken, statusBadge, timeLeft, toast } from "./dom.js";
 
 const PAGE = 1000;
-const MAX_PAGES = 10;
+// The latest this many are shown: a callback posted to 100 000 times stays readable.
+const KEEP = 1000;
 const KIND_TEXT = { form: "Form fields", json: "JSON", xml: "XML", text: "Text", binary: "Binary", empty: "Empty" };
 
 async function rawBytes(delivery) {
@@ -64,10 +65,14 @@ export class DeliveryView {
     try {
       merge(await api(`/v1/callbacks/${encodeURIComponent(token)}`));
       let after = 0;
-      for (let page = 0; page < MAX_PAGES; page++) {
+      for (;;) {
         const found = await api("/v1/deliveries" + query({ token, after, limit: PAGE }));
         for (const delivery of found.deliveries) deliveries.set(delivery.id, delivery);
-        if (found.deliveries.length < PAGE) break;
+        for (const id of deliveries.keys()) {
+          if (deliveries.size <= KEEP) break;
+          deliveries.delete(id); // the oldest first: a Map keeps the order ids were added in
+        }
+        if (found.deliveries.length < PAGE || this.token !== token) break;
         after = found.next_after;
       }
     } catch (err) {
@@ -123,9 +128,11 @@ export class DeliveryView {
               : "Nothing was received.",
           ),
         ];
+    const total = Math.max(known.get(this.token)?.deliveries || 0, latestFirst.length);
     clear(this.el).append(
       h("div", { class: "detail-head" }),
-      h("h3", { class: "deliveries-title" }, "Deliveries ", h("span", { class: "count-pill" }, String(latestFirst.length))),
+      h("h3", { class: "deliveries-title" }, "Deliveries ", h("span", { class: "count-pill" }, String(total))),
+      total > latestFirst.length ? h("p", { class: "muted small-text" }, `The latest ${latestFirst.length} are shown.`) : null,
       h("div", { class: "deliveries" }, list),
     );
     this.renderHead();
