@@ -155,6 +155,10 @@ def test_a_marketing_cloud_post_turns_the_row_received_and_shows_its_fields_as_a
 def test_creating_a_callback_from_the_form_shows_a_url_that_accepts_a_post(hub, open_page):
     watched = open_page(hub)
     page = watched.page
+    # The API's refusal is shown as it words it.
+    page.get_by_label("TTL").fill("99999999")
+    page.get_by_role("button", name="Create callback").click()
+    expect(page.locator("#toast")).to_contain_text("ttl: must be from 1 to 2592000")
     page.get_by_label("TTL").fill("600")
     page.get_by_label("Label", exact=True).first.fill("from-the-form")
     page.locator("#create").get_by_label("Group").fill("manual")
@@ -167,6 +171,9 @@ def test_creating_a_callback_from_the_form_shows_a_url_that_accepts_a_post(hub, 
 
     post_raw(url_box.input_value(), b'{"companyName": "Acme Logistics", "employees": 400}', "application/json")
     expect(row(page, "from-the-form").locator(".status")).to_have_text("Received", timeout=WITHIN)
+    # The one refused request above is the only console error.
+    assert [e for e in watched.errors if "status of 400" not in e] == []
+    watched.errors.clear()
     body = page.locator("#detail article.delivery pre.json")
     expect(body).to_have_text('{\n  "companyName": "Acme Logistics",\n  "employees": 400\n}')
     # The raw body: the exact bytes, in a tab of its own.
