@@ -270,6 +270,9 @@ def test_a_group_of_50_fills_its_grid(hub, open_page):
     screenshot(page, "inspector-group.png")
     page.locator("#grid .cell").first.click()
     expect(page.locator("#detail article.delivery")).to_have_count(1)
+    # A hand-typed address is no error: an unknown group is an empty grid.
+    page.goto(hub + "/#/groups/%E0%A4%A")
+    expect(page.locator("#group-counts .s-total .n")).to_have_text("0")
     assert watched.errors == []
 
 

@@ -23,7 +23,14 @@ let listLoaded = false;
 let shownGroup = null;
 
 function parseRoute() {
-  const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  const decode = (part) => {
+    try {
+      return decodeURIComponent(part);
+    } catch {
+      return part; // a hand-typed address with a stray %
+    }
+  };
+  const parts = location.hash.replace(/^#\/?/, "").split("/").map(decode);
   const route = { group: null, token: null };
   for (let i = 0; i + 1 < parts.length; i += 2) {
     if (parts[i] === "groups") route.group = parts[i + 1];
