@@ -119,9 +119,16 @@ export class GroupView {
     for (const token of this.cells.keys()) counts[known.get(token).status] += 1;
     const chip = (status, n, text) =>
       h("div", { class: `count s-${status}`, dataset: { status } }, h("span", { class: "n" }, String(n)), h("span", { class: "what" }, text));
+    const done = this.cells.size - counts.pending;
     clear(this.countsEl).append(
       chip("total", this.cells.size, "Total"),
       ...Object.entries(counts).map(([status, n]) => chip(status, n, STATUS_TEXT[status])),
+      h(
+        "div",
+        { class: "progress" },
+        h("progress", { max: Math.max(1, this.cells.size), value: done, "aria-label": "Callbacks no longer awaited" }),
+        h("span", {}, this.cells.size ? `${Math.round((100 * done) / this.cells.size)}% done` : "empty"),
+      ),
     );
   }
 }
