@@ -156,7 +156,7 @@ class Hub:
                 # A received callback gets no "expired" event (it stays received): wake at its
                 # expiry to tell the waiter that nothing more will come.
                 timeout = min(timeout, (callback.expires_at - now) / 1000)
-            if not await waiter.wait( timeout):
+            if not await waiter.wait(timeout):
                 return CallbackUpdate(callback, []) if callback.closed(now_ms()) else None
             events = waiter.events
             fresh = [e.delivery for e in events if e.delivery is not None and e.delivery.id > after]

@@ -158,7 +158,7 @@ class ServerProcess:
         self.url = ""
         self._partial = ""
 
-    def wait_until_serving(self, timeout: float = 15.0) -> str:
+    def wait_until_serving(self, timeout: float = 60.0) -> str:
         """Read the log until the listening line; the URL it names."""
         import os
         import re

@@ -414,6 +414,17 @@ PATHS: dict[str, Any] = {
 }
 
 
+# Browsers cannot set a header on a websocket or an EventSource: these take the key in the URL.
+STREAM_PATHS = ("/v1/ws", "/v1/callbacks/{token}/ws", "/v1/events", "/v1/callbacks/{token}/events")
+ACCESS_TOKEN = {
+    "name": "access_token",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "the API key, for clients that cannot send an Authorization header",
+}
+
+
 def document(config: Config) -> dict[str, Any]:
     """The document, with the limits this server's configuration sets."""
     paths = copy.deepcopy(PATHS)
@@ -421,11 +432,16 @@ def document(config: Config) -> dict[str, Any]:
     for name in ("MintRequest", "BatchRequest"):
         schemas[name]["properties"]["ttl"]["maximum"] = config.callbacks.max_ttl
     if config.auth.api_keys:
-        # Every client API route then answers 401 without a key.
         for path, item in paths.items():
-            if path.startswith("/v1/"):
-                for operation in item.values():
+            for operation in item.values():
+                if path.startswith("/v1/"):
+                    # Every client API route then answers 401 without a key.
                     operation["responses"]["401"] = _error("no API key, or an unknown one")
+                else:
+                    operation.setdefault("security", [])  # public: callbacks, health, metrics, page
+        for path in STREAM_PATHS:
+            for operation in paths[path].values():
+                operation["parameters"].append(ACCESS_TOKEN)
     security = {"bearer": {"type": "http", "scheme": "bearer"}} if config.auth.api_keys else {}
     return {
         "openapi": "3.0.3",
