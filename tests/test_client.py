@@ -354,7 +354,7 @@ async def test_every_error_answer_becomes_the_exception_a_caller_catches(
 
 
 async def test_another_transport_slots_in_and_the_stream_still_never_repeats(client):
-    """The seam a websocket transport will use: any object with `stream(filters, after)`. This one
+    """The seam the shipped transports use: any object with `stream(filters, after)`. This one
     wraps the long-poll transport, drops its connection after every second new delivery, and on
     reconnecting replays from the start, as a careless transport might: the stream stays exact."""
     from cbhub.client import LongPoll
