@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from cbhub.config import Config
-from cbhub.http import api, ingest, openapi, ops, realtime
+from cbhub.http import api, ingest, inspector, openapi, ops, realtime
 from cbhub.http.auth import Authenticator, auth_middleware
 from cbhub.http.errors import error_middleware
 from cbhub.http.keys import CONFIG, HUB, LIMITER, METRICS, STREAMS
@@ -38,6 +38,7 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     ops.add_routes(app)
     openapi.add_routes(app)
     realtime.add_routes(app)
+    inspector.add_routes(app)
     app.on_startup.append(_start)
     app.on_shutdown.append(_answer_waiters)
     app.on_cleanup.append(_stop)

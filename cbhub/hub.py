@@ -83,6 +83,7 @@ class Hub:
     async def mint(
         self, specs: list[MintSpec], idempotency: tuple[str, str, str] | None = None
     ) -> tuple[list[Callback], bool]:
+        # The store announces new callbacks (to streams that ask for creations: the inspector).
         return await self.store.mint(specs, now_ms(), idempotency)
 
     def admit(self, token: str, remote_addr: str | None) -> None:
@@ -150,7 +151,7 @@ class Hub:
                 # A received callback gets no "expired" event (it stays received): wake at its
                 # expiry to tell the waiter that nothing more will come.
                 timeout = min(timeout, (callback.expires_at - now) / 1000)
-            if not await waiter.wait( timeout):
+            if not await waiter.wait(timeout):
                 return CallbackUpdate(callback, []) if callback.closed(now_ms()) else None
             events = waiter.events
             fresh = [e.delivery for e in events if e.delivery is not None and e.delivery.id > after]

@@ -22,6 +22,9 @@ CANCELLED = "cancelled"
 STATUSES = (PENDING, RECEIVED, EXPIRED, CANCELLED)
 TERMINAL = (EXPIRED, CANCELLED)
 
+# The kind of Event telling that a callback was minted (the others: "delivery", "status").
+CREATED = "created"
+
 # Headers a client API reader never sees: they carry the sender's credentials.
 HIDDEN_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 # How much of a token a log line may show: enough to tell callbacks apart, too little to use.
@@ -160,9 +163,9 @@ class MintSpec:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """What the registry carries to waiters: a new delivery, or a status change."""
+    """What the registry carries to waiters: a new callback, a new delivery, or a status change."""
 
-    kind: str  # "delivery" | "status"
+    kind: str  # "delivery" | "status" | CREATED
     callback: Callback
     delivery: Delivery | None = None
 

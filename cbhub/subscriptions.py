@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from cbhub.config import RealtimeConfig
-from cbhub.model import TERMINAL, Delivery, Event
+from cbhub.model import CREATED, TERMINAL, Callback, Delivery, Event
 from cbhub.registry import Key, Registry, ShuttingDown, keys_for
 from cbhub.store import DeliveryFilter, Store
 
@@ -62,12 +62,14 @@ class SubscribeRefused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    """What a subscription tells its consumer: a delivery, or a callback's final status."""
+    """What a subscription tells its consumer: a delivery, a callback's final status, or (to a
+    subscription that asked for them) a new callback."""
 
     subscription: Subscription
     delivery: Delivery | None = None
     token: str | None = None
     status: str | None = None
+    created: Callback | None = None
 
     @property
     def name(self) -> str | int:
@@ -81,11 +83,28 @@ Reply = Any
 class Subscription:
     """One filter's deliveries and status changes, replayed from `after`, then live."""
 
-    __slots__ = ("name", "where", "keys", "active", "_feed", "_seam", "_held", "_page", "_read_all", "_closed")
+    __slots__ = (
+        "name",
+        "where",
+        "created",
+        "keys",
+        "active",
+        "_feed",
+        "_seam",
+        "_held",
+        "_page",
+        "_read_all",
+        "_closed",
+    )
 
-    def __init__(self, feed: Feed, name: str | int, where: DeliveryFilter, after: int | None) -> None:
+    def __init__(
+        self, feed: Feed, name: str | int, where: DeliveryFilter, after: int | None, created: bool = False
+    ) -> None:
         self.name = name
         self.where = where
+        # Whether it is told of callbacks minted within its filters (never replayed: creations
+        # have no id to resume from).
+        self.created = created
         self.keys: tuple[Key, ...] = keys_for(where)
         self.active = True
         self._feed = feed
@@ -103,7 +122,7 @@ class Subscription:
     # The registry side: never blocks, never awaits.
 
     def push(self, event: Event) -> None:
-        if not self.active or not self.where.accepts(event):
+        if not self.active or not self.where.accepts(event, self.created):
             return
         if event.delivery is not None and event.delivery.id <= self._seam:
             return
@@ -126,6 +145,8 @@ class Subscription:
     def _notice(self, event: Event) -> Notice:
         if event.delivery is not None:
             return Notice(self, delivery=event.delivery)
+        if event.kind == CREATED:
+            return Notice(self, token=event.token, created=event.callback)
         return Notice(self, token=event.token, status=event.callback.status)
 
     def _go_live(self) -> None:
@@ -135,7 +156,10 @@ class Subscription:
         deliveries: dict[int, Delivery] = {}
         statuses = self._closed or {}
         for event in held:
-            if event.delivery is None:
+            if event.kind == CREATED:
+                # First: a callback's creation comes before anything else about it.
+                self._feed._enqueue(self._notice(event))
+            elif event.delivery is None:
                 statuses[event.token] = event.callback.status
             elif event.delivery.id > self._seam:
                 deliveries[event.delivery.id] = event.delivery
@@ -190,11 +214,17 @@ class Feed:
         return len(self._subscriptions)
 
     async def subscribe(
-        self, name: str | int, where: DeliveryFilter, after: int | None = None, confirm: Reply = None
+        self,
+        name: str | int,
+        where: DeliveryFilter,
+        after: int | None = None,
+        confirm: Reply = None,
+        created: bool = False,
     ) -> Subscription:
         """Start a subscription; with `after`, it first replays what is stored past it.
 
-        `confirm` is queued before anything the subscription sends. Refuses a name in use, one
+        `confirm` is queued before anything the subscription sends; with `created`, it is also
+        told of callbacks minted within its filters. Refuses a name in use, one
         subscription too many, too many tokens and tokens no callback has (SubscribeRefused).
         """
         if self.ended is not None:
@@ -207,7 +237,7 @@ class Feed:
             raise SubscribeRefused(
                 "too_many_subscriptions", f"at most {self._max_subscriptions} subscriptions per connection"
             )
-        subscription = Subscription(self, name, where, after)
+        subscription = Subscription(self, name, where, after, created)
         self._subscriptions[name] = subscription
         # Registered before the store is read: nothing published from now on is missed.
         self._registry.add(subscription)

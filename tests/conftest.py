@@ -41,6 +41,8 @@ def db_path(tmp_path: Path) -> Path:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test module with `ALL_BACKENDS = True` runs each of its tests on every backend."""
+    if metafunc.definition.get_closest_marker("sqlite_only"):
+        return
     if getattr(metafunc.module, "ALL_BACKENDS", False) and "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 
@@ -178,7 +180,7 @@ class ServerProcess:
         self._partial = ""
         self._drain: Any = None
 
-    def wait_until_serving(self, timeout: float = 15.0) -> str:
+    def wait_until_serving(self, timeout: float = 60.0) -> str:
         """Read the log until the listening line; the URL it names."""
         import os
         import re

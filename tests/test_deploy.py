@@ -45,6 +45,9 @@ def test_the_pyz_serves_with_nothing_but_python(tmp_path):
         assert url
         with urllib.request.urlopen(url + "/healthz", timeout=10) as response:
             assert response.status == 200
+        # The inspector's static files travel inside the file too.
+        with urllib.request.urlopen(url + "/static/main.js", timeout=10) as response:
+            assert response.status == 200 and b"LiveStream" in response.read()
         assert (tmp_path / "cbhub.db").exists()
     finally:
         server.send_signal(signal.SIGTERM)

@@ -163,3 +163,6 @@ async def test_with_api_keys_the_document_needs_one_and_says_so(start_hub, make_
     assert document["security"] == [{"bearer": []}]
     assert "401" in document["paths"]["/v1/callbacks"]["post"]["responses"]
     assert "401" not in document["paths"]["/healthz"]["get"]["responses"]
+    assert document["paths"]["/cb/{token}"]["post"]["security"] == []
+    events = document["paths"]["/v1/events"]["get"]["parameters"]
+    assert any(p["name"] == "access_token" and p["in"] == "query" for p in events)

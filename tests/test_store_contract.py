@@ -23,6 +23,11 @@ def spec(ttl: int = HOUR, label: str | None = None, group: str | None = None, **
     return MintSpec(ttl=ttl, label=label, group=group, metadata=metadata)
 
 
+def written(events: list[Event]) -> list[Event]:
+    """The events of deliveries and closings, without creations."""
+    return [event for event in events if event.kind != "created"]
+
+
 def incoming(
     token: str,
     raw: bytes = b"a=1",
@@ -88,7 +93,7 @@ async def test_ingest_stores_the_request_exactly_and_counts_it(make_store):
     delivery = result.delivery
     assert result.callback.status == "received" and result.callback.deliveries == 1
     assert result.callback.result is not None and result.callback.result.id == delivery.id
-    assert events == [Event("delivery", result.callback, delivery)], "announced before the write returned"
+    assert written(events) == [Event("delivery", result.callback, delivery)], "announced before the write returned"
     stored = await store.get_delivery(delivery.id)
     assert stored is not None
     assert stored.raw == raw and stored.token == callback.token and stored.group == "g"
@@ -145,7 +150,7 @@ async def test_a_sender_retry_is_stored_once(make_store):
     assert retry.duplicate and retry.delivery.id == first.delivery.id
     assert retry.callback.result.id == first.delivery.id
     assert not other.duplicate and other.delivery.id > first.delivery.id
-    assert [e.delivery.id for e in events] == [first.delivery.id, other.delivery.id]
+    assert [e.delivery.id for e in written(events)] == [first.delivery.id, other.delivery.id]
     assert (await store.get_callback(callback.token)).deliveries == 2
 
 
@@ -168,7 +173,7 @@ async def test_cancel_once_and_expire_due_announce_closings(make_store):
     assert [c.token for c in expired] == [short.token] and expired[0].status == "expired"
     assert await store.expire_due(now + 1000) == []
     assert not await store.has_due(now + 1000)
-    assert [(e.kind, e.token, e.callback.status) for e in events] == [
+    assert [(e.kind, e.token, e.callback.status) for e in written(events)] == [
         ("delivery", received.token, "received"),
         ("status", received.token, "cancelled"),
         ("status", short.token, "expired"),
@@ -260,8 +265,17 @@ async def test_owners_and_guards_are_kept_and_enforced(make_store):
     with pytest.raises(AddressNotAllowed):
         await store.ingest(incoming(mine.token), refuse)
     assert seen[0].allow_ips == ("10.0.0.0/8",), "the guard is run on the stored callback"
-    assert await store.find_deliveries(DeliveryFilter(), 0, 10) == [] and events == []
+    assert await store.find_deliveries(DeliveryFilter(), 0, 10) == [] and written(events) == []
     await store.ingest(incoming(mine.token), lambda callback: None)
     await store.ingest(incoming(theirs.token))
     owned = await store.find_deliveries(DeliveryFilter(owner="alice"), 0, 10)
     assert [d.token for d in owned] == [mine.token]
+
+
+async def test_new_callbacks_are_announced_once(make_store):
+    events: list[Event] = []
+    store = await make_store(events.append)
+    callbacks, _ = await store.mint([spec(group="g")] * 3, now_ms(), ("", "k", "fp"))
+    await store.mint([spec(group="g")] * 3, now_ms(), ("", "k", "fp"))  # a repeat creates nothing
+    assert [(e.kind, e.token) for e in events] == [("created", c.token) for c in callbacks]
+    assert events[0].callback.group == "g" and events[0].callback.status == "pending"

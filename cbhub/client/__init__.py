@@ -14,6 +14,7 @@ from cbhub.client.errors import (
     CbHubError,
     Expired,
     InvalidRequest,
+    NoWebSocket,
     NotFound,
     Unauthorized,
     Unavailable,
@@ -21,10 +22,11 @@ from cbhub.client.errors import (
 )
 from cbhub.client.hub import CallbackHandle, CbHub
 from cbhub.client.models import Callback, Delivery, DeliveryPage, GroupStatus
-from cbhub.client.streaming import Backoff, LongPoll, Transport
+from cbhub.client.streaming import Auto, Backoff, LongPoll, Transport, WebSocket
 from cbhub.client.sync import SyncCallbackHandle, SyncCbHub
 
 __all__ = [
+    "Auto",
     "Backoff",
     "Callback",
     "CallbackClosed",
@@ -38,6 +40,7 @@ __all__ = [
     "GroupStatus",
     "InvalidRequest",
     "LongPoll",
+    "NoWebSocket",
     "NotFound",
     "SyncCallbackHandle",
     "SyncCbHub",
@@ -45,4 +48,5 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "Unreachable",
+    "WebSocket",
 ]

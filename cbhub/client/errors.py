@@ -50,6 +50,11 @@ class Unreachable(Unavailable):
     """No answer at all: connection refused or reset, DNS failure, a read that timed out."""
 
 
+class NoWebSocket(CbHubError):
+    """The server does not offer the websocket API (`GET /v1/ws`): a version from before it, or a
+    proxy in front that does not pass websocket upgrades on. Long-poll still works."""
+
+
 class CallbackClosed(CbHubError):
     """The callback can receive no more deliveries, and none is left to return."""
 
@@ -103,3 +108,9 @@ def from_response(status: int, payload: Any, retry_after: str | None = None) -> 
     if 400 <= status < 500:
         return InvalidRequest(message, status, code)
     return CbHubError(message, status, code)
+
+
+def unreachable(base_url: str, exc: BaseException) -> Unreachable:
+    """The error for a server that did not answer at all (`exc`: what the connection raised)."""
+    reason = str(exc) or type(exc).__name__
+    return Unreachable(f"cannot reach cbhub at {base_url}: {reason}")

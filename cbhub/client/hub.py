@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from types import TracebackType
-from typing import Any, AsyncGenerator, Mapping
+from typing import Any, AsyncGenerator, Literal, Mapping
 from urllib.parse import quote
 
 import aiohttp
@@ -19,9 +19,10 @@ from cbhub.client.errors import (
     Unavailable,
     Unreachable,
     from_response,
+    unreachable,
 )
 from cbhub.client.models import Callback, Delivery, DeliveryPage, GroupStatus
-from cbhub.client.streaming import POLL_SECONDS, Backoff, LongPoll, Transport, resume
+from cbhub.client.streaming import POLL_SECONDS, Auto, Backoff, LongPoll, Transport, WebSocket, resume
 from cbhub.model import CANCELLED
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -29,6 +30,7 @@ URL_ENV = "CBHUB_URL"
 API_KEY_ENV = "CBHUB_API_KEY"
 # Seconds an ordinary request may take; long-polls get their wait on top of it.
 REQUEST_TIMEOUT = 30.0
+TransportName = Literal["auto", "websocket", "long-poll"]
 
 
 class HandleBase:
@@ -92,6 +94,7 @@ class CbHub:
         self.request_timeout = request_timeout
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._auto: Auto | None = None
 
     async def __aenter__(self) -> CbHub:
         return self
@@ -226,13 +229,31 @@ class CbHub:
         token: str | None = None,
         correlation_id: str | None = None,
         after: int = 0,
-        transport: Transport | None = None,
+        transport: TransportName | Transport = "auto",
     ) -> AsyncGenerator[Delivery, None]:
         """Every matching delivery with id > after, oldest first, then live ones as they arrive;
-        it never ends by itself (break out of the loop). Network errors and 503 answers are
-        retried with backoff, resuming after the last delivery yielded: nothing is lost or
-        repeated across a server restart. Long-poll unless another `transport` is given."""
-        return resume(transport or LongPoll(self), _filters(token, group, correlation_id), after)
+        it never ends by itself (break out of the loop). Network errors, 503 answers and
+        websocket closes are retried with backoff, resuming after the last delivery yielded:
+        nothing is lost or repeated across a server restart.
+
+        `transport`: "auto" (the websocket when the server offers it and it can express the
+        filters, long-poll otherwise), "websocket", "long-poll", or a `Transport` of your own.
+        """
+        return resume(self._transport(transport), _filters(token, group, correlation_id), after)
+
+    def _transport(self, choice: TransportName | Transport | None) -> Transport:
+        if choice is None or choice == "auto":
+            # One for the hub's lifetime: it remembers a server found without a websocket.
+            if self._auto is None:
+                self._auto = Auto(self)
+            return self._auto
+        if choice == "websocket":
+            return WebSocket(self)
+        if choice == "long-poll":
+            return LongPoll(self)
+        if isinstance(choice, str):
+            raise ValueError(f"transport must be 'auto', 'websocket', 'long-poll' or a Transport, not {choice!r}")
+        return choice
 
     async def body(self, delivery_id: int) -> bytes:
         """The exact bytes a delivery carried."""
@@ -300,8 +321,7 @@ class CbHub:
                         f"{method} {url}: the answer is not JSON (is this a cbhub server?)", response.status
                     ) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise Unreachable(f"cannot reach cbhub at {self.base_url}: {reason}") from exc
+            raise unreachable(self.base_url, exc) from exc
 
 
 def _decode(content: bytes) -> Any:
@@ -320,7 +340,8 @@ def _mint_body(
 
 def _filters(token: str | None, group: str | None, correlation_id: str | None) -> dict[str, str]:
     filters = {"token": token, "group": group, "correlation_id": correlation_id}
-    return {name: value for name, value in filters.items() if value is not None}
+    # An empty filter is no filter, as the server reads an empty query parameter.
+    return {name: value for name, value in filters.items() if value}
 
 
 def _idempotency(key: str | None) -> dict[str, str]:

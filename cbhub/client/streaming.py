@@ -4,8 +4,9 @@ A transport turns (filters, cursor) into the deliveries with id > cursor, oldest
 long as its connection lasts; it raises `Unavailable` when the connection fails or the server
 asks to come back later. `resume` wraps any transport into a stream that never ends: it
 reconnects with backoff and resumes from the last id it yielded, so a server restart loses and
-repeats nothing. Long-poll is the transport shipped; a websocket one implements the same
-protocol.
+repeats nothing. Two transports are shipped: `WebSocket` (`GET /v1/ws`, one subscription per
+connection) and `LongPoll` (`GET /v1/deliveries?wait=`); `Auto` picks the websocket when the
+server offers it and the filters fit a subscribe frame, long-poll otherwise.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import logging
 import random
 import time
 from contextlib import aclosing
-from typing import TYPE_CHECKING, AsyncGenerator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Mapping, Protocol
 
-from cbhub.client.errors import Unavailable
+import aiohttp
+import orjson
+
+from cbhub.client.errors import CbHubError, NoWebSocket, Unavailable, from_response, unreachable
 from cbhub.client.models import Delivery
 
 if TYPE_CHECKING:
@@ -52,6 +56,203 @@ class LongPoll:
             for delivery in page.deliveries:
                 yield delivery
             after = page.next_after
+
+
+# The websocket route, and the name of the one subscription each connection holds (it comes back
+# on every frame of that subscription).
+WEBSOCKET_PATH = "/v1/ws"
+SUBSCRIPTION = "stream"
+# Answers to the upgrade that mean "no websocket here": a server from before /v1/ws (404, 405),
+# or a proxy that drops the Upgrade header on the way, so that cbhub sees a plain GET (426).
+NO_WEBSOCKET_STATUSES = frozenset({404, 405, 426})
+# Close codes after which the server expects the client back with `after` (see docs/realtime.md):
+# 1001 going away (a restart), 1011 internal error, 1012 service restart, 1013 too slow, 1014 bad
+# gateway; and 1006, the connection dropped without a close frame. The server never closes with
+# 1000 mid-stream, but a proxy timing out an idle connection may: reconnecting is right then too.
+# Any other code (1002 protocol error, 1008 policy, 1009 frame too big...) would repeat itself
+# on every attempt, so it is raised instead.
+RECONNECT_CODES = frozenset({1000, 1001, 1006, 1011, 1012, 1013, 1014})
+# The client pings a server that has been silent this long, and drops the connection when no
+# pong comes within half of it: a server that vanished without closing (a host gone, a network
+# split) is noticed as a long-poll's read timeout would notice it. The server pings every
+# `realtime.heartbeat` (15 s by default), so a live server is never silent this long.
+HEARTBEAT = 30.0
+# How far the websocket reads ahead of the consumer, in bytes of frames. aiohttp answers the
+# server's pings only as it reads, and the server drops a peer that leaves a ping unanswered
+# for half its heartbeat (7.5 s by default): reading on while the loop body runs keeps a slow
+# loop body from being taken for a dead peer. Past this much unread, reading stops, the socket
+# fills, and the server's backlog rule (close with 1013, resume with after) takes over.
+READ_AHEAD_BYTES = 8 * 1024 * 1024
+
+
+class WebSocket:
+    """`GET /v1/ws`: one subscription per connection, replayed from `after`, then live.
+
+    Filters it can express (`expresses`): a token alone, or a group and/or a correlation id.
+    """
+
+    def __init__(self, hub: CbHub, heartbeat: float = HEARTBEAT) -> None:
+        self.hub = hub
+        self.heartbeat = heartbeat
+
+    @staticmethod
+    def expresses(filters: Mapping[str, str]) -> bool:
+        """Whether one subscribe frame asks for exactly these filters. It takes `tokens`, or
+        `group` and/or `correlation_id`, never both kinds, and at least one: so a token combined
+        with another filter, or no filter at all (every delivery of the hub), is long-poll's."""
+        if "token" in filters:
+            return len(filters) == 1
+        return bool(filters)
+
+    async def stream(self, filters: Mapping[str, str], after: int) -> AsyncGenerator[Delivery, None]:
+        ws = await self._connect()
+        frames = _ReadAhead(ws, READ_AHEAD_BYTES)
+        try:
+            try:
+                await ws.send_str(orjson.dumps(_subscribe_frame(filters, after)).decode())
+            except (aiohttp.ClientError, ConnectionError) as exc:
+                raise unreachable(self.hub.base_url, exc) from exc
+            while True:
+                message = await frames.next()
+                if message.type is aiohttp.WSMsgType.TEXT:
+                    frame = _decode_frame(message.data)
+                    if frame.get("type") == "delivery":
+                        yield Delivery.from_json(frame["delivery"])
+                    elif frame.get("type") == "error":
+                        raise _frame_error(frame.get("error"))
+                    # Else "subscribed", or "status" (a callback of a token or group subscription
+                    # expired or was cancelled): the stream goes on, as long-poll's does.
+                elif message.type is aiohttp.WSMsgType.ERROR:
+                    raise unreachable(self.hub.base_url, message.data)
+                elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                    raise _closed(ws.close_code, message.extra)
+        finally:
+            try:
+                await frames.stop()
+            finally:
+                await ws.close()
+
+    async def _connect(self) -> aiohttp.ClientWebSocketResponse:
+        url = self.hub.base_url + WEBSOCKET_PATH
+        try:
+            # The handshake is an ordinary request and gets an ordinary request's time limit.
+            async with asyncio.timeout(self.hub.request_timeout):
+                # max_msg_size=0: a delivery frame is as large as its body makes it (a 1 MiB text
+                # body of escaped characters is several MiB of JSON); long-poll takes any size too.
+                return await self.hub._client().ws_connect(url, heartbeat=self.heartbeat, max_msg_size=0)
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status in NO_WEBSOCKET_STATUSES:
+                message = f"GET {url} answered HTTP {exc.status}: this server does not offer the websocket API"
+                raise NoWebSocket(message, exc.status) from None
+            # The body of a refused upgrade is not read; the status says enough to pick the error
+            # (401 Unauthorized, 503 Unavailable with its Retry-After, ...).
+            retry_after = exc.headers.get("Retry-After") if exc.headers is not None else None
+            raise from_response(exc.status, f"the websocket upgrade (GET {url}) was refused", retry_after) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise unreachable(self.hub.base_url, exc) from exc
+
+
+class _ReadAhead:
+    """Receives a websocket's messages in a task of its own, up to `limit` bytes ahead of the
+    consumer; `next()` hands them over in order."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, limit: int) -> None:
+        self._ws = ws
+        self._limit = limit
+        self._queue: asyncio.Queue[aiohttp.WSMessage] = asyncio.Queue()
+        self._unread = 0
+        self._room = asyncio.Event()
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                message = await self._ws.receive()
+                self._queue.put_nowait(message)
+                if message.type is not aiohttp.WSMsgType.TEXT:
+                    if message.type is aiohttp.WSMsgType.BINARY:
+                        continue
+                    return  # closed, or failed: the last message there is
+                self._unread += len(message.data)
+                while self._unread > self._limit:
+                    self._room.clear()
+                    await self._room.wait()
+        except Exception as exc:  # never leave next() waiting for a message that cannot come
+            self._queue.put_nowait(aiohttp.WSMessage(aiohttp.WSMsgType.ERROR, exc, None))
+
+    async def next(self) -> aiohttp.WSMessage:
+        message = await self._queue.get()
+        if message.type is aiohttp.WSMsgType.TEXT:
+            self._unread -= len(message.data)
+            self._room.set()
+        return message
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        # wait(), not await: a cancellation of the caller itself must not be swallowed here.
+        await asyncio.wait([self._task])
+
+
+def _subscribe_frame(filters: Mapping[str, str], after: int) -> dict[str, Any]:
+    frame: dict[str, Any] = {"op": "subscribe", "id": SUBSCRIPTION, "after": after}
+    for name, value in filters.items():
+        if name == "token":
+            frame["tokens"] = [value]
+        else:
+            frame[name] = value
+    return frame
+
+
+def _decode_frame(text: str) -> dict[str, Any]:
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        frame = None
+    if not isinstance(frame, dict):
+        sample = text[:80]
+        raise CbHubError(f"the websocket sent a frame that is not a JSON object (is this a cbhub server?): {sample!r}")
+    return frame
+
+
+def _frame_error(error: Any) -> CbHubError:
+    """The exception for an error frame: the one its code would raise as an HTTP answer (frames
+    carry the API's error codes, not a status)."""
+    code = error.get("code") if isinstance(error, dict) else None
+    status = 404 if isinstance(code, str) and code.endswith("_not_found") else 400
+    return from_response(status, {"error": error})
+
+
+def _closed(code: int | None, reason: Any) -> CbHubError:
+    described = f"the server closed the websocket ({code}{f': {reason}' if reason else ''})"
+    if code is None or code in RECONNECT_CODES:
+        return Unavailable(described)
+    return CbHubError(described)
+
+
+class Auto:
+    """The websocket when the server offers it and the filters fit one subscribe frame,
+    long-poll otherwise. A server that answers the upgrade with 404, 405 or 426 is remembered
+    as having no websocket: later streams go straight to long-poll."""
+
+    def __init__(self, hub: CbHub) -> None:
+        self.websocket = WebSocket(hub)
+        self.long_poll = LongPoll(hub)
+        self.websocket_offered = True
+
+    async def stream(self, filters: Mapping[str, str], after: int) -> AsyncGenerator[Delivery, None]:
+        if self.websocket_offered and WebSocket.expresses(filters):
+            try:
+                async with aclosing(self.websocket.stream(filters, after)) as deliveries:
+                    async for delivery in deliveries:
+                        yield delivery
+                return
+            except NoWebSocket as exc:
+                # Raised by the upgrade, before anything was yielded: `after` still holds.
+                log.info("%s; using long-poll", exc)
+                self.websocket_offered = False
+        async with aclosing(self.long_poll.stream(filters, after)) as deliveries:
+            async for delivery in deliveries:
+                yield delivery
 
 
 class Backoff:

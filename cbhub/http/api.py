@@ -16,12 +16,15 @@ from cbhub.http.params import (
     field_name,
     field_networks,
     field_verify,
+    invalid_parameter,
     json_object,
     query_filter,
     query_int,
     query_seconds,
+    query_text,
 )
-from cbhub.model import Callback, Delivery, MintSpec
+from cbhub.model import STATUSES, Callback, Delivery, MintSpec
+from cbhub.store import CallbackFilter
 
 MINT_FIELDS = frozenset({"ttl", "label", "group", "metadata", "allow_ips", "verify"})
 BATCH_FIELDS = MINT_FIELDS | {"count"}
@@ -29,6 +32,8 @@ MAX_BATCH = 1000
 DEFAULT_WAIT = 30.0
 MAX_CURSOR = 2**63 - 1
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
+DEFAULT_LISTING, MAX_LISTING = 50, 500
+RAW_BODY_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox"}
 
 
 def _callback_json(request: web.Request, callback: Callback) -> dict[str, Any]:
@@ -80,6 +85,27 @@ async def create_batch(request: web.Request) -> web.Response:
     callbacks, created = await request.app[HUB].mint([spec] * count, _idempotency(request, "batch", spec, count))
     payload = {"callbacks": [_callback_json(request, callback) for callback in callbacks]}
     return json_response(payload, status=201 if created else 200)
+
+
+async def list_callbacks(request: web.Request) -> web.Response:
+    query = request.query
+    status = query_text(query, "status")
+    if status is not None and status not in STATUSES:
+        raise invalid_parameter("status", f"must be one of {', '.join(STATUSES)}, got {status[:40]!r}")
+    where = CallbackFilter(
+        owner=caller(request).owner,
+        group=query_text(query, "group"),
+        label=query_text(query, "label"),
+        status=status,
+        correlation_id=query_text(query, "correlation_id"),
+    )
+    before = query_int(query, "before", MAX_CURSOR, 1, MAX_CURSOR)
+    limit = query_int(query, "limit", DEFAULT_LISTING, 1, MAX_LISTING)
+    page = await request.app[HUB].store.list_callbacks(where, before, limit)
+    base = base_url(request)
+    # Without `result`: a page of 500 latest bodies could weigh hundreds of megabytes.
+    listed = [{k: v for k, v in callback.to_json(base).items() if k != "result"} for callback in page.callbacks]
+    return json_response({"callbacks": listed, "next_before": page.next_before})
 
 
 def _not_found() -> ApiError:
@@ -137,8 +163,9 @@ async def delivery_body(request: web.Request) -> web.Response:
             delivery = None
     if delivery is None:
         raise ApiError(404, "delivery_not_found", "no delivery has this id")
-    # The exact bytes and type received; never rendered by a browser as a page of ours.
-    response = web.Response(body=delivery.raw, headers={"X-Content-Type-Options": "nosniff"})
+    # The exact bytes and type received; never rendered by a browser as a page of ours: a
+    # sender's HTML or SVG opened from the inspector runs no script and loads nothing.
+    response = web.Response(body=delivery.raw, headers=RAW_BODY_HEADERS)
     response.headers["Content-Type"] = _sendable_header(delivery.content_type) or "application/octet-stream"
     return response
 
@@ -177,6 +204,7 @@ def _group_json(group: str, counts: dict[str, int]) -> dict[str, Any]:
 def add_routes(app: web.Application) -> None:
     router = app.router
     router.add_post("/v1/callbacks", create_callback)
+    router.add_get("/v1/callbacks", list_callbacks, allow_head=False)
     router.add_post("/v1/callbacks/batch", create_batch)
     router.add_get("/v1/callbacks/{token}", get_callback, allow_head=False)
     router.add_delete("/v1/callbacks/{token}", cancel_callback)

@@ -135,6 +135,14 @@ SCHEMAS: dict[str, Any] = {
         "required": ["callbacks"],
         "properties": {"callbacks": {"type": "array", "items": _ref("Callback")}},
     },
+    "CallbackListing": {
+        "type": "object",
+        "required": ["callbacks", "next_before"],
+        "properties": {
+            "callbacks": {"type": "array", "items": _ref("Callback")},
+            "next_before": {"type": "integer", "nullable": True, "description": "cursor to older ones; null: no more"},
+        },
+    },
     "CallbackUpdate": {
         "type": "object",
         "required": ["callback", "deliveries"],
@@ -240,8 +248,24 @@ def _sse_operation(summary: str, parameters: list[dict[str, Any]]) -> dict[str, 
     }
 
 
+NAME = {"type": "string", "maxLength": 200}
+
 PATHS: dict[str, Any] = {
-    "/v1/callbacks": {"post": _mint_operation("Mint a callback", "MintRequest", "Callback")},
+    "/v1/callbacks": {
+        "post": _mint_operation("Mint a callback", "MintRequest", "Callback"),
+        "get": {
+            "summary": "Callbacks matching every filter, newest first (items without result)",
+            "parameters": [
+                _query("group", NAME, "only this group's"),
+                _query("label", NAME, "only those with this label"),
+                _query("status", {"type": "string", "enum": ["pending", "received", "expired", "cancelled"]}, "only those with this status"),
+                _query("correlation_id", NAME, "only those that received a delivery with this correlation id"),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "page size (default 50)"),
+                _query("before", {"type": "integer", "minimum": 1}, "the next_before of the previous page"),
+            ],
+            "responses": {"200": _json(_ref("CallbackListing"), "a page"), "400": BAD_REQUEST, "503": UNAVAILABLE},
+        },
+    },
     "/v1/callbacks/batch": {"post": _mint_operation("Mint up to 1000 callbacks at once", "BatchRequest", "CallbackList")},
     "/v1/callbacks/{token}": {
         "get": {
@@ -329,7 +353,7 @@ PATHS: dict[str, Any] = {
     },
     "/v1/events": {
         "get": _sse_operation(
-            "Server-Sent Events for a token, group or correlation id (one is required)",
+            "Server-Sent Events: deliveries, statuses and new callbacks matching the filters (none: everything)",
             [
                 _query("token", {"type": "string", "maxLength": 200}, "this callback's deliveries"),
                 _query("group", {"type": "string", "maxLength": 200}, "this group's deliveries"),
@@ -343,6 +367,24 @@ PATHS: dict[str, Any] = {
             "Server-Sent Events for one callback, replayed from `after` (default 0) then live",
             [TOKEN, _query("after", CURSOR, "replay deliveries after this id (default 0)")],
         )
+    },
+    "/": {
+        "get": {
+            "summary": "The inspector: a web page where callbacks are seen arriving (docs/inspector.md)",
+            "security": [],  # public: the page asks for a key itself when the API needs one
+            "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }
+    },
+    "/static/{name}": {
+        "get": {
+            "summary": "A file of the inspector page (script, style sheet, icon)",
+            "security": [],
+            "parameters": [_path("name")],
+            "responses": {
+                "200": {"description": "the file", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                "404": _error("no such file"),
+            },
+        }
     },
     "/v1/openapi.json": {
         "get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3")}}
@@ -372,6 +414,17 @@ PATHS: dict[str, Any] = {
 }
 
 
+# Browsers cannot set a header on a websocket or an EventSource: these take the key in the URL.
+STREAM_PATHS = ("/v1/ws", "/v1/callbacks/{token}/ws", "/v1/events", "/v1/callbacks/{token}/events")
+ACCESS_TOKEN = {
+    "name": "access_token",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "the API key, for clients that cannot send an Authorization header",
+}
+
+
 def document(config: Config) -> dict[str, Any]:
     """The document, with the limits this server's configuration sets."""
     paths = copy.deepcopy(PATHS)
@@ -379,11 +432,16 @@ def document(config: Config) -> dict[str, Any]:
     for name in ("MintRequest", "BatchRequest"):
         schemas[name]["properties"]["ttl"]["maximum"] = config.callbacks.max_ttl
     if config.auth.api_keys:
-        # Every client API route then answers 401 without a key.
         for path, item in paths.items():
-            if path.startswith("/v1/"):
-                for operation in item.values():
+            for operation in item.values():
+                if path.startswith("/v1/"):
+                    # Every client API route then answers 401 without a key.
                     operation["responses"]["401"] = _error("no API key, or an unknown one")
+                else:
+                    operation.setdefault("security", [])  # public: callbacks, health, metrics, page
+        for path in STREAM_PATHS:
+            for operation in paths[path].values():
+                operation["parameters"].append(ACCESS_TOKEN)
     security = {"bearer": {"type": "http", "scheme": "bearer"}} if config.auth.api_keys else {}
     return {
         "openapi": "3.0.3",

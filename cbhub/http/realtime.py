@@ -16,7 +16,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from cbhub.http.api import MAX_CURSOR
 from cbhub.http.errors import ApiError
-from cbhub.http.keys import CONFIG, STREAMS, caller
+from cbhub.http.keys import CONFIG, STREAMS, base_url, caller
 from cbhub.http.params import (
     field_int,
     field_name,
@@ -214,11 +214,11 @@ async def callback_events(request: web.Request) -> web.StreamResponse:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    """GET /v1/events?group=|token=|correlation_id=: what arrives from now (or from `after`)."""
+    """GET /v1/events?group=|token=|correlation_id=: what arrives from now (or from `after`);
+    without a filter, everything the caller's key may see. Callbacks minted within the filters
+    come as `created`."""
     where = query_filter(request.query, caller(request).owner)
-    if where == DeliveryFilter(owner=where.owner):
-        raise ApiError(400, "invalid_parameter", "one of token, group or correlation_id is required")
-    return await _stream_events(request, where, _resume_point(request, default=None))
+    return await _stream_events(request, where, _resume_point(request, default=None), created=True)
 
 
 def _resume_point(request: web.Request, default: int | None) -> int | None:
@@ -233,11 +233,14 @@ def _resume_point(request: web.Request, default: int | None) -> int | None:
     return default
 
 
-async def _stream_events(request: web.Request, where: DeliveryFilter, after: int | None) -> web.StreamResponse:
+async def _stream_events(
+    request: web.Request, where: DeliveryFilter, after: int | None, created: bool = False
+) -> web.StreamResponse:
     streams = request.app[STREAMS]
     feed = streams.open("sse")
+    base = base_url(request)
     try:
-        await _subscribe_or_refuse(request, feed, SSE_SUBSCRIPTION, where, after)
+        await _subscribe_or_refuse(request, feed, SSE_SUBSCRIPTION, where, after, created=created)
         response = web.StreamResponse(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         response.content_type = "text/event-stream"
         await response.prepare(request)
@@ -245,7 +248,7 @@ async def _stream_events(request: web.Request, where: DeliveryFilter, after: int
             await response.write(b": subscribed\n\n")  # the client sees the stream open at once
             keepalive = request.app[CONFIG].realtime.heartbeat
             while (item := await feed.next(idle=keepalive)) is not None:
-                await response.write(SSE_KEEPALIVE if item is IDLE else _render_event(item))
+                await response.write(SSE_KEEPALIVE if item is IDLE else _render_event(item, base))
             await response.write_eof()
         except ConnectionError:
             pass  # the client went away
@@ -254,19 +257,28 @@ async def _stream_events(request: web.Request, where: DeliveryFilter, after: int
         streams.close(feed)
 
 
-def _render_event(notice: Notice) -> bytes:
+def _render_event(notice: Notice, base: str) -> bytes:
     if notice.delivery is not None:
         data = orjson.dumps(notice.delivery.to_json())
         return b"id: %d\nevent: delivery\ndata: %s\n\n" % (notice.delivery.id, data)
+    if notice.created is not None:
+        # No `id:`, like status events: the last event id stays the last delivery's.
+        return b"event: created\ndata: %s\n\n" % orjson.dumps(notice.created.to_json(base))
     return b"event: status\ndata: %s\n\n" % orjson.dumps({"token": notice.token, "status": notice.status})
 
 
 async def _subscribe_or_refuse(
-    request: web.Request, feed: Feed, name: str, where: DeliveryFilter, after: int | None, confirm: Reply = None
+    request: web.Request,
+    feed: Feed,
+    name: str,
+    where: DeliveryFilter,
+    after: int | None,
+    confirm: Reply = None,
+    created: bool = False,
 ) -> None:
     """Subscribe before the response starts, so that a refusal is an ordinary HTTP error."""
     try:
-        await feed.subscribe(name, where, after, confirm)
+        await feed.subscribe(name, where, after, confirm, created)
     except SubscribeRefused as exc:
         request.app[STREAMS].close(feed)
         status = 404 if exc.code == "callback_not_found" else 400

@@ -6,7 +6,9 @@ from cbhub.config import Config
 from cbhub.store.base import (
     AddressNotAllowed,
     CallbackClosed,
+    CallbackFilter,
     CallbackNotFound,
+    CallbackPage,
     DeliveryFilter,
     DeliveryRefused,
     Guard,
@@ -22,7 +24,9 @@ from cbhub.store.base import (
 __all__ = [
     "AddressNotAllowed",
     "CallbackClosed",
+    "CallbackFilter",
     "CallbackNotFound",
+    "CallbackPage",
     "DeliveryFilter",
     "DeliveryRefused",
     "Guard",

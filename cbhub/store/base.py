@@ -6,7 +6,7 @@ import abc
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from cbhub.model import Callback, Delivery, Event, Incoming, MintSpec, short_token
+from cbhub.model import CREATED, Callback, Delivery, Event, Incoming, MintSpec, short_token
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 
@@ -81,13 +81,17 @@ class DeliveryFilter:
     # Only callbacks minted by this API key name; None: whoever minted them.
     owner: str | None = None
 
-    def accepts(self, event: Event) -> bool:
+    def accepts(self, event: Event, created: bool = False) -> bool:
         """Whether a waiter with these filters cares about `event`. A status change (no
-        delivery) concerns the filters on the callback: its token and its group."""
+        delivery) concerns the filters on the callback: its token and its group. A creation
+        concerns only those who ask for creations (`created`), and never a correlation id,
+        which belongs to deliveries."""
         if self.owner is not None and event.callback.created_by != self.owner:
             return False
         if event.delivery is not None:
             return self.matches(event.delivery)
+        if event.kind == CREATED and (not created or self.correlation_id is not None):
+            return False
         return (
             (self.token is None or event.token == self.token)
             and (self.tokens is None or event.token in self.tokens)
@@ -101,6 +105,28 @@ class DeliveryFilter:
             and (self.group is None or delivery.group == self.group)
             and (self.correlation_id is None or delivery.correlation_id == self.correlation_id)
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackFilter:
+    """Which callbacks a listing shows: filters combined with AND, None matches all. A
+    callback matches `correlation_id` when one of its deliveries carries it."""
+
+    group: str | None = None
+    label: str | None = None
+    status: str | None = None
+    correlation_id: str | None = None
+    # Only callbacks minted by this API key name; None: whoever minted them.
+    owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackPage:
+    """Callbacks newest first; `next_before` is the cursor to the next (older) page, None
+    when there is none."""
+
+    callbacks: list[Callback]
+    next_before: int | None
 
 
 def _ignore(event: Event) -> None:
@@ -183,6 +209,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_callback(self, token: str) -> Callback | None:
         """The callback with its latest delivery as `result`."""
+
+    @abc.abstractmethod
+    async def list_callbacks(self, where: CallbackFilter, before: int | None, limit: int) -> CallbackPage:
+        """Callbacks matching `where`, newest first, at most `limit`, created before the
+        cursor `before` (a `next_before` of an earlier page); without `result`."""
 
     @abc.abstractmethod
     async def find_deliveries(self, where: DeliveryFilter, after: int, limit: int) -> list[Delivery]:

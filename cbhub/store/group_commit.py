@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generic, Iterable, TypeVar
 
-from cbhub.model import Callback, Event
+from cbhub.model import CREATED, Callback, Event
 from cbhub.store.base import IngestResult, StoreUnavailable
 
 log = logging.getLogger("cbhub.store")
@@ -27,6 +27,13 @@ Announce = Callable[[Any], Iterable[Event]]
 
 def no_events(result: Any) -> Iterable[Event]:
     return ()
+
+
+def minted(result: tuple[list[Callback], bool]) -> Iterable[Event]:
+    callbacks, created = result
+    if created:
+        for callback in callbacks:
+            yield Event(CREATED, callback)
 
 
 def ingested(result: IngestResult) -> Iterable[Event]:

@@ -15,17 +15,20 @@ anything else, so it cannot be part of a deadlock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import asyncpg
 import orjson
 
-from cbhub.model import CANCELLED, EXPIRED, PENDING, TERMINAL, Callback, Delivery, Event, Incoming, MintSpec
+from cbhub.model import CANCELLED, CREATED, EXPIRED, PENDING, TERMINAL, Callback, Delivery, Event, Incoming, MintSpec
 from cbhub.store.base import (
     IDEMPOTENCY_WINDOW_MS,
+    CallbackFilter,
     CallbackNotFound,
+    CallbackPage,
     DeliveryFilter,
     Guard,
     IdempotencyConflict,
@@ -35,7 +38,7 @@ from cbhub.store.base import (
     StoreError,
     StoreUnavailable,
 )
-from cbhub.store.group_commit import Announce, GroupCommit, cancelled, expired, ingested, no_events
+from cbhub.store.group_commit import Announce, GroupCommit, cancelled, expired, ingested, minted, no_events
 from cbhub.store.postgres_feed import CHANNEL, EventFeed, Position
 from cbhub.store.postgres_schema import MIGRATIONS
 from cbhub.store.rows import (
@@ -47,6 +50,7 @@ from cbhub.store.rows import (
     LAST_DELIVERY_ID,
     by_status,
     callback_from_row,
+    callback_where,
     check_open,
     delivery_from_row,
     delivery_where,
@@ -64,16 +68,20 @@ MIGRATION_LOCK = 0x6362_6875_625F_6D69  # "cbhub_mi"
 # Held from here to the commit by every transaction that takes delivery ids or closing positions.
 TAKE_ORDER_LOCK = "SELECT pg_advisory_xact_lock($1)"
 C_CALLBACK_COLUMNS = ", ".join(f"c.{column}" for column in CALLBACK_COLUMNS.split(", "))
-LAST_POSITION = (
-    "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM delivery_ids),"
-    " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM closing_seq)"
+# The last number each sequence handed out (a Position: creation, delivery, closing).
+_LAST_VALUES = ", ".join(
+    f"(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {sequence})"
+    for sequence in ("creation_seq", "delivery_ids", "closing_seq")
 )
-NOTIFY_AND_LAST_POSITION = (
-    "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM delivery_ids),"
-    " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM closing_seq), pg_notify($1, $2)"
-)
+LAST_POSITION = f"SELECT {_LAST_VALUES}"
+NOTIFY_AND_LAST_POSITION = f"SELECT {_LAST_VALUES}, pg_notify($1, $2)"
 COMMITTED_POSITION = (
-    "SELECT (SELECT coalesce(max(id), 0) FROM deliveries), (SELECT coalesce(max(closed_seq), 0) FROM callbacks)"
+    "SELECT (SELECT coalesce(max(created_seq), 0) FROM callbacks), (SELECT coalesce(max(id), 0) FROM deliveries),"
+    " (SELECT coalesce(max(closed_seq), 0) FROM callbacks)"
+)
+CREATIONS_AFTER = (
+    f"SELECT created_seq, {CALLBACK_COLUMNS} FROM callbacks"
+    " WHERE created_seq > $1 AND created_seq <= $2 ORDER BY created_seq LIMIT $3"
 )
 DELIVERIES_AFTER = (
     f"SELECT {DELIVERY_COLUMNS}, {C_CALLBACK_COLUMNS} FROM {DELIVERY_FROM}"
@@ -86,9 +94,9 @@ CLOSINGS_AFTER = (
 )
 INSERT_CALLBACKS = (
     "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata, created_by,"
-    " allow_ips, verify)"
+    " allow_ips, verify, created_seq)"
     " SELECT t.token, 'pending', $2, t.expires_at, t.label, t.group_name, t.metadata, t.created_by, t.allow_ips,"
-    " t.verify FROM unnest($1::text[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[], $7::text[], $8::text[],"
+    " t.verify, nextval('creation_seq') FROM unnest($1::text[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[], $7::text[], $8::text[],"
     " $9::text[]) AS t (token, expires_at, label, group_name, metadata, created_by, allow_ips, verify)"
     f" RETURNING {CALLBACK_COLUMNS}"
 )
@@ -169,6 +177,14 @@ def _unavailable(exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"PostgreSQL is unavailable: {exc or type(exc).__name__}")
 
 
+class _Params(list):
+    """A statement's parameters, each bound as it is named: `bind(value)` gives "$n"."""
+
+    def bind(self, value: Any) -> str:
+        self.append(value)
+        return f"${len(self)}"
+
+
 class _OpFailed(Exception):
     """One op of a batch failed in a way that aborted the transaction."""
 
@@ -200,7 +216,12 @@ class PostgresStore(Store):
         self._pool: asyncpg.Pool | None = None
         self._writer: asyncpg.Connection | None = None
         self._writes: GroupCommit[_Write] = GroupCommit(self._commit, self._announce, on_commit)
-        self._feed = EventFeed(lambda: self._connect("listener"), self._deliveries_after, self._closings_after, self._tell)
+        self._feed = EventFeed(
+            lambda: self._connect("listener"),
+            self._snapshot,
+            {"creation": self._creations_after, "delivery": self._deliveries_after, "closing": self._closings_after},
+            self._tell,
+        )
         # Where the batch being announced started and ended in commit order.
         self._span: tuple[Position, Position] | None = None
 
@@ -329,7 +350,7 @@ class PostgresStore(Store):
                     # The notification is delivered by the server only if, and once, this
                     # transaction commits.
                     end = Position(
-                        *tuple(await conn.fetchrow(NOTIFY_AND_LAST_POSITION, CHANNEL, self._feed.instance))[:2]
+                        *tuple(await conn.fetchrow(NOTIFY_AND_LAST_POSITION, CHANNEL, self._feed.instance))[:3]
                     )
                 committing = True
         except Exception as exc:
@@ -402,7 +423,8 @@ class PostgresStore(Store):
                 )
             return [_callback(row) for row in ordered_rows], True
 
-        return await self._submit(op, ordered=False)
+        # Ordered: creations take positions too, for the other instances' inspectors.
+        return await self._submit(op, ordered=True, announce=minted)
 
     async def ingest(self, incoming: Incoming, guard: Guard | None = None) -> IngestResult:
         async def op(conn: asyncpg.Connection) -> IngestResult:
@@ -518,18 +540,33 @@ class PostgresStore(Store):
 
     # What the other instances committed, for the feed
 
-    async def _deliveries_after(self, after: int, upto: int, limit: int) -> list[tuple[int, Event]]:
+    @contextlib.asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[asyncpg.Connection]:
+        if self._pool is None:
+            raise StoreUnavailable("the store is not open")
+        async with self._pool.acquire() as conn:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                yield conn
+
+    @staticmethod
+    async def _creations_after(conn: asyncpg.Connection, after: int, upto: int, limit: int) -> list[tuple[int, Event]]:
+        rows = await conn.fetch(CREATIONS_AFTER, after, upto, limit)
+        return [(row[0], Event(CREATED, _callback(tuple(row)[1:]))) for row in rows]
+
+    @staticmethod
+    async def _deliveries_after(conn: asyncpg.Connection, after: int, upto: int, limit: int) -> list[tuple[int, Event]]:
         events = []
-        for row in await self._fetch(DELIVERIES_AFTER, after, upto, limit):
+        for row in map(tuple, await conn.fetch(DELIVERIES_AFTER, after, upto, limit)):
             delivery = _delivery(row[:DELIVERY_WIDTH])
             callback = _callback(row[DELIVERY_WIDTH:])
             callback.result = delivery
             events.append((delivery.id, Event("delivery", callback, delivery)))
         return events
 
-    async def _closings_after(self, after: int, upto: int, limit: int) -> list[tuple[int, Event]]:
+    @staticmethod
+    async def _closings_after(conn: asyncpg.Connection, after: int, upto: int, limit: int) -> list[tuple[int, Event]]:
         events = []
-        for row in await self._fetch(CLOSINGS_AFTER, after, upto, limit):
+        for row in map(tuple, await conn.fetch(CLOSINGS_AFTER, after, upto, limit)):
             callback = _callback(row[1 : 1 + CALLBACK_WIDTH])
             if row[1 + CALLBACK_WIDTH] is not None:
                 callback.result = _delivery(row[1 + CALLBACK_WIDTH :])
@@ -583,17 +620,25 @@ class PostgresStore(Store):
             )
             if not where.tokens:
                 return []
-        params: list[Any] = []
-
-        def bind(value: Any) -> str:
-            params.append(value)
-            return f"${len(params)}"
-
-        clause = delivery_where(where, after, bind, _name)
+        params = _Params()
+        clause = delivery_where(where, after, params.bind, _name)
         rows = await self._fetch(
-            f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE {clause} ORDER BY d.id LIMIT {bind(limit)}", *params
+            f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE {clause} ORDER BY d.id LIMIT {params.bind(limit)}",
+            *params,
         )
         return [_delivery(row) for row in rows]
+
+    async def list_callbacks(self, where: CallbackFilter, before: int | None, limit: int) -> CallbackPage:
+        params = _Params()
+        clause = callback_where(where, before, params.bind, _name)
+        # One row more than asked tells whether an older page exists.
+        rows = await self._fetch(
+            f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE {clause} ORDER BY id DESC LIMIT {params.bind(limit + 1)}",
+            *params,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return CallbackPage([_callback(row) for row in rows], rows[-1][0] if more else None)
 
     async def callback_statuses(self, tokens: Sequence[str], owner: str | None = None) -> dict[str, str]:
         wanted = [token for token in tokens if not _no_such_token(token)]

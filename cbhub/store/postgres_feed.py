@@ -22,7 +22,7 @@ import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import AsyncContextManager, Awaitable, Callable
 
 import asyncpg
 
@@ -40,22 +40,30 @@ CHECK_TIMEOUT = 5.0
 RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
+# The kinds of event, each with its own position in commit order, in the order one callback's
+# events happen: it is created, receives deliveries, and is closed.
+KINDS = ("creation", "delivery", "closing")
+
+
 @dataclass(frozen=True, slots=True)
 class Position:
-    """A point in commit order: the last delivery id and the last closing position."""
+    """A point in commit order: the last creation, delivery id and closing of each kind."""
 
+    creation: int = 0
     delivery: int = 0
     closing: int = 0
 
     def __le__(self, other: Position) -> bool:  # type: ignore[override]
-        return self.delivery <= other.delivery and self.closing <= other.closing
+        return all(getattr(self, kind) <= getattr(other, kind) for kind in KINDS)
 
     def max(self, other: Position) -> Position:
-        return Position(max(self.delivery, other.delivery), max(self.closing, other.closing))
+        return Position(*(max(getattr(self, kind), getattr(other, kind)) for kind in KINDS))
 
 
-# read(after, upto, limit) -> [(position, event)] in commit order: deliveries, or closings.
-Read = Callable[[int, int, int], Awaitable[list[tuple[int, Event]]]]
+# read(conn, after, upto, limit) -> [(position, event)] of one kind, in commit order.
+Read = Callable[[asyncpg.Connection, int, int, int], Awaitable[list[tuple[int, Event]]]]
+# A connection reading one snapshot of the database, for as long as the context lasts.
+Snapshot = Callable[[], AsyncContextManager[asyncpg.Connection]]
 UNBOUNDED = 2**63 - 1
 
 
@@ -63,13 +71,13 @@ class EventFeed:
     def __init__(
         self,
         connect: Callable[[], Awaitable[asyncpg.Connection]],
-        read_deliveries: Read,
-        read_closings: Read,
+        snapshot: Snapshot,
+        reads: dict[str, Read],
         publish: Callable[[Event], None],
     ) -> None:
         self._connect = connect
-        self._read_deliveries = read_deliveries
-        self._read_closings = read_closings
+        self._snapshot = snapshot
+        self._reads = reads
         self._publish = publish
         # Sent as the payload of our own notifications, which we need not read back.
         self.instance = secrets.token_hex(8)
@@ -118,7 +126,14 @@ class EventFeed:
         """Announce a batch of ours, committed between `start` and `end`, after what came before."""
         async with self._mutex:
             if not start <= self.cursor:
-                await self._catch_up(upto=start)
+                try:
+                    await self._catch_up(upto=start)
+                except Exception as exc:
+                    # What came before cannot be read now, and ours must not overtake it: ours
+                    # is read back later, in its place, like anyone else's.
+                    log.warning("reading the commits before ours failed (%s); reading them later", exc)
+                    self.release()
+                    return
             for event in events:
                 self._publish(event)
             self.cursor = self.cursor.max(end)
@@ -130,17 +145,21 @@ class EventFeed:
     # Everyone's commits
 
     async def _catch_up(self, upto: Position | None = None) -> None:
-        """Announce everything committed after the cursor (up to `upto`), page by page."""
-        self.cursor = Position(
-            await self._read(self._read_deliveries, self.cursor.delivery, upto and upto.delivery, lambda h: h.delivery),
-            await self._read(self._read_closings, self.cursor.closing, upto and upto.closing, lambda h: h.closing),
-        )
+        """Announce everything committed after the cursor (up to `upto`), page by page, from one
+        snapshot, so that a callback's events come in the order they happened."""
+        async with self._snapshot() as conn:
+            reached = {kind: getattr(self.cursor, kind) for kind in KINDS}
+            for kind in KINDS:
+                bound = getattr(upto, kind) if upto is not None else None
+                reached[kind] = await self._read(conn, kind, reached[kind], bound)
+                # Kept as it goes: after a failure, what was announced stays announced.
+                self.cursor = Position(**reached)
 
-    async def _read(self, read: Read, cursor: int, upto: int | None, held: Callable[[Position], int]) -> int:
+    async def _read(self, conn: asyncpg.Connection, kind: str, cursor: int, upto: int | None) -> int:
         while True:
-            page = await read(cursor, UNBOUNDED if upto is None else upto, PAGE)
+            page = await self._reads[kind](conn, cursor, UNBOUNDED if upto is None else upto, PAGE)
             # Looked at after the read: a batch of ours may have committed while it ran.
-            limit = held(self._hold) if self._hold is not None else UNBOUNDED
+            limit = getattr(self._hold, kind) if self._hold is not None else UNBOUNDED
             for position, event in page:
                 if position > limit:
                     self._stopped = True

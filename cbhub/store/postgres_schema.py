@@ -9,7 +9,7 @@ whatever it carries.
 
 from __future__ import annotations
 
-# Delivery ids and closing positions are taken from sequences while the ordering lock is held
+# Delivery ids, creation and closing positions are taken from sequences while the ordering lock is held
 # (see postgres.py), so they are in commit order; a sequence never hands out a number twice,
 # so ids stay cursors forever, whatever retention deletes.
 _V1 = [
@@ -24,15 +24,18 @@ _V1 = [
         metadata TEXT NOT NULL DEFAULT '{}',
         deliveries INTEGER NOT NULL DEFAULT 0,
         last_delivery_id BIGINT,
-        -- Its place among closings (expiry, cancellation) in commit order: how the other
-        -- instances learn of it, as they learn of deliveries by id.
+        -- Its places among creations and among closings (expiry, cancellation) in commit
+        -- order: how the other instances learn of them, as they learn of deliveries by id.
+        created_seq BIGINT,
         closed_seq BIGINT
     )""",
     "CREATE INDEX callbacks_group ON callbacks (group_name, status) WHERE group_name IS NOT NULL",
     "CREATE INDEX callbacks_pending_expiry ON callbacks (expires_at) WHERE status = 'pending'",
     "CREATE INDEX callbacks_expiry ON callbacks (expires_at)",
     "CREATE INDEX callbacks_status ON callbacks (status)",
+    "CREATE UNIQUE INDEX callbacks_created ON callbacks (created_seq) WHERE created_seq IS NOT NULL",
     "CREATE UNIQUE INDEX callbacks_closed ON callbacks (closed_seq) WHERE closed_seq IS NOT NULL",
+    "CREATE SEQUENCE creation_seq",
     "CREATE SEQUENCE closing_seq",
     "CREATE SEQUENCE delivery_ids",
     """CREATE TABLE deliveries (
@@ -74,4 +77,14 @@ _V2 = [
     "ALTER TABLE callbacks ADD COLUMN verify TEXT",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1, _V2]
+# The callback listing (GET /v1/callbacks), newest first under one filter, as in SQLite's
+# version 3; PostgreSQL indexes do not end with the row id by themselves, so they name it.
+_V3 = [
+    "CREATE INDEX callbacks_group_created ON callbacks (group_name, id) WHERE group_name IS NOT NULL",
+    "CREATE INDEX callbacks_label_created ON callbacks (label, id) WHERE label IS NOT NULL",
+    "CREATE INDEX callbacks_owner_created ON callbacks (created_by, id) WHERE created_by IS NOT NULL",
+    "CREATE INDEX deliveries_correlation_callback ON deliveries (correlation_id, callback_id)"
+    " WHERE correlation_id IS NOT NULL",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3]

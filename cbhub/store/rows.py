@@ -12,7 +12,7 @@ import orjson
 from cbhub.bodies import parse_form
 from cbhub.model import EXPIRED, PENDING, RECEIVED, STATUSES, TERMINAL, Callback, Delivery, Incoming, MintSpec
 from cbhub.signatures import VerifySpec
-from cbhub.store.base import CallbackClosed, DeliveryFilter
+from cbhub.store.base import CallbackClosed, CallbackFilter, DeliveryFilter
 
 # Both schemas name their columns alike; the row mappers below read them in this order.
 CALLBACK_COLUMNS = (
@@ -133,6 +133,24 @@ def delivery_where(
     if where.owner is not None:
         clauses.append(f"c.created_by = {bind(where.owner)}")
     return " AND ".join(clauses)
+
+
+def callback_where(
+    where: CallbackFilter, before: int | None, bind: Callable[[Any], str], name: Callable[[str], Any] = _same
+) -> str:
+    """The WHERE clause of a callback listing (`bind` and `name` as for delivery_where)."""
+    clauses: list[str] = []
+    if before is not None:
+        clauses.append(f"id < {bind(before)}")
+    for column, value in (("group_name", where.group), ("label", where.label)):
+        if value is not None:
+            clauses.append(f"{column} = {bind(name(value))}")
+    for column, value in (("status", where.status), ("created_by", where.owner)):
+        if value is not None:
+            clauses.append(f"{column} = {bind(value)}")
+    if where.correlation_id is not None:
+        clauses.append(f"id IN (SELECT callback_id FROM deliveries WHERE correlation_id = {bind(name(where.correlation_id))})")
+    return " AND ".join(clauses) or "TRUE"
 
 
 def guard_columns(spec: MintSpec) -> tuple[str | None, str | None, str | None]:

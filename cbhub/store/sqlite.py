@@ -33,7 +33,9 @@ from cbhub.model import (
 )
 from cbhub.store.base import (
     IDEMPOTENCY_WINDOW_MS,
+    CallbackFilter,
     CallbackNotFound,
+    CallbackPage,
     DeliveryFilter,
     Guard,
     IdempotencyConflict,
@@ -43,7 +45,7 @@ from cbhub.store.base import (
     StoreError,
     StoreUnavailable,
 )
-from cbhub.store.group_commit import GroupCommit, cancelled, expired, ingested
+from cbhub.store.group_commit import GroupCommit, cancelled, expired, ingested, minted
 from cbhub.store.migrations import MIGRATIONS
 from cbhub.store.rows import (
     CALLBACK_COLUMNS,
@@ -51,6 +53,7 @@ from cbhub.store.rows import (
     DELIVERY_FROM,
     by_status,
     callback_from_row,
+    callback_where,
     check_open,
     delivery_from_row,
     delivery_where,
@@ -271,7 +274,7 @@ class SQLiteStore(Store):
                 )
             return [self._load_callback_by_id(conn, cid) for cid in ids], True
 
-        return await self._writes.submit(op)
+        return await self._writes.submit(op, minted)
 
     async def ingest(self, incoming: Incoming, guard: Guard | None = None) -> IngestResult:
         def op(conn: sqlite3.Connection) -> IngestResult:
@@ -424,6 +427,17 @@ class SQLiteStore(Store):
         if row[9] is not None:
             callback.result = await self.get_delivery(row[9])
         return callback
+
+    async def list_callbacks(self, where: CallbackFilter, before: int | None, limit: int) -> CallbackPage:
+        params: list[Any] = []
+        clause = callback_where(where, before, lambda value: params.append(value) or "?")
+        # One row more than asked tells whether an older page exists.
+        rows = await self._fetchall(
+            f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE {clause} ORDER BY id DESC LIMIT ?", [*params, limit + 1]
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return CallbackPage([callback_from_row(row) for row in rows], rows[-1][0] if more else None)
 
     async def find_deliveries(self, where: DeliveryFilter, after: int, limit: int) -> list[Delivery]:
         params: list[Any] = []

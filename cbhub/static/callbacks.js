@@ -1,0 +1,35 @@
+// What the page knows of each callback, by token, whichever way it learnt it (a list read, a
+// stream event, its own request). Reads and events may arrive in any order: a status never
+// goes back (pending, then received, then expired or cancelled), so merging is idempotent.
+
+const RANK = { pending: 0, received: 1, expired: 2, cancelled: 2 };
+
+export const known = new Map();
+
+export function merge(callback) {
+  const { result, ...fields } = callback; // the latest body is the delivery view's business
+  const old = known.get(fields.token);
+  const merged = { ...old, ...fields };
+  if (old && RANK[old.status] > RANK[fields.status]) merged.status = old.status;
+  known.set(merged.token, merged);
+  return merged;
+}
+
+// A delivery turns a pending callback received.
+export function delivered(delivery) {
+  const callback = known.get(delivery.token);
+  if (!callback) return null;
+  if (callback.status === "pending") callback.status = "received";
+  return callback;
+}
+
+export function statusChanged({ token, status }) {
+  const callback = known.get(token);
+  if (!callback) return null;
+  if (RANK[status] >= RANK[callback.status]) callback.status = status;
+  return callback;
+}
+
+export function newestFirst(a, b) {
+  return Date.parse(b.created_at) - Date.parse(a.created_at);
+}

@@ -1,0 +1,238 @@
+// The delivery view: one callback and every request it received, latest first.
+
+import { ApiError, api, apiKey, query, request } from "./api.js";
+import { known, merge } from "./callbacks.js";
+import { bodyKind, curlCommand, pairsTable, renderBody } from "./body.js";
+import { clear, clock, copyButton, h, shortToken, statusBadge, timeLeft, toast } from "./dom.js";
+
+const PAGE = 1000;
+// The latest this many are shown: a callback posted to 100 000 times stays readable.
+const KEEP = 1000;
+const KIND_TEXT = { form: "Form fields", json: "JSON", xml: "XML", text: "Text", binary: "Binary", empty: "Empty" };
+
+async function rawBytes(delivery) {
+  const response = await request(`/v1/deliveries/${delivery.id}/body`);
+  return new Uint8Array(await response.arrayBuffer());
+}
+
+// With a key, a plain link cannot authenticate: fetch it and hand it over as a download, never
+// as a page of this origin.
+async function downloadRaw(delivery) {
+  const bytes = await rawBytes(delivery);
+  const url = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
+  const link = h("a", { href: url, download: `delivery-${delivery.id}.body` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+export class DeliveryView {
+  constructor({ onClose, onCancel }) {
+    this.el = document.getElementById("detail");
+    this.onClose = onClose;
+    this.onCancel = onCancel;
+    this.token = null;
+    this.deliveries = new Map(); // id -> delivery
+    this.pending = null;
+  }
+
+  async show(token) {
+    if (token === this.token && !this.pending) return;
+    this.token = token;
+    this.el.hidden = false;
+    document.body.classList.add("with-detail");
+    clear(this.el).append(h("p", { class: "muted loading" }, "Loading…"));
+    await this.load();
+  }
+
+  reload() {
+    if (this.token) return this.load();
+  }
+
+  hide() {
+    this.token = null;
+    this.pending = null;
+    this.el.hidden = true;
+    document.body.classList.remove("with-detail");
+  }
+
+  async load() {
+    const token = this.token;
+    const held = [];
+    this.pending = held;
+    const deliveries = new Map();
+    try {
+      merge(await api(`/v1/callbacks/${encodeURIComponent(token)}`));
+      let after = 0;
+      for (;;) {
+        const found = await api("/v1/deliveries" + query({ token, after, limit: PAGE }));
+        for (const delivery of found.deliveries) deliveries.set(delivery.id, delivery);
+        for (const id of deliveries.keys()) {
+          if (deliveries.size <= KEEP) break;
+          deliveries.delete(id); // the oldest first: a Map keeps the order ids were added in
+        }
+        if (found.deliveries.length < PAGE || this.token !== token) break;
+        after = found.next_after;
+      }
+    } catch (err) {
+      if (this.token !== token) return;
+      this.pending = null;
+      const text = err instanceof ApiError && err.status === 404 ? "No callback has this token." : `Could not read it: ${err.message}`;
+      clear(this.el).append(this.closeButton(), h("p", { class: "error" }, text));
+      return;
+    }
+    if (this.token !== token || this.pending !== held) return;
+    this.pending = null;
+    this.deliveries = deliveries;
+    for (const delivery of held) this.deliveries.set(delivery.id, delivery);
+    this.render();
+  }
+
+  delivery(delivery) {
+    if (delivery.token !== this.token) return;
+    if (this.pending) {
+      this.pending.push(delivery);
+      return;
+    }
+    if (this.deliveries.has(delivery.id)) return;
+    this.deliveries.set(delivery.id, delivery);
+    this.render();
+  }
+
+  status(change) {
+    if (change.token === this.token && !this.pending) this.render();
+  }
+
+  tick() {
+    const left = this.el.querySelector(".time-left");
+    const callback = known.get(this.token);
+    if (left && callback) left.textContent = timeLeft(callback);
+  }
+
+  closeButton() {
+    return h("button", { type: "button", class: "close", "aria-label": "Close", title: "Close", onclick: () => this.onClose() }, "×");
+  }
+
+  render() {
+    const latestFirst = [...this.deliveries.values()].sort((a, b) => b.id - a.id);
+    const list = latestFirst.length
+      ? latestFirst.map((delivery) => this.card(delivery))
+      : [
+          h(
+            "div",
+            { class: "waiting" },
+            h("span", { class: "pulse", "aria-hidden": "true" }),
+            known.get(this.token)?.status === "pending"
+              ? "Awaiting callback: what is sent to its URL appears here the moment it lands."
+              : "Nothing was received.",
+          ),
+        ];
+    const total = Math.max(known.get(this.token)?.deliveries || 0, latestFirst.length);
+    clear(this.el).append(
+      h("div", { class: "detail-head" }),
+      h("h3", { class: "deliveries-title" }, "Deliveries ", h("span", { class: "count-pill" }, String(total))),
+      total > latestFirst.length ? h("p", { class: "muted small-text" }, `The latest ${latestFirst.length} are shown.`) : null,
+      h("div", { class: "deliveries" }, list),
+    );
+    this.renderHead();
+  }
+
+  renderHead() {
+    const head = this.el.querySelector(".detail-head");
+    const callback = known.get(this.token);
+    if (!head || !callback) return;
+    const cancel =
+      callback.status === "pending"
+        ? h("button", { type: "button", class: "danger", onclick: () => this.onCancel(callback.token) }, "Cancel")
+        : null;
+    const url = h("input", { type: "text", readonly: true, class: "url", "aria-label": "Callback URL" });
+    url.value = callback.callback_url;
+    clear(head).append(
+      h(
+        "div",
+        { class: "title-row" },
+        h("h2", {}, callback.label || shortToken(callback.token)),
+        statusBadge(callback.status),
+        this.closeButton(),
+      ),
+      h(
+        "dl",
+        { class: "meta" },
+        h("dt", {}, "Token"),
+        h("dd", {}, h("code", {}, callback.token)),
+        h("dt", {}, "Group"),
+        h("dd", {}, callback.group ? h("a", { href: `#/groups/${encodeURIComponent(callback.group)}` }, callback.group) : "—"),
+        h("dt", {}, "Created"),
+        h("dd", {}, clock(callback.created_at)),
+        h("dt", {}, "Expires"),
+        h("dd", {}, clock(callback.expires_at), " ", h("span", { class: "muted" }, "(", h("span", { class: "time-left" }, timeLeft(callback)), " left)")),
+      ),
+      h(
+        "div",
+        { class: "url-row" },
+        url,
+        copyButton("Copy URL", () => callback.callback_url, (err) => toast(`Could not copy: ${err.message}`)),
+        cancel,
+      ),
+    );
+  }
+
+  card(delivery) {
+    const callback = known.get(this.token);
+    const raw = `/v1/deliveries/${delivery.id}/body`;
+    const rawLink = h(
+      "a",
+      {
+        href: raw,
+        target: "_blank",
+        rel: "noopener noreferrer",
+        class: "button small",
+        onclick: (event) => {
+          if (!apiKey()) return;
+          event.preventDefault();
+          downloadRaw(delivery).catch((err) => toast(`Could not fetch the raw body: ${err.message}`));
+        },
+      },
+      "Raw body",
+    );
+    const curl = copyButton(
+      "Copy as curl",
+      async () => curlCommand(callback.callback_url, delivery, await rawBytes(delivery)),
+      (err) => toast(`Could not copy: ${err.message}`),
+    );
+    const headerCount = Object.keys(delivery.headers || {}).length;
+    const queryCount = Object.keys(delivery.query || {}).length;
+    return h(
+      "article",
+      { class: "delivery", dataset: { id: delivery.id } },
+      h(
+        "header",
+        {},
+        h("span", { class: "method" }, delivery.method),
+        h("time", { datetime: delivery.received_at }, clock(delivery.received_at)),
+        h("span", { class: "from" }, "from ", h("code", {}, delivery.remote_addr || "unknown")),
+        h("span", { class: "actions" }, rawLink, curl),
+      ),
+      h(
+        "div",
+        { class: "facts" },
+        h("span", {}, `#${delivery.id}`),
+        h("span", {}, delivery.content_type || "no content type"),
+        h("span", {}, `${delivery.size} bytes`),
+        delivery.correlation_id ? h("span", {}, "correlation id ", h("code", {}, delivery.correlation_id)) : null,
+      ),
+      delivery.parse_error ? h("p", { class: "parse-error" }, "Parse error: ", delivery.parse_error) : null,
+      h("section", { class: "body" }, h("h4", {}, "Body ", h("span", { class: "kind" }, KIND_TEXT[bodyKind(delivery)])), renderBody(delivery)),
+      h(
+        "details",
+        { open: true },
+        h("summary", {}, `Headers (${headerCount})`),
+        pairsTable(delivery.headers || {}, ["Header", "Value"], "pairs headers"),
+      ),
+      queryCount
+        ? h("details", { open: true }, h("summary", {}, `Query (${queryCount})`), pairsTable(delivery.query, ["Parameter", "Value"]))
+        : h("p", { class: "muted small-text" }, "No query string."),
+    );
+  }
+}

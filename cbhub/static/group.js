@@ -1,0 +1,134 @@
+// The group view: every callback of one group as a small cell coloured by its status, with the
+// counts on top, so that 500 callbacks of 500 asynchronous calls can be watched filling in.
+
+import { api, query } from "./api.js";
+import { known, merge } from "./callbacks.js";
+import { STATUS_TEXT, clear, h, shortToken, toast } from "./dom.js";
+
+const PAGE = 500;
+const MAX_PAGES = 40; // 20 000 cells: more than a screen can say anything with
+
+export class GroupView {
+  constructor({ onSelect }) {
+    this.el = document.getElementById("group-view");
+    this.nameEl = document.getElementById("group-name");
+    this.countsEl = document.getElementById("group-counts");
+    this.gridEl = document.getElementById("grid");
+    this.onSelect = onSelect;
+    this.group = null;
+    this.cells = new Map(); // token -> cell, oldest first
+    this.pending = null;
+    this.countQueued = false;
+  }
+
+  async show(group) {
+    this.group = group;
+    this.nameEl.textContent = group;
+    clear(this.gridEl);
+    clear(this.countsEl);
+    this.cells = new Map();
+    await this.load();
+  }
+
+  reload() {
+    if (this.group !== null) return this.load();
+  }
+
+  hide() {
+    this.group = null;
+    this.pending = null;
+  }
+
+  async load() {
+    const group = this.group;
+    const held = [];
+    this.pending = held;
+    const tokens = [];
+    try {
+      let before;
+      for (let page = 0; page < MAX_PAGES; page++) {
+        const found = await api("/v1/callbacks" + query({ group, limit: PAGE, before }));
+        for (const callback of found.callbacks) tokens.push(merge(callback).token);
+        if (found.next_before === null) break;
+        before = found.next_before;
+      }
+    } catch (err) {
+      if (this.group === group) this.pending = null;
+      toast(`Could not read the group: ${err.message}`);
+      return;
+    }
+    if (this.group !== group || this.pending !== held) return;
+    this.pending = null;
+    this.cells = new Map();
+    for (const token of tokens.reverse()) this.cells.set(token, this.cell(known.get(token)));
+    for (const token of held) this.touch(token);
+    clear(this.gridEl).append(...this.cells.values());
+    this.renderCounts();
+  }
+
+  // Stream events, after the shared state was updated.
+  created(callback) {
+    if (this.group !== null && callback.group === this.group) this.touch(callback.token);
+  }
+
+  changed(token) {
+    if (this.group !== null) this.touch(token);
+  }
+
+  touch(token) {
+    if (this.pending) {
+      this.pending.push(token);
+      return;
+    }
+    const callback = known.get(token);
+    if (!callback || callback.group !== this.group) return;
+    const cell = this.cell(callback);
+    const old = this.cells.get(token);
+    if (old) old.replaceWith(cell);
+    else this.gridEl.append(cell);
+    this.cells.set(token, cell);
+    this.countSoon();
+  }
+
+  // Counted once per frame however many cells changed in it.
+  countSoon() {
+    if (this.countQueued) return;
+    this.countQueued = true;
+    requestAnimationFrame(() => {
+      this.countQueued = false;
+      if (this.group !== null) this.renderCounts();
+    });
+  }
+
+  cell(callback) {
+    const name = callback.label || shortToken(callback.token);
+    const text = `${name}: ${STATUS_TEXT[callback.status]}`;
+    return h("button", {
+      type: "button",
+      class: `cell s-${callback.status}`,
+      role: "listitem",
+      title: text,
+      "aria-label": text,
+      dataset: { token: callback.token, status: callback.status },
+      onclick: () => this.onSelect(callback.token),
+    });
+  }
+
+  renderCounts() {
+    const counts = { pending: 0, received: 0, expired: 0, cancelled: 0 };
+    for (const token of this.cells.keys()) counts[known.get(token).status] += 1;
+    const chip = (status, n, text) =>
+      h("div", { class: `count s-${status}`, dataset: { status } }, h("span", { class: "n" }, String(n)), h("span", { class: "what" }, text));
+    const done = this.cells.size - counts.pending;
+    clear(this.countsEl).append(
+      chip("total", this.cells.size, "Total"),
+      ...Object.entries(counts).map(([status, n]) => chip(status, n, STATUS_TEXT[status])),
+      h(
+        "div",
+        { class: "progress" },
+        h("progress", { max: Math.max(1, this.cells.size), value: done, "aria-label": "Callbacks no longer awaited" }),
+        h("span", {}, this.cells.size ? `${Math.round((100 * done) / this.cells.size)}% done` : "empty"),
+      ),
+    );
+  }
+}
