@@ -5,12 +5,12 @@ write that arrives while a commit runs joins the next transaction. Reads go thro
 
 Cursors stay gap-free across instances. A sequence alone would not do it: a transaction that
 took id 7 may commit after one that took id 8, and a reader that saw 8 would never see 7. So
-every transaction that takes delivery ids or closing positions first takes one transaction-
-scoped advisory lock (ORDER_LOCK) and holds it until it commits: ids are handed out in commit
-order, and a reader at any moment sees every id up to the highest it sees. Group commit takes
-the lock once per batch, so its cost is shared by the batch. Transactions that take no ids
-(minting, retention, the write probe) never take it, and one that takes it does so before
-anything else, so it cannot be part of a deadlock.
+every transaction that takes delivery ids, or creation or closing positions (what the other
+instances follow, see postgres_feed.py), first takes one transaction-scoped advisory lock
+(ORDER_LOCK) and holds it until it commits: numbers are handed out in commit order, and a reader
+at any moment sees every number up to the highest it sees. Group commit takes the lock once per
+batch, so its cost is shared by the batch. Retention and the write probe never take it, and a
+transaction that takes it does so before anything else, so it cannot be part of a deadlock.
 """
 
 from __future__ import annotations
