@@ -14,11 +14,17 @@ from cbhub.model import Event, now_ms
 from cbhub.store import DeliveryFilter, SchemaTooNew
 from cbhub.store.postgres import PostgresStore
 from conftest import terminate_listeners
+from test_operations import (  # noqa: F401  (run here again, on PostgreSQL)
+    test_metrics_show_deliveries_callbacks_waiters_and_commits,
+    test_retention_zero_keeps_everything,
+)
+from test_restart import test_data_and_cursors_survive_a_restart  # noqa: F401  (on PostgreSQL)
 from test_store_contract import incoming, spec, written
 
 
 @pytest.fixture
 def backend() -> str:
+    # Every test here, the ones imported from other modules too, runs on PostgreSQL.
     return "postgres"
 
 
