@@ -214,3 +214,28 @@ async def test_connections_terminated_while_idle_cost_no_write_and_no_read(make_
     result = await store.ingest(incoming(callback.token))  # on a new writer connection
     assert (await store.get_callback(callback.token)).result.id == result.delivery.id
     assert store.writable
+
+
+async def test_a_writer_connection_found_dead_by_a_batch_is_replaced_without_failing_it(make_store, pg_dsn):
+    store = await make_store()
+    [callback], _ = await store.mint([spec()], now_ms())
+    admin = await asyncpg.connect(pg_dsn)
+    connect = store._writer_connection
+    handed_out: list[int] = []
+
+    async def dying() -> asyncpg.Connection:
+        # The first connection the batch gets dies under it before its first statement.
+        conn = await connect()
+        if not handed_out:
+            await admin.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+        handed_out.append(conn.get_server_pid())
+        return conn
+
+    store._writer_connection = dying
+    try:
+        result = await store.ingest(incoming(callback.token))
+    finally:
+        await admin.close()
+    assert len(handed_out) == 2 and handed_out[0] != handed_out[1], "retried on a new connection"
+    assert (await store.get_callback(callback.token)).result.id == result.delivery.id
+    assert store.writable
