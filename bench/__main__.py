@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bench import load, nchan
+from cbhub.eventloop import EVENT_LOOPS, resolve
 from bench.plan import FULL, SMOKE
 from bench.procs import pin_self, plan_cores, raise_file_limit
 from bench.report import Figure, table, write_json
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto",
                         help="load generator: wrk when installed (auto), or the Python one")
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto",
+                        help="cbhub's server.event_loop, used by the baseline too (default auto: uvloop when installed)")
     parser.add_argument("--no-nchan", action="store_true", help="skip the nchan comparison")
     parser.add_argument("--out", type=Path, help="results file (default bench/results/results-<time>.json)")
     return parser
@@ -71,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="cbhub-bench-") as workdir:
-        ctx = Context(plan, cores, Path(workdir), tool, use_nchan, notes=notes)
+        ctx = Context(plan, cores, Path(workdir), tool, use_nchan, args.event_loop, notes=notes)
         for part in PARTS:
             if part in parts:
                 print(f"[bench] {part}...", file=sys.stderr, flush=True)
@@ -83,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "pinned": {"server": sorted(cores.server or ()), "load": sorted(cores.load or ())},
         "load_generator": tool,
+        "event_loop": resolve(args.event_loop),
         "nchan": use_nchan,
         "versions": _versions(),
         "seconds": round(time.monotonic() - started, 1),

@@ -14,6 +14,8 @@ import sys
 
 from aiohttp import web
 
+from cbhub.eventloop import EVENT_LOOPS, loop_factory
+
 ANSWER = b'{"ok":true}'
 
 
@@ -50,8 +52,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.baseline")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="as cbhub's server.event_loop")
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port))
+    # The same loop as `cbhub serve` on this machine: the baseline differs by nothing but the work.
+    with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
+        runner.run(serve(args.host, args.port))
 
 
 if __name__ == "__main__":

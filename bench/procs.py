@@ -148,7 +148,7 @@ def start_cbhub(db: Path, log_path: Path, cores: Cores, env: dict[str, str] | No
     return start("cbhub", argv, log_path, cores, {"CBHUB_STORAGE_SYNCHRONOUS": "FULL", **(env or {})})
 
 
-def start_baseline(log_path: Path, cores: Cores) -> Server:
-    argv = [sys.executable, "-m", "bench.baseline", "--host", HOST, "--port", "0"]
+def start_baseline(log_path: Path, cores: Cores, event_loop: str = "auto") -> Server:
+    argv = [sys.executable, "-m", "bench.baseline", "--host", HOST, "--port", "0", "--event-loop", event_loop]
     # Importable from wherever the suite was started.
     return start("baseline", argv, log_path, cores, {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})

@@ -35,6 +35,7 @@ class Context:
     workdir: Path
     tool: str  # "wrk" or "python"
     nchan: bool  # whether nchan takes part
+    event_loop: str  # server.event_loop for cbhub and the baseline
     body: bytes = field(default_factory=marketing_cloud_body)
     notes: list[str] = field(default_factory=list)
     # Shared between parts: cbhub on a database holding only the warm-up's deliveries.
@@ -44,6 +45,12 @@ class Context:
 
     def path(self, name: str) -> Path:
         return self.workdir / name
+
+    def start_cbhub(self, db: Path, log_name: str) -> Server:
+        return start_cbhub(db, self.path(log_name), self.cores, {"CBHUB_SERVER_EVENT_LOOP": self.event_loop})
+
+    def start_baseline(self) -> Server:
+        return start_baseline(self.path("baseline.log"), self.cores, self.event_loop)
 
     def drive_posts(self, server: Server, tokens: list[str], seconds: float) -> load.LoadResult:
         return load.drive(
@@ -92,8 +99,8 @@ def ingest(ctx: Context) -> list[Figure]:
     lookup_p50 = Figure("GET /v1/callbacks/{token} p50", "ms")
     lookup_p99 = Figure("GET /v1/callbacks/{token} p99", "ms")
     with (
-        running(start_baseline(ctx.path("baseline.log"), ctx.cores)) as baseline,
-        running(start_cbhub(ctx.path("ingest.db"), ctx.path("cbhub-ingest.log"), ctx.cores)) as cbhub,
+        running(ctx.start_baseline()) as baseline,
+        running(ctx.start_cbhub(ctx.path("ingest.db"), "cbhub-ingest.log")) as cbhub,
     ):
         tokens = _mint(cbhub, plan.tokens)
         ctx.drive_posts(baseline, tokens, plan.warm_up_seconds)
@@ -124,7 +131,7 @@ def growth(ctx: Context) -> list[Figure]:
                    target="≤ 1.1 × empty", check_ratio=lambda r: r <= 1.1)
     for run in range(plan.runs):
         for side, db in (("reference", ctx.path(f"start-{run}.db")), ("cbhub", big)):
-            server = start_cbhub(db, ctx.path(f"cbhub-start-{run}.log"), ctx.cores)
+            server = ctx.start_cbhub(db, f"cbhub-start-{run}.log")
             server.stop()
             getattr(start, side).runs.append(server.started_in)
     rps = Figure(f"ingest throughput, {stored} stored", "req/s", reference_name="empty database",
@@ -133,7 +140,7 @@ def growth(ctx: Context) -> list[Figure]:
                  target="≤ 1.1 × empty", check_ratio=lambda r: r <= 1.1)
     p99 = Figure(f"GET /v1/callbacks/{{token}} p99, {stored} stored", "ms", reference_name="empty database",
                  target="≤ 1.1 × empty", check_ratio=lambda r: r <= 1.1)
-    with running(start_cbhub(big, ctx.path("cbhub-grown.log"), ctx.cores)) as cbhub:
+    with running(ctx.start_cbhub(big, "cbhub-grown.log")) as cbhub:
         tokens = _mint(cbhub, plan.tokens)
         ctx.drive_posts(cbhub, tokens, plan.warm_up_seconds)
         for _ in range(plan.runs):
@@ -151,7 +158,7 @@ def growth(ctx: Context) -> list[Figure]:
 
 def _pubsubs(ctx: Context, tag: str) -> Iterator[tuple[str, contextlib.AbstractContextManager[Server]]]:
     """("cbhub", server) and, when it takes part, ("reference", nchan), each freshly started."""
-    yield "cbhub", running(start_cbhub(ctx.path(f"{tag}.db"), ctx.path(f"cbhub-{tag}.log"), ctx.cores))
+    yield "cbhub", running(ctx.start_cbhub(ctx.path(f"{tag}.db"), f"cbhub-{tag}.log"))
     if ctx.nchan:
         yield "reference", running(nchan.start_nchan(ctx.path(f"nchan-{tag}"), ctx.cores))
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from cbhub.eventloop import EVENT_LOOPS
+
 ENV_PREFIX = "CBHUB_"
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 DAY = 86400
@@ -33,6 +35,8 @@ class ServerConfig:
     # Base of every callback_url, e.g. "https://hooks.example.com"; empty means "from the request".
     public_url: str = ""
     shutdown_timeout: float = 10.0
+    # "auto": uvloop when installed (cbhub[fast]), else asyncio's loop; or "asyncio", "uvloop".
+    event_loop: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "server.port": (_port, "a port number from 0 to 65535"),
     "server.public_url": (_public_url, "an absolute http(s) URL such as https://hooks.example.com"),
     "server.shutdown_timeout": (_positive, "a number of seconds greater than 0"),
+    "server.event_loop": (lambda v: v in EVENT_LOOPS, "one of " + ", ".join(EVENT_LOOPS)),
     "storage.path": (bool, "a file path"),
     "storage.synchronous": (lambda v: v in SYNCHRONOUS_MODES, "one of " + ", ".join(SYNCHRONOUS_MODES)),
     "callbacks.default_ttl": (_positive, "a whole number of seconds greater than 0"),
@@ -139,6 +144,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 _NORMALISE: dict[str, Callable[[Any], Any]] = {
     "storage.synchronous": lambda v: v.upper(),
+    "server.event_loop": lambda v: v.lower(),
     "server.public_url": lambda v: v.rstrip("/"),
     "log.level": lambda v: v.lower(),
     "log.format": lambda v: v.lower(),
