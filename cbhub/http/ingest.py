@@ -13,7 +13,7 @@ from typing import Iterator
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from cbhub.bodies import correlation_id, parse_body
+from cbhub.bodies import correlation_of
 from cbhub.http.errors import json_response
 from cbhub.http.keys import CONFIG, HUB, METRICS
 from cbhub.model import HIDDEN_HEADERS, Incoming, now_ms
@@ -123,7 +123,7 @@ async def _store(request: web.Request) -> IngestResult:
     content_type = request.headers.get("Content-Type")
     if content_type is not None:
         content_type = _header_text(content_type)
-    parsed = parse_body(raw, content_type)
+    parsed, correlation = correlation_of(raw, content_type, config.callbacks.correlation_fields)
     incoming = Incoming(
         token=token,
         received_at=received_at,
@@ -133,7 +133,7 @@ async def _store(request: web.Request) -> IngestResult:
         headers=visible_headers(request.headers),
         query_string=request.query_string,
         raw=raw,
-        correlation_id=correlation_id(parsed, config.callbacks.correlation_fields),
+        correlation_id=correlation,
         parsed=parsed,
         dedupe_key=dedupe_key(request.headers),
     )
