@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import contextmanager
-from typing import Iterator
-
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
@@ -76,16 +73,19 @@ class InFlight:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    @contextmanager
-    def track(self) -> Iterator[None]:
+    def track(self) -> InFlight:
+        """`with in_flight.track():` counts one request while the block runs. A plain context
+        manager, not a generator one: this runs for every callback request."""
+        return self
+
+    def __enter__(self) -> None:
         self.count += 1
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self.count -= 1
-            if self.count == 0:
-                self._idle.set()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
 
     async def drained(self, timeout: float) -> bool:
         """Wait until none is in flight; False if `timeout` passed first."""
@@ -106,9 +106,9 @@ async def receive(request: web.Request) -> web.Response:
         with request.app[INGESTS].track():
             result = await _store(request)
     except Exception as exc:
-        metrics.deliveries.labels(REFUSALS.get(type(exc), "error")).inc()
+        metrics.count_delivery(REFUSALS.get(type(exc), "error"))
         raise
-    metrics.deliveries.labels("duplicate" if result.duplicate else "stored").inc()
+    metrics.count_delivery("duplicate" if result.duplicate else "stored")
     metrics.ingest_seconds.observe(time.perf_counter() - started)
     return json_response({"ok": True, "delivery_id": result.delivery.id, "duplicate": result.duplicate})
 
