@@ -47,58 +47,51 @@ def have_wrk() -> bool:
     return shutil.which("wrk") is not None
 
 
-def drive(
-    base_url: str,
-    method: str,
-    prefix: str,
-    tokens: list[str],
-    body: bytes | None,
-    connections: int,
-    seconds: float,
-    tool: str,
-    cores: Cores,
-    workdir: Path,
-) -> LoadResult:
-    """`connections` clients sending `method base_url+prefix+token` for `seconds`."""
+@dataclass(frozen=True)
+class Load:
+    """`connections` clients sending `method base_url + prefix + token` (with `body`), one
+    token after another, for `seconds`."""
+
+    base_url: str
+    method: str
+    prefix: str
+    tokens: list[str]
+    body: bytes | None
+    connections: int
+    seconds: float
+
+
+def drive(load: Load, tool: str, cores: Cores, workdir: Path) -> LoadResult:
+    """Apply `load` with `tool` ("wrk" or "python") and report what came back."""
     if tool == "wrk":
-        return _drive_wrk(base_url, method, prefix, tokens, body, connections, seconds, cores, workdir)
-    return asyncio.run(_drive_python(base_url, method, prefix, tokens, body, connections, seconds))
+        return _drive_wrk(load, cores, workdir)
+    return asyncio.run(_drive_python(load))
 
 
-def _drive_wrk(
-    base_url: str,
-    method: str,
-    prefix: str,
-    tokens: list[str],
-    body: bytes | None,
-    connections: int,
-    seconds: float,
-    cores: Cores,
-    workdir: Path,
-) -> LoadResult:
+def _drive_wrk(load: Load, cores: Cores, workdir: Path) -> LoadResult:
     tokens_file = workdir / "tokens.txt"
-    tokens_file.write_text("\n".join(tokens) + "\n")
-    args = [method, prefix, str(tokens_file)]
-    if body is not None:
+    tokens_file.write_text("\n".join(load.tokens) + "\n")
+    args = [load.method, load.prefix, str(tokens_file)]
+    if load.body is not None:
         body_file = workdir / "body.bin"
-        body_file.write_bytes(body)
+        body_file.write_bytes(load.body)
         args.append(str(body_file))
     threads = len(cores.load) if cores.load else 1
     command = [
         *cores.load_prefix(),
         "wrk",
         f"-t{threads}",
-        f"-c{connections}",
-        f"-d{max(1, round(seconds))}s",
+        f"-c{load.connections}",
+        f"-d{max(1, round(load.seconds))}s",
         "--timeout",
         "10s",
         "-s",
         str(LUA),
-        base_url,
+        load.base_url,
         "--",
         *args,
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=load.seconds + 60, check=True)
     line = next(line for line in reversed(done.stdout.splitlines()) if line.startswith("{"))
     report = json.loads(line)
     return LoadResult(
@@ -111,23 +104,16 @@ def _drive_wrk(
     )
 
 
-async def _drive_python(
-    base_url: str,
-    method: str,
-    prefix: str,
-    tokens: list[str],
-    body: bytes | None,
-    connections: int,
-    seconds: float,
-) -> LoadResult:
+async def _drive_python(load: Load) -> LoadResult:
     latencies: list[float] = []
     counts = {"non_2xx": 0, "errors": 0}
-    headers = {"Content-Type": CONTENT_TYPE} if body is not None else {}
-    budget = int(seconds * MAX_RATE)
-    connector = aiohttp.TCPConnector(limit=connections)
-    async with aiohttp.ClientSession(base_url, connector=connector) as session:
+    headers = {"Content-Type": CONTENT_TYPE} if load.body is not None else {}
+    budget = int(load.seconds * MAX_RATE)
+    tokens = load.tokens
+    connector = aiohttp.TCPConnector(limit=load.connections)
+    async with aiohttp.ClientSession(load.base_url, connector=connector) as session:
         started = time.perf_counter()
-        deadline = started + seconds
+        deadline = started + load.seconds
 
         async def client(offset: int) -> None:
             nonlocal budget
@@ -137,7 +123,8 @@ async def _drive_python(
                 i = (i + 1) % len(tokens)
                 sent = time.perf_counter()
                 try:
-                    async with session.request(method, prefix + tokens[i], data=body, headers=headers) as response:
+                    url = load.prefix + tokens[i]
+                    async with session.request(load.method, url, data=load.body, headers=headers) as response:
                         await response.read()
                         if not 200 <= response.status < 300:
                             counts["non_2xx"] += 1
@@ -146,7 +133,7 @@ async def _drive_python(
                     continue
                 latencies.append(time.perf_counter() - sent)
 
-        await asyncio.gather(*(client(n * 7919) for n in range(connections)))
+        await asyncio.gather(*(client(n * 7919) for n in range(load.connections)))
         elapsed = time.perf_counter() - started
     latencies.sort()
     return LoadResult(

@@ -49,23 +49,13 @@ class Context:
         return start_baseline(self.path("baseline.log"), self.cores, self.event_loop)
 
     def drive_posts(self, server: Server, tokens: list[str], seconds: float) -> load.LoadResult:
-        return load.drive(
-            server.url, "POST", "/cb/", tokens, self.body, self.plan.connections, seconds, self.tool, self.cores, self.workdir
-        )
+        posts = load.Load(server.url, "POST", "/cb/", tokens, self.body, self.plan.connections, seconds)
+        return load.drive(posts, self.tool, self.cores, self.workdir)
 
     def drive_lookups(self, server: Server, tokens: list[str]) -> load.LoadResult:
-        return load.drive(
-            server.url,
-            "GET",
-            "/v1/callbacks/",
-            tokens,
-            None,
-            self.plan.lookup_connections,
-            self.plan.lookup_seconds,
-            self.tool,
-            self.cores,
-            self.workdir,
-        )
+        plan = self.plan
+        lookups = load.Load(server.url, "GET", "/v1/callbacks/", tokens, None, plan.lookup_connections, plan.lookup_seconds)
+        return load.drive(lookups, self.tool, self.cores, self.workdir)
 
 
 @contextlib.contextmanager

@@ -44,7 +44,8 @@ def test_python_load_generator_drives_the_baseline(tmp_path: Path) -> None:
     cores = plan_cores()
     server = start_baseline(tmp_path / "baseline.log", cores)
     try:
-        result = load.drive(server.url, "POST", "/cb/", ["a", "b"], b"x=1", 4, 0.5, "python", cores, tmp_path)
+        posts = load.Load(server.url, "POST", "/cb/", ["a", "b"], b"x=1", connections=4, seconds=0.5)
+        result = load.drive(posts, "python", cores, tmp_path)
     finally:
         server.stop()
     print(result.to_json())
