@@ -97,6 +97,11 @@ class Server:
         """Resident memory, in bytes, of the process that serves (nginx: its worker)."""
         return psutil.Process(self._rss_pid or self.proc.pid).memory_info().rss
 
+    def cpu_seconds(self) -> float:
+        """CPU time the serving process has used so far, all its threads, user and system."""
+        times = psutil.Process(self._rss_pid or self.proc.pid).cpu_times()
+        return times.user + times.system
+
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -82,6 +82,8 @@ def ingest(ctx: Context) -> list[Figure]:
     non_2xx = Figure("ingest answers not 2xx (+ socket errors)", "count", reference_name="baseline", target="0",
                      check_value=lambda v: v == 0)
     p99 = Figure("ingest latency p99 under load", "ms", reference_name="baseline")
+    # Steadier than requests per second on a shared machine: what one request costs the server.
+    cpu = Figure("ingest server CPU per request", "µs", reference_name="baseline")
     with (
         running(ctx.start_baseline()) as baseline,
         running(ctx.start_cbhub(ctx.path("ingest.db"), "cbhub-ingest.log")) as cbhub,
@@ -91,11 +93,14 @@ def ingest(ctx: Context) -> list[Figure]:
         ctx.drive_posts(cbhub, tokens, plan.warm_up_seconds)
         for _ in range(plan.runs):
             for side, server in (("reference", baseline), ("cbhub", cbhub)):
+                cpu_before = server.cpu_seconds()
                 result = ctx.drive_posts(server, tokens, plan.ingest_seconds)
+                cpu_used = server.cpu_seconds() - cpu_before
+                getattr(cpu, side).runs.append(cpu_used / max(result.requests, 1) * 1e6)
                 getattr(rps, side).runs.append(result.rps)
                 getattr(non_2xx, side).runs.append(result.non_2xx + result.errors)
                 getattr(p99, side).runs.append(result.p99_ms)
-    return [rps, non_2xx, p99]
+    return [rps, non_2xx, p99, cpu]
 
 
 def growth(ctx: Context) -> list[Figure]:
