@@ -12,10 +12,9 @@ from typing import Sequence
 
 from aiohttp import web
 
-from cbhub import __version__
+from cbhub import __version__, eventloop
 from cbhub.app import create_app
 from cbhub.config import Config, ConfigError, load_config
-from cbhub.eventloop import loop_factory, resolve
 from cbhub.http.ingest import INGESTS
 from cbhub.http.keys import HUB
 from cbhub.logs import AccessLogger, setup_logging
@@ -70,10 +69,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     setup_logging(config.log.level, config.log.format)
     try:
-        factory = loop_factory(config.server.event_loop)
+        factory = eventloop.loop_factory(config.server.event_loop)
     except ImportError:
         print("cbhub: server.event_loop is uvloop, which is not installed (pip install 'cbhub[fast]')", file=sys.stderr)
         return 2
+    log.info("event loop: %s", eventloop.resolve(config.server.event_loop))
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(serve(config))
@@ -120,14 +120,7 @@ async def serve(config: Config) -> None:
         for address in runner.addresses:
             host, port = address[0], address[1]
             shown = f"[{host}]" if ":" in host else host
-            log.info(
-                "cbhub %s serving on http://%s:%d (database %s, event loop %s)",
-                __version__,
-                shown,
-                port,
-                config.storage.path,
-                resolve(config.server.event_loop),
-            )
+            log.info("cbhub %s serving on http://%s:%d (database %s)", __version__, shown, port, config.storage.path)
         await stop.wait()
         await _stop_gracefully(app, site, config.server.shutdown_timeout)
     finally:

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from cbhub.eventloop import EVENT_LOOPS
-
 ENV_PREFIX = "CBHUB_"
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 DAY = 86400
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -34,9 +33,9 @@ class ServerConfig:
     port: int = 8080
     # Base of every callback_url, e.g. "https://hooks.example.com"; empty means "from the request".
     public_url: str = ""
-    shutdown_timeout: float = 10.0
     # "auto": uvloop when installed (cbhub[fast]), else asyncio's loop; or "asyncio", "uvloop".
     event_loop: str = "auto"
+    shutdown_timeout: float = 10.0
 
 
 @dataclass(frozen=True)

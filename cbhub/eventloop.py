@@ -7,7 +7,9 @@ import asyncio
 import importlib.util
 from typing import Callable
 
-EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+from cbhub.config import EVENT_LOOPS
+
+__all__ = ["EVENT_LOOPS", "loop_factory", "resolve", "uvloop_installed"]
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
 

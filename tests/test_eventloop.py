@@ -26,4 +26,4 @@ def test_an_unknown_event_loop_is_refused_naming_the_key() -> None:
 def test_serve_says_which_loop_it_runs_on(serve_process, tmp_path, choice: str) -> None:
     server = serve_process("--port", "0", "--db", str(tmp_path / "cb.db"), env={"CBHUB_SERVER_EVENT_LOOP": choice})
     server.wait_until_serving()
-    assert f"event loop {resolve(choice)})" in "".join(server.log_lines)
+    assert f"event loop: {resolve(choice)}" in "".join(server.log_lines)

@@ -106,7 +106,7 @@ async def receive(request: web.Request) -> web.Response:
         with request.app[INGESTS].track():
             result = await _store(request)
     except Exception as exc:
-        metrics.count_delivery(REFUSALS.get(type(exc), "error"))
+        metrics.deliveries.labels(REFUSALS.get(type(exc), "error")).inc()
         raise
     metrics.count_delivery("duplicate" if result.duplicate else "stored")
     metrics.ingest_seconds.observe(time.perf_counter() - started)
