@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 import orjson
 
@@ -115,4 +115,41 @@ def correlation_id(parsed: ParsedBody, fields: tuple[str, ...]) -> str | None:
         text = str(value)
         if text:
             return text
+    return None
+
+
+def correlation_of(raw: bytes, content_type: str | None, fields: tuple[str, ...]) -> tuple[ParsedBody | None, str | None]:
+    """The body's correlation id, and its parsed form when finding the id parsed it anyway
+    (None: it is parsed when first read, if ever). Always the same id as
+    `correlation_id(parse_body(raw, content_type), fields)`.
+
+    A form body, the common case, is only scanned for the fields named: decoding every value
+    (a result XML is percent-escaped throughout) is most of the cost of taking a callback in,
+    and is wasted when nobody is waiting for it."""
+    kind, charset = media_type(content_type)
+    if kind == FORM_TYPE and raw:
+        try:
+            text = _decode(raw, charset)
+        except (UnicodeDecodeError, LookupError):
+            pass  # parse_body explains it
+        else:
+            return None, _form_correlation_id(text, fields)
+    parsed = parse_body(raw, content_type)
+    return parsed, correlation_id(parsed, fields)
+
+
+def _form_correlation_id(text: str, fields: tuple[str, ...]) -> str | None:
+    # Splits and decodes as parse_qsl(text, keep_blank_values=True) does, but decodes only the
+    # values of the fields named; a repeated field counts by its first value, as in parse_form.
+    first: dict[str, str] = {}
+    for name_value in text.split("&"):
+        if not name_value:
+            continue
+        name, _, value = name_value.partition("=")
+        name = unquote(name.replace("+", " "))
+        if name in fields and name not in first:
+            first[name] = unquote(value.replace("+", " "))
+    for name in fields:
+        if first.get(name):
+            return first[name]
     return None

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from cbhub import __version__
+from cbhub import __version__, eventloop
 from cbhub.app import create_app
 from cbhub.cli_client import add_commands, protect_tokens
 from cbhub.config import Config, ConfigError, StorageConfig, exposure_problem, load_config
@@ -78,7 +78,14 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     setup_logging(config.log.level, config.log.format)
     try:
-        asyncio.run(serve(config))
+        factory = eventloop.loop_factory(config.server.event_loop)
+    except ImportError:
+        print("cbhub: server.event_loop is uvloop, which is not installed (pip install 'cbhub[fast]')", file=sys.stderr)
+        return 2
+    log.info("event loop: %s", eventloop.resolve(config.server.event_loop))
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(config))
     except (StoreError, OSError) as exc:
         print(f"cbhub: cannot start: {exc}", file=sys.stderr)
         return 1

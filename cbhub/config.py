@@ -30,6 +30,7 @@ MIN_API_KEY_LENGTH = 16
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 DAY = 86400
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -46,6 +47,8 @@ class ServerConfig:
     port: int = 8080
     # Base of every callback_url, e.g. "https://hooks.example.com"; empty means "from the request".
     public_url: str = ""
+    # "auto": uvloop when installed (cbhub[fast]), else asyncio's loop; or "asyncio", "uvloop".
+    event_loop: str = "auto"
     shutdown_timeout: float = 10.0
     # Proxies (CIDRs) whose X-Forwarded-For / Forwarded headers are believed.
     trusted_proxies: tuple[str, ...] = ()
@@ -213,6 +216,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "server.public_url": (_public_url, "an absolute http(s) URL such as https://hooks.example.com"),
     "server.shutdown_timeout": (_positive, "a number of seconds greater than 0"),
     "storage.backend": (lambda v: v in BACKENDS, "one of " + ", ".join(BACKENDS)),
+    "server.event_loop": (lambda v: v in EVENT_LOOPS, "one of " + ", ".join(EVENT_LOOPS)),
     "storage.path": (bool, "a file path"),
     "storage.dsn": (_dsn, "a PostgreSQL URL such as postgresql://cbhub@db.internal:5432/cbhub"),
     "storage.pool_size": (_positive, "a whole number of connections greater than 0"),
@@ -238,6 +242,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 _NORMALISE: dict[str, Callable[[Any], Any]] = {
     "storage.synchronous": lambda v: v.upper(),
     "storage.backend": lambda v: v.lower(),
+    "server.event_loop": lambda v: v.lower(),
     "server.public_url": lambda v: v.rstrip("/"),
     "log.level": lambda v: v.lower(),
     "log.format": lambda v: v.lower(),

@@ -57,6 +57,15 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_WaitersCollector(count_waiters))
+        self._outcomes: dict[str, Counter] = {}
+
+    def count_delivery(self, outcome: str) -> None:
+        """Count one callback request by its outcome. Each outcome's counter is looked up once,
+        not for every request."""
+        counter = self._outcomes.get(outcome)
+        if counter is None:
+            counter = self._outcomes[outcome] = self.deliveries.labels(outcome)
+        counter.inc()
 
     def on_commit(self, size: int, seconds: float) -> None:
         self.commit_batch.observe(size)

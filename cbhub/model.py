@@ -145,7 +145,7 @@ class Incoming:
     query_string: str
     raw: bytes
     correlation_id: str | None
-    parsed: ParsedBody
+    parsed: ParsedBody | None  # None: parsed when first read
     # The sender's message id (webhook-id, svix-id or Idempotency-Key): a retry is stored once.
     dedupe_key: str | None
 

@@ -203,8 +203,10 @@ class Feed:
         self._max_subscriptions = limits.max_subscriptions
         self.max_backlog = limits.max_backlog
         self._subscriptions: dict[str | int, Subscription] = {}
-        self._queue: deque[Notice | Reply] = deque()
-        self._replaying: deque[Subscription] = deque()
+        # Both made when first needed and dropped once drained: an empty deque weighs about
+        # 600 bytes, and most feeds are idle most of the time.
+        self._queue: deque[Notice | Reply] | None = None
+        self._replaying: deque[Subscription] | None = None
         # Messages queued or held back at a seam, not yet sent: the backlog.
         self._unsent = 0
         self._wake: asyncio.Future[None] | None = None
@@ -258,11 +260,13 @@ class Feed:
             self._registry.remove(subscription)
             raise ShuttingDown() if self.ended is End.GOING_AWAY else SubscribeRefused("closed", "the feed is closed")
         if confirm is not None:
-            self._queue.append(confirm)
+            self._append(confirm)
             self._count_one()
         if after is None:
             subscription._go_live()
         else:
+            if self._replaying is None:
+                self._replaying = deque()
             self._replaying.append(subscription)
         self._wake_up()
         return subscription
@@ -291,7 +295,7 @@ class Feed:
         self.ended = why
         for name in list(self._subscriptions):
             self.unsubscribe(name)
-        self._queue.clear()
+        self._queue = None
         self._unsent = 0
         self._wake_up()
 
@@ -305,6 +309,8 @@ class Feed:
         while self.ended is None:
             if self._queue:
                 item = self._queue.popleft()
+                if not self._queue:
+                    self._queue = None
                 self._unsent -= 1
                 if isinstance(item, Notice) and not item.subscription.active:
                     continue
@@ -313,6 +319,8 @@ class Feed:
                 subscription = self._replaying[0]
                 if not subscription.active or not subscription.replaying:
                     self._replaying.popleft()
+                    if not self._replaying:
+                        self._replaying = None
                     continue
                 notice = await subscription._replay_one(self._store)
                 if notice is not None and subscription.active and self.ended is None:
@@ -332,9 +340,14 @@ class Feed:
     def _enqueue(self, item: Notice | Reply) -> None:
         if self.ended is not None:
             return
-        self._queue.append(item)
+        self._append(item)
         self._count_one()
         self._wake_up()
+
+    def _append(self, item: Notice | Reply) -> None:
+        if self._queue is None:
+            self._queue = deque()
+        self._queue.append(item)
 
     def _count_one(self) -> None:
         self._unsent += 1

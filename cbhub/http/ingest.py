@@ -8,13 +8,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from contextlib import contextmanager
-from typing import Iterator
-
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from cbhub.bodies import correlation_id, parse_body
+from cbhub.bodies import correlation_of
 from cbhub.http.errors import ApiError, json_response
 from cbhub.http.forwarded import client_address
 from cbhub.http.keys import CONFIG, HUB, LIMITER, METRICS
@@ -103,16 +100,19 @@ class InFlight:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    @contextmanager
-    def track(self) -> Iterator[None]:
+    def track(self) -> InFlight:
+        """`with in_flight.track():` counts one request while the block runs. A plain context
+        manager, not a generator one: this runs for every callback request."""
+        return self
+
+    def __enter__(self) -> None:
         self.count += 1
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self.count -= 1
-            if self.count == 0:
-                self._idle.set()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
 
     async def drained(self, timeout: float) -> bool:
         """Wait until none is in flight; False if `timeout` passed first."""
@@ -136,7 +136,7 @@ async def receive(request: web.Request) -> web.Response:
         reason = exc.code if isinstance(exc, ApiError) else REFUSALS.get(type(exc), "error")
         metrics.deliveries.labels(reason).inc()
         raise
-    metrics.deliveries.labels("duplicate" if result.duplicate else "stored").inc()
+    metrics.count_delivery("duplicate" if result.duplicate else "stored")
     metrics.ingest_seconds.observe(time.perf_counter() - started)
     return json_response({"ok": True, "delivery_id": result.delivery.id, "duplicate": result.duplicate})
 
@@ -155,7 +155,7 @@ async def _store(request: web.Request) -> IngestResult:
     content_type = request.headers.get("Content-Type")
     if content_type is not None:
         content_type = _header_text(content_type)
-    parsed = parse_body(raw, content_type)
+    parsed, correlation = correlation_of(raw, content_type, config.callbacks.correlation_fields)
     incoming = Incoming(
         token=token,
         received_at=received_at,
@@ -165,7 +165,7 @@ async def _store(request: web.Request) -> IngestResult:
         headers=visible_headers(request.headers),
         query_string=request.query_string,
         raw=raw,
-        correlation_id=correlation_id(parsed, config.callbacks.correlation_fields),
+        correlation_id=correlation,
         parsed=parsed,
         dedupe_key=dedupe_key(request.headers),
     )

@@ -170,6 +170,7 @@ CONNECTION_ERRORS = (
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # terminated, shutting down, starting up
+    asyncpg.InternalClientError,
 )
 
 
@@ -356,9 +357,14 @@ class PostgresStore(Store):
         except Exception as exc:
             if held:
                 self._feed.release()
-            if isinstance(exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
-                lost = self._writer is None or self._writer.is_closed()
+            if isinstance(exc, (*CONNECTION_ERRORS, asyncpg.PostgresError)):
+                # InternalClientError: the driver lost track of a connection the server closed
+                # under it; it is of no more use than a closed one.
+                confused = isinstance(exc, asyncpg.InternalClientError)
+                lost = confused or self._writer is None or self._writer.is_closed()
                 if lost:
+                    if self._writer is not None:
+                        self._writer.terminate()
                     self._writer = None
                 if lost and not committing:
                     raise _LostBeforeCommit(_unavailable(exc)) from exc

@@ -1,0 +1,36 @@
+"""How much of everything one run of the suite does: the full run and the CI smoke run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Plan:
+    runs: int = 3  # each figure is the median of this many runs
+    tokens: int = 2_000  # callbacks the ingest load posts to, round-robin
+    connections: int = 64
+    ingest_seconds: float = 8.0
+    warm_up_seconds: float = 2.0
+    lookup_connections: int = 4  # light load: lookup latency, not a saturation test
+    lookup_seconds: float = 4.0
+    wake_waiters: int = 500
+    held_waiters: int = 10_000
+    stored: int = 1_000_000  # deliveries in the "grown" database
+
+
+FULL = Plan()
+
+# Seconds, not minutes: proves every part still runs; its figures mean little.
+SMOKE = Plan(
+    runs=1,
+    tokens=50,
+    connections=8,
+    ingest_seconds=1.0,
+    warm_up_seconds=1.0,
+    lookup_connections=2,
+    lookup_seconds=1.0,
+    wake_waiters=20,
+    held_waiters=200,
+    stored=5_000,
+)

@@ -1,0 +1,53 @@
+"""The benchmark suite still runs: a smoke run of every part, in seconds, with small counts.
+
+Its figures are printed, never asserted: speed targets are met in the full benchmark
+(`python -m bench`, docs/performance.md), not in a timed unit test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import load
+from bench.procs import plan_cores, start_baseline
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(150)
+def test_smoke_run_of_the_whole_suite(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=140,
+    )
+    print(done.stdout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    names = [figure["name"] for figure in results["figures"]]
+    assert any(name.startswith("ingest throughput") for name in names)
+    assert any(name.startswith("wake latency") for name in names)
+    assert any(name.startswith("memory per idle") for name in names)
+    assert all(figure["cbhub"]["runs"] for figure in results["figures"])
+
+
+def test_python_load_generator_drives_the_baseline(tmp_path: Path) -> None:
+    """The fallback used where wrk is not installed."""
+    cores = plan_cores()
+    server = start_baseline(tmp_path / "baseline.log", cores)
+    try:
+        posts = load.Load(server.url, "POST", "/cb/", ["a", "b"], b"x=1", connections=4, seconds=0.5)
+        result = load.drive(posts, "python", cores, tmp_path)
+    finally:
+        server.stop()
+    print(result.to_json())
+    assert result.requests > 0
+    assert result.non_2xx == 0 and result.errors == 0
