@@ -1,13 +1,13 @@
 """Cross-instance figures: cbhub over PostgreSQL with one and two instances, beside SQLite on
 one node, in the same run on the same machine.
 
-    python bench/postgres_instances.py [--seconds 10] [--connections 64] [--samples 200]
+    python -m bench.postgres_instances [--seconds 10] [--connections 64] [--samples 200]
 
 It starts a throwaway PostgreSQL server (initdb + pg_ctl in a temporary directory, fsync on:
 durable, as in production) unless --dsn names one, and `cbhub serve` processes on loopback
 ports. Measured:
 
-- ingest req/s: POSTs to /cb/{token} (a 300-byte form body, as Marketing Cloud sends), each
+- ingest req/s: POSTs to /cb/{token} (the suite's 1 KB Marketing Cloud form), each
   answered 200 only after its commit, from loader processes holding --connections open, for
   --seconds; with two instances the load is spread evenly over both.
 - wake latency: a long-poll waiting on instance A, then a POST to instance B (or to the same
@@ -35,16 +35,13 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from bench.payload import CONTENT_TYPE, marketing_cloud_body  # noqa: E402
 from pg_server import PostgresServer, find_bindir  # noqa: E402  (the tests' throwaway server)
 
-BODY = (
-    "RequestID=5b3f2a7e-8c1d-4e2f-9a6b-1c2d3e4f5a6b&ConversationID=&OverallStatusCode=OK&StatusCode=OK"
-    "&StatusMessage=&ErrorCode=&RequestType=Asynchronous&ResultType=DataExtensionObject"
-    "&ResultDetailXML=%3CResult%3E%3CStatusCode%3EOK%3C%2FStatusCode%3E%3C%2FResult%3E&SequenceCode=1"
-).encode()
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+BODY = marketing_cloud_body()
+FORM = {"Content-Type": CONTENT_TYPE}
 
 
 class Instance:
