@@ -206,12 +206,17 @@ class ServerProcess:
                 match = re.search(r"serving on (https?://\S+)", line)
                 if match:
                     self.url = match.group(1)
+                    # From now on a thread reads the log: a server under load writes more
+                    # access log than a pipe holds, and would block on a full pipe.
+                    self.keep_reading()
                     return self.url
         raise AssertionError("server did not start:\n" + "".join(self.log_lines) + self._partial)
 
     def keep_reading(self) -> None:
         """Go on reading the log in the background: a server under load writes more access log
         than a pipe holds, and would block on a full pipe."""
+        if self._drain is not None:
+            return
         import os
         import threading
 
