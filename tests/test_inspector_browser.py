@@ -132,6 +132,9 @@ def test_a_marketing_cloud_post_turns_the_row_received_and_shows_its_fields_as_a
     delivery = page.locator("#detail article.delivery")
     expect(delivery).to_have_count(1)
     expect(delivery.locator(".method")).to_have_text("POST")
+    # Nothing stray between the parts of the view (an absent part once showed as "null").
+    expect(page.locator("#detail > *")).to_have_count(3)
+    expect(page.locator("#detail")).not_to_contain_text("null")
     expect(delivery.locator(".from")).to_have_text("from 127.0.0.1")
     fields = delivery.locator("table.form-fields tbody tr")
     expect(fields).to_have_count(len(MARKETING_CLOUD_FIELDS))

@@ -3,7 +3,7 @@
 import { ApiError, api, apiKey, query, request } from "./api.js";
 import { known, merge } from "./callbacks.js";
 import { bodyKind, curlCommand, pairsTable, renderBody } from "./body.js";
-import { clear, clock, copyButton, h, shortToken, statusBadge, timeLeft, toast } from "./dom.js";
+import { clock, copyButton, fill, h, shortToken, statusBadge, timeLeft, toast } from "./dom.js";
 
 const PAGE = 1000;
 // The latest this many are shown: a callback posted to 100 000 times stays readable.
@@ -42,7 +42,7 @@ export class DeliveryView {
     this.token = token;
     this.el.hidden = false;
     document.body.classList.add("with-detail");
-    clear(this.el).append(h("p", { class: "muted loading" }, "Loading…"));
+    fill(this.el, h("p", { class: "muted loading" }, "Loading…"));
     await this.load();
   }
 
@@ -79,7 +79,7 @@ export class DeliveryView {
       if (this.token !== token) return;
       this.pending = null;
       const text = err instanceof ApiError && err.status === 404 ? "No callback has this token." : `Could not read it: ${err.message}`;
-      clear(this.el).append(this.closeButton(), h("p", { class: "error" }, text));
+      fill(this.el, this.closeButton(), h("p", { class: "error" }, text));
       return;
     }
     if (this.token !== token || this.pending !== held) return;
@@ -129,7 +129,8 @@ export class DeliveryView {
           ),
         ];
     const total = Math.max(known.get(this.token)?.deliveries || 0, latestFirst.length);
-    clear(this.el).append(
+    fill(
+      this.el,
       h("div", { class: "detail-head" }),
       h("h3", { class: "deliveries-title" }, "Deliveries ", h("span", { class: "count-pill" }, String(total))),
       total > latestFirst.length ? h("p", { class: "muted small-text" }, `The latest ${latestFirst.length} are shown.`) : null,
@@ -148,7 +149,8 @@ export class DeliveryView {
         : null;
     const url = h("input", { type: "text", readonly: true, class: "url", "aria-label": "Callback URL" });
     url.value = callback.callback_url;
-    clear(head).append(
+    fill(
+      head,
       h(
         "div",
         { class: "title-row" },

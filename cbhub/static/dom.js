@@ -27,6 +27,14 @@ export function clear(el) {
   return el;
 }
 
+// fill(el, ...children): el's children replaced, leaving out null, undefined and false as h()
+// does (the DOM's own append would show them as the words "null" and "false").
+export function fill(el, ...children) {
+  el.replaceChildren();
+  append(el, children);
+  return el;
+}
+
 export const STATUS_TEXT = {
   pending: "Awaiting callback",
   received: "Received",

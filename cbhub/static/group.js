@@ -3,7 +3,7 @@
 
 import { api, query } from "./api.js";
 import { known, merge } from "./callbacks.js";
-import { STATUS_TEXT, clear, h, shortToken, toast } from "./dom.js";
+import { STATUS_TEXT, clear, fill, h, shortToken, toast } from "./dom.js";
 
 const PAGE = 500;
 const MAX_PAGES = 40; // 20 000 cells: more than a screen can say anything with
@@ -62,7 +62,7 @@ export class GroupView {
     this.cells = new Map();
     for (const token of tokens.reverse()) this.cells.set(token, this.cell(known.get(token)));
     for (const token of held) this.touch(token);
-    clear(this.gridEl).append(...this.cells.values());
+    fill(this.gridEl, ...this.cells.values());
     this.renderCounts();
   }
 
@@ -120,7 +120,8 @@ export class GroupView {
     const chip = (status, n, text) =>
       h("div", { class: `count s-${status}`, dataset: { status } }, h("span", { class: "n" }, String(n)), h("span", { class: "what" }, text));
     const done = this.cells.size - counts.pending;
-    clear(this.countsEl).append(
+    fill(
+      this.countsEl,
       chip("total", this.cells.size, "Total"),
       ...Object.entries(counts).map(([status, n]) => chip(status, n, STATUS_TEXT[status])),
       h(
