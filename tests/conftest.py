@@ -157,6 +157,21 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
         await asyncio.sleep(0.01)
 
 
+async def post_acknowledged(session: Any, url: str, body: str | bytes, acknowledged: dict) -> bool:
+    """POST a form body to a callback URL as a sender under load would; a 200 records the
+    delivery id under the body. False when the server could not be reached: that POST was
+    never acknowledged, so nothing may be expected of it."""
+    import aiohttp
+
+    try:
+        async with session.post(url, data=body, headers={"Content-Type": "application/x-www-form-urlencoded"}) as r:
+            if r.status == 200:
+                acknowledged[body] = (await r.json())["delivery_id"]
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return False
+    return True
+
+
 class ServerProcess:
     """`cbhub serve` as a real subprocess, as a user runs it."""
 

@@ -10,6 +10,8 @@ import time
 import aiohttp
 import orjson
 
+from conftest import post_acknowledged
+
 # Load from one address is what these tests make: the per-address rate limit is not under test.
 UNLIMITED = {"CBHUB_INGEST_RATE_PER_IP": "0"}
 
@@ -51,16 +53,8 @@ async def test_kill_9_under_load_loses_nothing_that_was_answered_200(serve_proce
                 while not stop.is_set():
                     body = f"round={round_no}&worker={worker}&seq={seq}&pad={'x' * random.randint(0, 2000)}".encode()
                     seq += 1
-                    try:
-                        async with session.post(
-                            f"{url}/cb/{random.choice(tokens)}",
-                            data=body,
-                            headers={"Content-Type": "application/x-www-form-urlencoded"},
-                        ) as response:
-                            if response.status == 200:
-                                acknowledged[body] = (await response.json())["delivery_id"]
-                    except (aiohttp.ClientError, asyncio.TimeoutError):
-                        return  # the server died under us: this request was never acknowledged
+                    if not await post_acknowledged(session, f"{url}/cb/{random.choice(tokens)}", body, acknowledged):
+                        return  # the server died under us
 
             senders = [asyncio.create_task(sender(w)) for w in range(32)]
             await asyncio.sleep(random.uniform(0.3, 0.8))

@@ -13,7 +13,7 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
-from conftest import terminate_listeners
+from conftest import post_acknowledged, terminate_listeners
 
 TIMEOUT = aiohttp.ClientTimeout(total=30)
 
@@ -219,16 +219,8 @@ async def test_kill_9_of_one_instance_under_load_loses_nothing_it_acknowledged(s
                 url = (a, b)[n % 2]
                 body = f"w={worker}&n={n}"
                 n += 1
-                try:
-                    async with session.post(
-                        f"{url}/cb/{random.choice(tokens)}",
-                        data=body,
-                        headers={"Content-Type": "application/x-www-form-urlencoded"},
-                    ) as response:
-                        if response.status == 200:
-                            acknowledged[body] = (await response.json())["delivery_id"]
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    await asyncio.sleep(0.01)  # that instance is gone: this POST was never acknowledged
+                if not await post_acknowledged(session, f"{url}/cb/{random.choice(tokens)}", body, acknowledged):
+                    await asyncio.sleep(0.01)  # that instance is gone
 
         senders = [asyncio.create_task(sender(w)) for w in range(24)]
         await asyncio.sleep(random.uniform(0.5, 1.0))
