@@ -8,6 +8,8 @@ cannot forge its way past this, because its own proxy appends the address it rea
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from aiohttp import web
 
 from cbhub import networks
@@ -33,10 +35,17 @@ def _host_of(node: str) -> str:
     return node
 
 
+@lru_cache(maxsize=4096)
+def _peer_text(remote: str | None) -> str | None:
+    """The connection's address in its canonical text form: the same few senders call again
+    and again, and parsing an address costs more than the rest of this module's work."""
+    parsed = networks.parse_address(remote)
+    return str(parsed) if parsed is not None else remote
+
+
 def client_address(request: web.Request, trusted_proxies: tuple[str, ...]) -> str | None:
     """The sender's IP address as text; None when a trusted proxy could not say who it was."""
-    parsed = networks.parse_address(request.remote)
-    peer = str(parsed) if parsed is not None else request.remote
+    peer = _peer_text(request.remote)
     if not trusted_proxies or not networks.contains(trusted_proxies, peer):
         return peer
     hops = _forwarded_for(request)

@@ -38,7 +38,7 @@ from cbhub.store.base import (
     StoreError,
     StoreUnavailable,
 )
-from cbhub.store.group_commit import Announce, GroupCommit, cancelled, expired, ingested, minted, no_events
+from cbhub.store.group_commit import Announce, GroupCommit, OpFailed, cancelled, expired, ingested, minted, no_events
 from cbhub.store.postgres_feed import CHANNEL, EventFeed, Position
 from cbhub.store.postgres_schema import MIGRATIONS
 from cbhub.store.rows import (
@@ -186,15 +186,6 @@ class _Params(list):
         return f"${len(self)}"
 
 
-class _OpFailed(Exception):
-    """One op of a batch failed in a way that aborted the transaction."""
-
-    def __init__(self, index: int, error: Exception) -> None:
-        super().__init__(index)
-        self.index = index
-        self.error = error
-
-
 class _LostBeforeCommit(Exception):
     """The writer's connection was lost before the batch's COMMIT was sent."""
 
@@ -313,7 +304,7 @@ class PostgresStore(Store):
         while True:
             try:
                 return await self._run_batch(ops, failed)
-            except _OpFailed as exc:
+            except OpFailed as exc:
                 failed[exc.index] = exc.error
             except _LostBeforeCommit as exc:
                 # The writer's connection had died while idle (a database restart, a failover,
@@ -346,7 +337,7 @@ class PostgresStore(Store):
                     except Exception as exc:
                         if not _fails_alone(exc):
                             raise
-                        raise _OpFailed(index, exc) from exc
+                        raise OpFailed(index, exc) from exc
                 if ordered:
                     # The notification is delivered by the server only if, and once, this
                     # transaction commits.
