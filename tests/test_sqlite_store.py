@@ -33,3 +33,17 @@ async def test_an_op_that_breaks_after_writing_fails_alone_and_leaves_nothing(ma
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("SELECT count(*) FROM write_probe").fetchone() == (0,)
     assert store.writable
+
+
+async def test_the_write_ahead_log_is_copied_back_while_writes_go_on(make_store, db_path):
+    """Checkpoints run beside the writer (and the writer's own, past 2,000 pages, should they
+    fall behind): the WAL stays a few megabytes, however much is written."""
+    store = await make_store()
+    callbacks, _ = await store.mint([MintSpec(ttl=3600, label=None, group=None, metadata={})] * 100, now_ms())
+    body = bytes(range(256)) * 16  # 4 KiB that no page can share
+    for round in range(80):
+        await asyncio.gather(*(store.ingest(incoming(c.token, raw=body)) for c in callbacks))
+    written = 80 * 100 * len(body)
+    wal = db_path.with_name(db_path.name + "-wal")
+    assert wal.stat().st_size < 12 * 2**20 < written / 2
+    assert db_path.stat().st_size > written * 0.7  # most of it is in the database file already

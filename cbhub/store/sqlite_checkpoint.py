@@ -18,9 +18,12 @@ from pathlib import Path
 
 log = logging.getLogger("cbhub.store")
 
-# A checkpoint is due after this many commits, or this long after the last one with commits
-# since: often enough that the WAL stays a few megabytes, rarely enough to copy many pages at once.
-EVERY_COMMITS = 20
+# A checkpoint is due after some number of commits, or this long after the last one with
+# commits since. The number adapts so that each checkpoint finds about TARGET_PAGES in the WAL:
+# enough to copy many pages per fsync of the database file, few enough that the WAL stays a few
+# megabytes (busy commits carry tens of pages, lone ones a few).
+TARGET_PAGES = 1000
+MIN_COMMITS, MAX_COMMITS = 8, 1024
 EVERY_SECONDS = 1.0
 # The writer's own automatic checkpoint, should the background ones fall behind (in pages).
 WRITER_SAFETY_NET_PAGES = 2_000
@@ -34,6 +37,7 @@ class Checkpointer:
         self._conn: sqlite3.Connection | None = None
         self._running: asyncio.Future | None = None
         self._commits = 0
+        self._every = MIN_COMMITS
         self._last = time.monotonic()
 
     async def open(self) -> None:
@@ -52,22 +56,32 @@ class Checkpointer:
         self._commits += 1
         if self._running is not None or self._conn is None:
             return
-        if self._commits < EVERY_COMMITS and time.monotonic() - self._last < EVERY_SECONDS:
+        if self._commits < self._every and time.monotonic() - self._last < EVERY_SECONDS:
             return
         self._commits = 0
         self._last = time.monotonic()
         self._running = asyncio.get_running_loop().run_in_executor(self._executor, self._checkpoint)
         self._running.add_done_callback(self._finished)
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self) -> int:
+        """Copies what the WAL holds into the database; how many pages the WAL held."""
         assert self._conn is not None
-        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        _busy, wal_pages, _copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return wal_pages
 
     def _finished(self, future: asyncio.Future) -> None:
         self._running = None
-        if not future.cancelled() and future.exception() is not None:
+        if future.cancelled():
+            return
+        if future.exception() is not None:
             # Not fatal: the next one, or the writer's safety net, copies the pages.
             log.warning("checkpoint of the write-ahead log failed: %s", future.exception())
+            return
+        wal_pages = future.result()
+        if wal_pages < TARGET_PAGES // 2:
+            self._every = min(self._every * 2, MAX_COMMITS)
+        elif wal_pages > TARGET_PAGES:
+            self._every = max(self._every // 2, MIN_COMMITS)
 
     async def close(self) -> None:
         if self._running is not None:
