@@ -21,7 +21,7 @@ import asyncio
 import enum
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Callable, Final
 
 from cbhub.config import RealtimeConfig
 from cbhub.model import CREATED, TERMINAL, Callback, Delivery, Event
@@ -45,10 +45,13 @@ class End(enum.Enum):
 
 class Idle(enum.Enum):
     IDLE = "idle"
+    NOTHING = "nothing"
 
 
 # `Feed.next(idle=...)` returns this when nothing was sent for `idle` seconds.
 IDLE: Final = Idle.IDLE
+# What `Feed.take()` answers when there is nothing to send yet.
+NOTHING: Final = Idle.NOTHING
 
 
 class SubscribeRefused(Exception):
@@ -210,6 +213,9 @@ class Feed:
         # Messages queued or held back at a seam, not yet sent: the backlog.
         self._unsent = 0
         self._wake: asyncio.Future[None] | None = None
+        # Called whenever there may be something new to send: a connection that sends only
+        # when there is something (see `ready`) need not wait in `next()`.
+        self.on_ready: Callable[[], None] | None = None
         self.ended: End | None = None
 
     def __len__(self) -> int:
@@ -303,9 +309,9 @@ class Feed:
         """The connection is gone: let go of everything."""
         self.end(End.CLOSED)
 
-    async def next(self, idle: float | None = None) -> Notice | Reply | Idle | None:
-        """The next thing to send, waiting for it; None once the feed ended; IDLE when there
-        was nothing for `idle` seconds. Call it again only once the previous one is sent."""
+    async def take(self) -> Notice | Reply | Idle | None:
+        """What there is to send now, without waiting for news: NOTHING when there is none
+        (a replay may still read the store); None once the feed ended."""
         while self.ended is None:
             if self._queue:
                 item = self._queue.popleft()
@@ -326,14 +332,24 @@ class Feed:
                 if notice is not None and subscription.active and self.ended is None:
                     return notice
                 continue
+            return NOTHING
+        return None
+
+    async def next(self, idle: float | None = None) -> Notice | Reply | Idle | None:
+        """The next thing to send, waiting for it; None once the feed ended; IDLE when there
+        was nothing for `idle` seconds. Call it again only once the previous one is sent."""
+        while (item := await self.take()) is NOTHING:
             self._wake = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self._wake, idle)
+                if idle is None:
+                    await self._wake
+                else:
+                    await asyncio.wait_for(self._wake, idle)
             except TimeoutError:
                 return IDLE
             finally:
                 self._wake = None
-        return None
+        return item
 
     # Backlog accounting
 
@@ -360,6 +376,8 @@ class Feed:
     def _wake_up(self) -> None:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
+        if self.on_ready is not None:
+            self.on_ready()
 
 
 class Streams:
