@@ -30,7 +30,8 @@ HEADERS = {
 }
 
 
-async def _create_schema(path: Path) -> None:
+async def create_schema(path: Path) -> None:
+    """An empty database made by cbhub's own store: its tables, indexes and pragmas."""
     store = SQLiteStore(path)
     await store.open()
     await store.close()
@@ -39,7 +40,7 @@ async def _create_schema(path: Path) -> None:
 def build_database(path: Path, deliveries: int, body: bytes) -> float:
     """A cbhub database holding `deliveries` deliveries (one per callback); seconds it took."""
     started = time.perf_counter()
-    asyncio.run(_create_schema(path))
+    asyncio.run(create_schema(path))
     now = int(time.time() * 1000)
     conn = sqlite3.connect(path, isolation_level=None)
     try:

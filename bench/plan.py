@@ -17,6 +17,7 @@ class Plan:
     wake_waiters: int = 500
     held_waiters: int = 10_000
     stored: int = 1_000_000  # deliveries in the "grown" database
+    floor_deliveries: int = 20_000  # stored by SQLite alone, for the ingest ceiling
 
 
 FULL = Plan()
@@ -33,4 +34,5 @@ SMOKE = Plan(
     wake_waiters=20,
     held_waiters=200,
     stored=5_000,
+    floor_deliveries=500,
 )

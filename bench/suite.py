@@ -15,6 +15,7 @@ from typing import Iterator
 import aiohttp
 
 from bench import load, nchan
+from bench.floor import sqlite_cpu_per_delivery
 from bench.growth import build_database, sample_tokens
 from bench.held import bytes_per_waiter
 from bench.payload import marketing_cloud_body
@@ -84,6 +85,9 @@ def ingest(ctx: Context) -> list[Figure]:
     p99 = Figure("ingest latency p99 under load", "ms", reference_name="baseline")
     # Steadier than requests per second on a shared machine: what one request costs the server.
     cpu = Figure("ingest server CPU per request", "µs", reference_name="baseline")
+    # What storing alone costs, and so the best ratio any durable service could reach here.
+    sqlite_cpu = Figure("SQLite alone: CPU per delivery stored", "µs")
+    ceiling = Figure("ingest ceiling: baseline ÷ (baseline + SQLite alone)", "×")
     with (
         running(ctx.start_baseline()) as baseline,
         running(ctx.start_cbhub(ctx.path("ingest.db"), "cbhub-ingest.log")) as cbhub,
@@ -100,7 +104,13 @@ def ingest(ctx: Context) -> list[Figure]:
                 getattr(rps, side).runs.append(result.rps)
                 getattr(non_2xx, side).runs.append(result.non_2xx + result.errors)
                 getattr(p99, side).runs.append(result.p99_ms)
-    return [rps, non_2xx, p99, cpu]
+            storing = sqlite_cpu_per_delivery(
+                ctx.path(f"floor-{len(sqlite_cpu.cbhub.runs)}.db"), ctx.body, plan.tokens, plan.floor_deliveries
+            )
+            sqlite_cpu.cbhub.runs.append(storing)
+            baseline_cpu = cpu.reference.runs[-1]
+            ceiling.cbhub.runs.append(baseline_cpu / (baseline_cpu + storing))
+    return [rps, non_2xx, p99, cpu, sqlite_cpu, ceiling]
 
 
 def growth(ctx: Context) -> list[Figure]:
