@@ -63,6 +63,7 @@ class BatchingStreamHandler(logging.StreamHandler):
         self._size = 0
         self._written_at = 0.0
         self._flusher: threading.Thread | None = None
+        self._closed = threading.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -96,9 +97,13 @@ class BatchingStreamHandler(logging.StreamHandler):
             self._written_at = time.monotonic()
 
     def _flush_forever(self) -> None:
-        while True:
-            time.sleep(self.delay)
+        while not self._closed.wait(self.delay):
             self.flush()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.flush()
+        super().close()
 
 
 def setup_logging(level: str, fmt: str) -> None:

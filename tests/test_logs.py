@@ -1,12 +1,15 @@
-"""The text log format: the same lines as logging's own formatter, made faster."""
+"""The text log format: the same lines as logging's own formatter, made faster; and lines
+written in batches when they come fast, never held for long."""
 
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 
 import pytest
 
-from cbhub.logs import TextFormatter
+from cbhub.logs import BatchingStreamHandler, TextFormatter
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -18,3 +21,24 @@ def test_text_lines_are_those_of_the_standard_formatter(created: float) -> None:
         record = logging.LogRecord("cbhub.access", logging.INFO, "", 0, "POST %s %d", ("/cb/abc…", 200), None)
         record.created, record.msecs = at, float(int((at - int(at)) * 1000))
         assert mine.format(record) == standard.format(record)
+
+
+def test_a_burst_of_lines_is_written_within_the_delay_and_a_warning_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "cbhub.log"
+    with path.open("w") as stream:
+        handler = BatchingStreamHandler(stream, delay=0.1)
+        logger = logging.Logger("burst")
+        logger.addHandler(handler)
+        for n in range(1000):
+            logger.info("line %d", n)
+        # A warning goes out at once, with everything logged before it, in order.
+        logger.warning("then a warning")
+        lines = path.read_text().splitlines()
+        assert lines == [f"line {n}" for n in range(1000)] + ["then a warning"]
+        for n in range(1000, 1500):
+            logger.info("line %d", n)
+        deadline = time.monotonic() + 2
+        while len(path.read_text().splitlines()) < 1501 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert path.read_text().splitlines()[-1] == "line 1499"  # no more than the delay later
+        handler.close()
