@@ -11,28 +11,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from bench.payload import MARKETING_CLOUD_FIELDS  # noqa: F401  (the tests post it, as the benchmark does)
 from cbhub.app import create_app
 from cbhub.config import Config, load_config
 from cbhub.http.keys import HUB
-
-# The ten fields Marketing Cloud POSTs to an async call's ResponseAddress.
-MARKETING_CLOUD_FIELDS = {
-    "RequestID": "5b3f2a7e-8c1d-4e2f-9a6b-1c2d3e4f5a6b",
-    "ConversationID": "",
-    "OverallStatusCode": "OK",
-    "StatusCode": "OK",
-    "StatusMessage": "",
-    "ErrorCode": "",
-    "RequestType": "Asynchronous",
-    "ResultType": "DataExtensionObject",
-    "ResultDetailXML": (
-        '<Result xmlns="http://exacttarget.com/wsdl/partnerAPI"><StatusCode>OK</StatusCode>'
-        "<StatusMessage>Created DataExtensionObject</StatusMessage><OrdinalID>0</OrdinalID>"
-        "<NewID>0</NewID></Result>"
-    ),
-    "SequenceCode": "1",
-}
-
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
