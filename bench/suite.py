@@ -43,8 +43,9 @@ class Context:
     def path(self, name: str) -> Path:
         return self.workdir / name
 
-    def start_cbhub(self, db: Path, log_name: str) -> Server:
-        return start_cbhub(db, self.path(log_name), self.cores, {"CBHUB_SERVER_EVENT_LOOP": self.event_loop})
+    def start_cbhub(self, db: Path, log_name: str, env: dict[str, str] | None = None) -> Server:
+        env = {"CBHUB_SERVER_EVENT_LOOP": self.event_loop, **(env or {})}
+        return start_cbhub(db, self.path(log_name), self.cores, env)
 
     def start_baseline(self) -> Server:
         return start_baseline(self.path("baseline.log"), self.cores, self.event_loop)
@@ -177,6 +178,12 @@ def wake(ctx: Context) -> list[Figure]:
                 target, check = ("≤ 3 × nchan", lambda r: r <= 3.0)
             figures[kind, pct] = Figure(f"wake latency {LABELS[kind]} p{pct}", "ms", reference_name=reference,
                                         target=target if reference else "", check_ratio=check)
+    # The same server without a flush at commit (not what cbhub promises): the part of the
+    # wake that is software, not the disk.
+    unflushed = {
+        kind: Figure(f"wake latency {LABELS[kind]} p99, synchronous = OFF", "ms", reference_name=reference)
+        for kind in KINDS
+    }
     for run in range(plan.runs):
         for side, server_cm in _pubsubs(ctx, f"wake-{run}"):
             with server_cm as server:
@@ -185,16 +192,28 @@ def wake(ctx: Context) -> list[Figure]:
                     latencies = asyncio.run(wake_latencies(target, kind, plan.wake_waiters, ctx.body))
                     for pct in (50, 99):
                         getattr(figures[kind, pct], side).runs.append(percentile(latencies, pct) * 1000)
-    return list(figures.values())
+                    if side == "reference":
+                        unflushed[kind].reference.runs.append(figures[kind, 99].reference.runs[-1])
+        off = ctx.start_cbhub(ctx.path(f"wake-off-{run}.db"), f"cbhub-wake-off-{run}.log", {"CBHUB_STORAGE_SYNCHRONOUS": "OFF"})
+        with running(off) as server:
+            for kind in KINDS:
+                latencies = asyncio.run(wake_latencies(PubSub("cbhub", server), kind, plan.wake_waiters, ctx.body))
+                unflushed[kind].cbhub.runs.append(percentile(latencies, 99) * 1000)
+    return [*figures.values(), *unflushed.values()]
 
 
 def held(ctx: Context) -> list[Figure]:
-    """Server memory per idle waiter, cbhub beside nchan."""
+    """Server memory per idle waiter, cbhub beside nchan, and beside the bare aiohttp baseline
+    holding the same kind of connection with nothing of its own (the floor for aiohttp)."""
     plan = ctx.plan
     reference = "nchan" if ctx.nchan else ""
     figures = {
         kind: Figure(f"memory per idle {LABELS[kind]} waiter ({plan.held_waiters:,} held)", "KiB",
                      reference_name=reference, target="≤ 16 KiB", check_value=lambda v: v <= 16)
+        for kind in KINDS
+    }
+    over_bare = {
+        kind: Figure(f"memory per idle {LABELS[kind]} waiter, beside bare aiohttp", "KiB", reference_name="bare aiohttp")
         for kind in KINDS
     }
     for run in range(plan.runs):
@@ -204,7 +223,11 @@ def held(ctx: Context) -> list[Figure]:
                     target = PubSub("cbhub" if side == "cbhub" else "nchan", server)
                     per_waiter = asyncio.run(bytes_per_waiter(target, kind, plan.held_waiters))
                     getattr(figures[kind], side).runs.append(per_waiter / KIB)
-    return list(figures.values())
+            over_bare[kind].cbhub.runs.append(figures[kind].cbhub.runs[-1])
+            with running(ctx.start_baseline()) as bare:
+                per_waiter = asyncio.run(bytes_per_waiter(PubSub("aiohttp", bare), kind, plan.held_waiters))
+                over_bare[kind].reference.runs.append(per_waiter / KIB)
+    return [*figures.values(), *over_bare.values()]
 
 
 PARTS = {"ingest": ingest, "growth": growth, "wake": wake, "held": held}

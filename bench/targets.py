@@ -1,5 +1,6 @@
-"""The pub/sub servers the waiter benchmarks talk to (cbhub, nchan): their URLs, how channels
-are made, and how many waiters each says it holds."""
+"""The pub/sub servers the waiter benchmarks talk to (cbhub, nchan, and the bare aiohttp
+baseline, which holds waiters on cbhub's paths): their URLs, how channels are made, and how
+many waiters each says it holds."""
 
 from __future__ import annotations
 
@@ -26,24 +27,28 @@ class PubSub:
     def is_cbhub(self) -> bool:
         return self.name == "cbhub"
 
+    @property
+    def is_nchan(self) -> bool:
+        return self.name == "nchan"
+
     def wait_path(self, channel: str) -> str:
-        return f"/v1/callbacks/{channel}/wait?timeout={WAIT_SECONDS}" if self.is_cbhub else f"/sub/{channel}"
+        return f"/sub/{channel}" if self.is_nchan else f"/v1/callbacks/{channel}/wait?timeout={WAIT_SECONDS}"
 
     def ws_path(self, channel: str) -> str:
-        return f"/v1/callbacks/{channel}/ws" if self.is_cbhub else f"/sub/{channel}"
+        return f"/sub/{channel}" if self.is_nchan else f"/v1/callbacks/{channel}/ws"
 
     def publish_path(self, channel: str) -> str:
-        return f"/cb/{channel}" if self.is_cbhub else f"/pub/{channel}"
+        return f"/pub/{channel}" if self.is_nchan else f"/cb/{channel}"
 
     async def channels(self, session: aiohttp.ClientSession, count: int) -> list[str]:
-        """`count` fresh channels: minted callbacks for cbhub, new ids for nchan."""
+        """`count` fresh channels: minted callbacks for cbhub, new ids for the others."""
         if not self.is_cbhub:
             return [secrets.token_hex(16) for _ in range(count)]
         return await mint(session, self.server.url, count)
 
     async def held(self, session: aiohttp.ClientSession, kind: str) -> int:
         """How many waiters of `kind` ("long_poll", "websocket") the server says it holds."""
-        if self.is_cbhub:
+        if not self.is_nchan:
             async with session.get(f"{self.server.url}/metrics") as response:
                 text = await response.text()
             match = re.search(rf'^cbhub_waiters\{{kind="{kind}"\}} (\S+)$', text, re.M)
