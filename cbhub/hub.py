@@ -170,7 +170,7 @@ class Hub:
             found = await self.store.find_deliveries(where, after, limit)
             deadline = time.monotonic() + wait
             while not found:
-                if not await waiter.wait( deadline - time.monotonic()):
+                if not await waiter.wait(deadline - time.monotonic()):
                     return []
                 found = [e.delivery for e in waiter.events if e.delivery is not None and e.delivery.id > after]
                 waiter.rearm()
@@ -196,7 +196,7 @@ class Hub:
                 counts = await self.group_counts(group, owner)
                 if counts[PENDING] == 0:
                     return counts
-                if not await waiter.wait( deadline - time.monotonic()):
+                if not await waiter.wait(deadline - time.monotonic()):
                     return None
         finally:
             self.registry.remove(waiter)

@@ -97,9 +97,14 @@ class Waiter:
         """True once an event arrived (perhaps before this call), False on timeout; raises
         ShuttingDown when the server stops first."""
         if not self.events and timeout > 0 and not self._shut_down:
+            if self._woken.done():  # cancelled by an earlier timeout
+                self._woken = asyncio.get_running_loop().create_future()
+            # Awaited directly, not through wait_for and a shield: a wake-up is one step of the
+            # loop, not three (and the waiter holds two futures and a frame fewer).
             try:
-                await asyncio.wait_for(asyncio.shield(self._woken), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):
+                    await self._woken
+            except TimeoutError:
                 pass
         if self._shut_down:
             raise ShuttingDown()

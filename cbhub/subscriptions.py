@@ -341,10 +341,8 @@ class Feed:
         while (item := await self.take()) is NOTHING:
             self._wake = asyncio.get_running_loop().create_future()
             try:
-                if idle is None:
+                async with asyncio.timeout(idle):  # None: no limit
                     await self._wake
-                else:
-                    await asyncio.wait_for(self._wake, idle)
             except TimeoutError:
                 return IDLE
             finally:
