@@ -16,6 +16,8 @@ from typing import Any
 # Debian's package puts it here; Playwright's own browser builds cannot be downloaded.
 CHROMIUM = "/usr/bin/chromium"
 HAVE_CHROMIUM = os.path.exists(CHROMIUM)
+# Set by .ci/run, which installs chromium and curl: there, the browser tests must run.
+REQUIRE_BROWSER_ENV = "CBHUB_REQUIRE_BROWSER"
 CHROMIUM_FLAGS = [
     "--no-sandbox",  # the tests run as root
     "--disable-gpu",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
+from cbhub.http.ingest import INGESTS
 from cbhub.http.keys import HUB
 from cbhub.model import now_ms
 from conftest import eventually, mint, post_callback
@@ -39,6 +40,40 @@ async def test_a_locked_store_answers_503_never_200_and_recovers_by_itself(clien
     await post_callback(client, callback, data="after the outage")
     state = await (await client.get(f"/v1/callbacks/{callback['token']}")).json()
     assert state["deliveries"] == 1 and state["result"]["body"] == "after the outage"
+
+
+async def test_a_sender_that_hangs_up_while_its_commit_waits_is_still_stored(client, db_path):
+    callback = await mint(client)
+    # The writer is held at its next commit by another connection's write lock (for less than
+    # its 2 s busy timeout), so the POST below is submitted and waiting when its sender leaves.
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        body = b"result=ready"
+        writer.write(
+            f"POST /cb/{callback['token']} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+        await writer.drain()
+        await eventually(lambda: client.app[INGESTS].count == 1)
+        writer.close()  # gone before any answer
+        await writer.wait_closed()
+        await eventually(lambda: client.app[INGESTS].count == 0)  # its handler was cancelled
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    async def stored() -> bool:
+        state = await (await client.get(f"/v1/callbacks/{callback['token']}")).json()
+        return state["deliveries"] == 1 and state["result"]["body"] == {"result": "ready"}
+
+    for _ in range(200):
+        if await stored():
+            break
+        await asyncio.sleep(0.02)
+    assert await stored()
+    await post_callback(client, callback, data="the next one")  # the writer goes on as before
 
 
 async def test_metrics_show_deliveries_callbacks_waiters_and_commits(client):

@@ -3,7 +3,8 @@
 Writes go through one writer connection on its own thread. Every write that arrives while the
 previous commit is running joins the next transaction (group commit), so a burst of callbacks
 costs one fsync per batch, not one per request, and one thread hop per batch. Reads go through
-aiosqlite on separate connections and never wait for the writer.
+aiosqlite on separate connections and never wait for the writer; the WAL is copied back into
+the database by a checkpointer of its own (sqlite_checkpoint), never inside a commit.
 """
 
 from __future__ import annotations
