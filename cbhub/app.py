@@ -8,7 +8,7 @@ from cbhub.config import Config
 from cbhub.http import api, ingest, inspector, openapi, ops, realtime
 from cbhub.http.auth import Authenticator, auth_middleware
 from cbhub.http.errors import error_middleware
-from cbhub.http.keys import CONFIG, HUB, LIMITER, METRICS, STREAMS
+from cbhub.http.keys import CONFIG, HUB, LIMITER, METRICS, REFUSAL_LIMITER, STREAMS
 from cbhub.hub import Hub
 from cbhub.metrics import Metrics
 from cbhub.ratelimit import RateLimiter
@@ -33,6 +33,8 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app[STREAMS] = Streams(hub.registry, hub.store, config.realtime)
     if config.ingest.rate_per_ip > 0:
         app[LIMITER] = RateLimiter(config.ingest.rate_per_ip, config.ingest.burst)
+    if config.ingest.refusal_rate_per_ip > 0:
+        app[REFUSAL_LIMITER] = RateLimiter(config.ingest.refusal_rate_per_ip, config.ingest.refusal_burst)
     ingest.add_routes(app)
     api.add_routes(app)
     ops.add_routes(app)

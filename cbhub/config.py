@@ -73,6 +73,9 @@ class CallbacksConfig:
     default_ttl: int = DAY
     max_ttl: int = 30 * DAY
     max_wait: float = 300.0
+    # Keep a delivery that comes after its callback closed (flagged "late") instead of
+    # answering 410: a sender that never retries would lose it.
+    keep_late: bool = True
     correlation_fields: tuple[str, ...] = (
         "RequestID",
         "requestId",
@@ -154,10 +157,16 @@ class IngestConfig:
     allow_ips: tuple[str, ...] = ()
     # Seconds a Standard Webhooks timestamp may be away from now.
     verify_tolerance: int = 300
-    # Requests a second per source address on /cb; 0 turns the limit off.
-    rate_per_ip: float = 50.0
+    # Requests a second per source address on /cb; 0 (the default) turns the limit off. A limit
+    # on every request refuses real callbacks in a burst, and some senders never retry.
+    rate_per_ip: float = 0.0
     # The largest burst per source address; 0: twice rate_per_ip.
     rate_burst: int = 0
+    # Refused requests (unknown token, closed, bad signature, address not allowed) a second per
+    # source address on /cb, in bursts of up to refusal_burst; past it, further refusals are
+    # answered 429. It slows token probing and never refuses a request to an open callback.
+    refusal_rate_per_ip: float = 5.0
+    refusal_burst: int = 50
     verify: VerifyConfig = field(default_factory=VerifyConfig)
 
     @property
@@ -237,6 +246,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ingest.verify_tolerance": (_positive, "a whole number of seconds greater than 0"),
     "ingest.rate_per_ip": (_non_negative, "a number of requests per second, 0 to turn the limit off"),
     "ingest.rate_burst": (_non_negative, "a number of requests, 0 for twice ingest.rate_per_ip"),
+    "ingest.refusal_rate_per_ip": (_non_negative, "a number of refused requests per second, 0 to turn the limit off"),
+    "ingest.refusal_burst": (_positive, "a number of refused requests greater than 0"),
 }
 
 _NORMALISE: dict[str, Callable[[Any], Any]] = {

@@ -101,7 +101,7 @@ class Hub:
         self.admit(incoming.token, incoming.remote_addr)
         guard = delivery_guard(incoming, self._default_verify, self.config.ingest.verify_tolerance)
         try:
-            result = await self.store.ingest(incoming, guard)
+            result = await self.store.ingest(incoming, guard, self.config.callbacks.keep_late)
         except DeliveryRefused as exc:
             self._count_refusal(incoming.token, incoming.remote_addr, exc)
             raise
@@ -135,7 +135,8 @@ class Hub:
         """The callback's deliveries with id > after as soon as there are some, or the callback
         once it can receive no more; None when `timeout` passes first. With an `owner`, another
         key's callback is not found."""
-        waiter = Waiter(DeliveryFilter(token=token, owner=owner))
+        # Late deliveries are left out: they come once the callback has nothing more to say.
+        waiter = Waiter(DeliveryFilter(token=token, owner=owner, late=False))
         self.registry.add(waiter)
         try:
             callback = await self.store.get_callback(token)
@@ -143,7 +144,7 @@ class Hub:
                 raise CallbackNotFound(token)
             deliveries: list[Delivery] = []
             if callback.result is not None and callback.result.id > after:
-                deliveries = await self.store.find_deliveries(DeliveryFilter(token=token), after, WAIT_BATCH)
+                deliveries = await self.store.find_deliveries(waiter.where, after, WAIT_BATCH)
             now = now_ms()
             if deliveries or callback.closed(now):
                 return CallbackUpdate(callback, deliveries)
@@ -158,6 +159,17 @@ class Hub:
             return CallbackUpdate(events[-1].callback, fresh[:WAIT_BATCH])
         finally:
             self.registry.remove(waiter)
+
+    async def follow(self, token: str, after: int, owner: str | None = None) -> Callback | None:
+        """Where a stream of one callback's deliveries starts: the callback, or None when it is
+        closed and has no on-time delivery past `after`, so that such a stream has nothing left
+        to say. With an `owner`, another key's callback is not found."""
+        callback = await self.store.get_callback(token)
+        if callback is None or (owner is not None and callback.created_by != owner):
+            raise CallbackNotFound(token)
+        if callback.closed(now_ms()) and (callback.result is None or callback.result.id <= after):
+            return None
+        return callback
 
     async def wait_for_deliveries(self, where: DeliveryFilter, after: int, limit: int, wait: float) -> list[Delivery]:
         """Deliveries matching `where` with id > after, oldest first; if there are none yet,

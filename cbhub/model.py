@@ -60,6 +60,9 @@ class Delivery:
     raw: bytes
     correlation_id: str | None
     group: str | None = None
+    # Arrived after its callback stopped accepting deliveries (expired, cancelled, or received
+    # and past its expiry): kept, since most senders never retry, but never the result.
+    late: bool = False
     _parsed: ParsedBody | None = field(default=None, repr=False)
     _json: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -87,6 +90,7 @@ class Delivery:
                 "parse_error": parsed.parse_error,
                 "query": self.query,
                 "correlation_id": self.correlation_id,
+                "late": self.late,
             }
         return self._json
 
@@ -104,6 +108,8 @@ class Callback:
     metadata: dict[str, Any]
     deliveries: int = 0
     result: Delivery | None = None
+    # Deliveries kept after it closed (see Delivery.late); not counted in `deliveries`.
+    late_deliveries: int = 0
     # The name of the API key that minted it; None when minted without keys.
     created_by: str | None = None
     # Guards on its public URL, set at mint: source networks (CIDRs) and a signature scheme.
@@ -121,6 +127,7 @@ class Callback:
             "group": self.group,
             "metadata": self.metadata,
             "deliveries": self.deliveries,
+            "late_deliveries": self.late_deliveries,
             "result": self.result.to_json() if self.result is not None else None,
             "created_by": self.created_by,
             "allow_ips": list(self.allow_ips),

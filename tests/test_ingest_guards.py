@@ -6,6 +6,9 @@ long-polling the callback is woken only by the genuine delivery that follows.
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+
 import pytest
 
 from cbhub.app import create_app
@@ -171,6 +174,49 @@ async def test_a_rate_of_zero_turns_the_limit_off(start_hub, make_config):
     for n in range(30):
         await post_callback(client, callback, json={"n": n})
     assert await deliveries_of(client, callback) == 30
+
+
+async def test_a_burst_of_real_callbacks_from_one_address_is_all_stored_with_the_defaults(start_hub, make_config):
+    """Marketing Cloud posts every result of a large batch from one address, and never retries
+    one answered other than 200: with the defaults, none may be refused for a rate."""
+    config = make_config()
+    assert (config.ingest.rate_per_ip, config.ingest.refusal_rate_per_ip) == (0.0, 5.0)  # the defaults
+    client = await start_hub(config)
+    callbacks = []
+    for _ in range(2):
+        response = await client.post("/v1/callbacks/batch", json={"count": 1000, "group": "burst"})
+        callbacks += (await response.json())["callbacks"]
+
+    connections = asyncio.Semaphore(32)
+
+    async def send(n: int, callback: dict) -> int:
+        async with connections, client.post(f"/cb/{callback['token']}", data={"RequestID": str(n)}) as response:
+            return response.status
+
+    statuses = await asyncio.gather(*(send(n, callback) for n, callback in enumerate(callbacks)))
+    assert statuses == [200] * 2000
+    group = await (await client.get("/v1/groups/burst")).json()
+    assert (group["received"], group["pending"]) == (2000, 0)
+
+    # Probing for tokens from that address: refused requests past the burst of 50 get 429 ...
+    answers = []
+    for _ in range(200):
+        async with client.post(f"/cb/{secrets.token_urlsafe(33)}", data=b"probe") as probe:
+            answers.append((probe.status, probe.headers.get("Retry-After")))
+    assert answers[:50] == [(404, None)] * 50
+    assert (429, "1") in answers[50:]
+    assert all(status == 429 and int(retry) >= 1 for status, retry in answers if status != 404)
+    # ... while a real callback from the same address, right after, is stored as ever.
+    fresh = await mint(client)
+    await post_callback(client, fresh, json={"real": True})
+    assert await deliveries_of(client, fresh) == 1
+
+
+async def test_a_refusal_rate_of_zero_turns_the_refusal_limit_off(start_hub, make_config):
+    client = await start_hub(make_config(**{"ingest.refusal_rate_per_ip": "0"}))
+    for _ in range(80):
+        async with client.post(f"/cb/{secrets.token_urlsafe(33)}", data=b"probe") as probe:
+            assert probe.status == 404
 
 
 def test_token_buckets_refill_at_the_rate_and_stay_bounded():

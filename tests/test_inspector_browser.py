@@ -423,3 +423,22 @@ def test_with_keys_set_a_wrong_key_sees_nothing(serve_process, open_page):
     expect(row(page, "alice-later")).to_have_count(0)
     # The only console errors are the refused requests that asked for a key, and alice's token.
     assert all("status of 401" in e or "status of 404" in e for e in watched.errors), watched.errors
+
+
+def test_a_late_delivery_is_shown_marked_late_and_leaves_the_status_alone(hub, open_page):
+    callback = mint(hub, label="too-late", ttl=1)
+    watched = open_page(hub)
+    page = watched.page
+    found = row(page, "too-late")
+    expect(found.locator(".status")).to_have_text("Expired", timeout=5000)
+    found.click()
+    expect(page.locator("#detail .waiting")).to_contain_text("Nothing was received")
+
+    post_form(callback["callback_url"], {"RequestID": "req-late", "StatusCode": "OK"})
+    delivery = page.locator("#detail article.delivery")
+    expect(delivery).to_have_count(1, timeout=WITHIN)
+    expect(delivery.locator(".badge.late")).to_have_text("Late")
+    expect(delivery.locator(".badge.late")).to_have_attribute("title", re.compile("after the callback closed"))
+    expect(found.locator(".status")).to_have_text("Expired")
+    screenshot(page, "inspector-late.png")
+    assert watched.errors == []

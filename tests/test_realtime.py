@@ -379,7 +379,8 @@ async def test_sse_streams_deliveries_and_resumes_from_last_event_id(client):
         await client.delete(f"/v1/callbacks/{callback['token']}")
         event = await read_event(response)
         assert event is not None and event["event"] == "status" and "id" not in event
-        assert orjson.loads(event["data"]) == {"token": callback["token"], "status": "cancelled"}
+        assert orjson.loads(event["data"]) == {"token": callback["token"], "status": "cancelled", "closed": True}
+        assert await read_event(response) is None  # a closed callback's stream ends
 
     async with client.get(f"{path}?after={ids[0]}") as response:
         event = await read_event(response)

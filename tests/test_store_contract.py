@@ -123,7 +123,7 @@ async def test_names_and_bodies_with_nul_and_odd_bytes_round_trip(make_store):
     assert await store.callback_statuses(["a\x00b", callback.token]) == {callback.token: "received"}
 
 
-async def test_unknown_cancelled_and_expired_callbacks_refuse_deliveries(make_store):
+async def test_unknown_cancelled_and_expired_callbacks_refuse_deliveries_unless_kept_late(make_store):
     store = await make_store()
     now = now_ms()
     (open_, cancelled_, short), _ = await store.mint([spec(), spec(), spec(ttl=1)], now)
@@ -131,13 +131,36 @@ async def test_unknown_cancelled_and_expired_callbacks_refuse_deliveries(make_st
         await store.ingest(incoming("no-such-token"))
     await store.cancel(cancelled_.token, now)
     with pytest.raises(CallbackClosed) as closed:
-        await store.ingest(incoming(cancelled_.token))
+        await store.ingest(incoming(cancelled_.token), keep_late=False)
     assert closed.value.status == "cancelled"
     with pytest.raises(CallbackClosed) as closed:
-        await store.ingest(incoming(short.token, received_at=now + 1000))
+        await store.ingest(incoming(short.token, received_at=now + 1000), keep_late=False)
     assert closed.value.status == "expired"
     await store.ingest(incoming(open_.token))
     assert (await store.status_counts()) == {"pending": 1, "received": 1, "expired": 0, "cancelled": 1}
+
+
+async def test_a_late_delivery_is_stored_and_announced_without_changing_its_callback(make_store):
+    events: list[Event] = []
+    store = await make_store(events.append)
+    now = now_ms()
+    [callback], _ = await store.mint([spec(ttl=1)], now)
+    first = await store.ingest(incoming(callback.token, b"a=1"))
+    late = await store.ingest(incoming(callback.token, b"a=2", received_at=now + 1000))
+    assert late.delivery.late and not first.delivery.late and not late.duplicate
+    # The event shows the callback as it is: received, its result the on-time delivery.
+    assert late.callback.result.id == first.delivery.id and late.callback.late_deliveries == 1
+    assert [(e.delivery.id, e.delivery.late) for e in written(events)] == [
+        (first.delivery.id, False),
+        (late.delivery.id, True),
+    ]
+    stored = await store.get_callback(callback.token)
+    assert (stored.status, stored.deliveries, stored.late_deliveries) == ("received", 1, 1)
+    assert stored.result.id == first.delivery.id
+    on_time = await store.find_deliveries(DeliveryFilter(token=callback.token, late=False), 0, 10)
+    every = await store.find_deliveries(DeliveryFilter(token=callback.token), 0, 10)
+    assert [d.id for d in on_time] == [first.delivery.id]
+    assert [(d.id, d.late) for d in every] == [(first.delivery.id, False), (late.delivery.id, True)]
 
 
 async def test_a_sender_retry_is_stored_once(make_store):

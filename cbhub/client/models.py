@@ -37,6 +37,8 @@ class Delivery:
     query: dict[str, Any]
     correlation_id: str | None
     raw: dict[str, Any] = field(repr=False, compare=False)
+    # Came after its callback closed: kept, but never its result.
+    late: bool = False
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Delivery:
@@ -55,6 +57,7 @@ class Delivery:
             query=data["query"],
             correlation_id=data["correlation_id"],
             raw=data,
+            late=data.get("late", False),
         )
 
     @property
@@ -90,6 +93,8 @@ class Callback:
     deliveries: int
     result: Delivery | None
     raw: dict[str, Any] = field(repr=False, compare=False)
+    # Deliveries kept after it closed (each `Delivery.late`).
+    late_deliveries: int = 0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Callback:
@@ -106,6 +111,7 @@ class Callback:
             deliveries=data["deliveries"],
             result=Delivery.from_json(result) if result is not None else None,
             raw=data,
+            late_deliveries=data.get("late_deliveries", 0),
         )
 
 

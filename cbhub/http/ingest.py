@@ -14,13 +14,15 @@ from multidict import CIMultiDictProxy
 from cbhub.bodies import correlation_of
 from cbhub.http.errors import ApiError, json_response
 from cbhub.http.forwarded import client_address
-from cbhub.http.keys import CONFIG, HUB, LIMITER, METRICS
+from cbhub.http.keys import CONFIG, HUB, LIMITER, METRICS, REFUSAL_LIMITER
 from cbhub.model import HIDDEN_HEADERS, Incoming, now_ms
+from cbhub.ratelimit import RateLimiter
 from cbhub.registry import ShuttingDown
 from cbhub.store import (
     AddressNotAllowed,
     CallbackClosed,
     CallbackNotFound,
+    DeliveryRefused,
     IngestResult,
     SignatureInvalid,
     StoreUnavailable,
@@ -64,20 +66,35 @@ def dedupe_key(headers: CIMultiDictProxy[str]) -> str | None:
 
 
 def _rate_limit(request: web.Request, remote_addr: str | None) -> None:
-    """429 once this address has spent its burst; every request counts, unknown tokens too, so
-    that probing for tokens is slowed as much as flooding one."""
+    """429 once this address has spent its burst (ingest.rate_per_ip, off by default): every
+    request counts, real callbacks too."""
     limiter = request.app.get(LIMITER)
-    if limiter is None:
-        return
+    if limiter is not None:
+        _refuse_if_spent(limiter, remote_addr, "too many requests from this address")
+
+
+def _slow_down_refusals(request: web.Request, remote_addr: str | None) -> None:
+    """Charge a refused request to its address (ingest.refusal_rate_per_ip); past the burst, 429
+    instead of the refusal, so probing for tokens is slowed and learns nothing more. Only
+    refusals are charged: a request to an open callback is never refused for a rate."""
+    limiter = request.app.get(REFUSAL_LIMITER)
+    if limiter is not None:
+        _refuse_if_spent(limiter, remote_addr, "too many refused requests from this address")
+
+
+def _refuse_if_spent(limiter: RateLimiter, remote_addr: str | None, why: str) -> None:
     wait = limiter.take(remote_addr or "unknown")
     if wait > 0:
         raise ApiError(
             429,
             "rate_limited",
-            "too many requests from this address; retry after the Retry-After delay",
+            f"{why}; retry after the Retry-After delay",
             {"Retry-After": str(max(1, math.ceil(wait)))},
         )
 
+
+# Refusals that say the request itself is wrong: what probing for tokens is made of.
+REFUSED = (CallbackNotFound, CallbackClosed, DeliveryRefused)
 
 # Why a callback request was refused, for the deliveries metric.
 REFUSALS: dict[type[Exception], str] = {
@@ -129,21 +146,28 @@ INGESTS = web.AppKey("ingests_in_flight", InFlight)
 async def receive(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     started = time.perf_counter()
+    remote_addr = client_address(request, request.app[CONFIG].server.trusted_proxies)
     try:
         with request.app[INGESTS].track():
-            result = await _store(request)
+            try:
+                result = await _store(request, remote_addr)
+            except REFUSED:
+                _slow_down_refusals(request, remote_addr)
+                raise
     except Exception as exc:
         reason = exc.code if isinstance(exc, ApiError) else REFUSALS.get(type(exc), "error")
         metrics.deliveries.labels(reason).inc()
         raise
-    metrics.count_delivery("duplicate" if result.duplicate else "stored")
+    delivery = result.delivery
+    metrics.count_delivery("duplicate" if result.duplicate else "late" if delivery.late else "stored")
     metrics.ingest_seconds.observe(time.perf_counter() - started)
-    return json_response({"ok": True, "delivery_id": result.delivery.id, "duplicate": result.duplicate})
+    return json_response(
+        {"ok": True, "delivery_id": delivery.id, "duplicate": result.duplicate, "late": delivery.late}
+    )
 
 
-async def _store(request: web.Request) -> IngestResult:
+async def _store(request: web.Request, remote_addr: str | None) -> IngestResult:
     config = request.app[CONFIG]
-    remote_addr = client_address(request, config.server.trusted_proxies)
     _rate_limit(request, remote_addr)
     token = request.match_info["token"]
     # Before the body is read: an outsider costs no more than its headers.

@@ -46,6 +46,8 @@ METRICS = web.AppKey("metrics", Metrics)
 STREAMS = web.AppKey("streams", Streams)
 # The per-address limit on /cb; absent when ingest.rate_per_ip is 0.
 LIMITER = web.AppKey("limiter", RateLimiter)
+# The per-address limit on refused /cb requests; absent when ingest.refusal_rate_per_ip is 0.
+REFUSAL_LIMITER = web.AppKey("refusal_limiter", RateLimiter)
 # Set by the auth middleware on every /v1 request.
 CALLER = web.RequestKey("caller", Caller)
 

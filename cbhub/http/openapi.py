@@ -102,6 +102,7 @@ SCHEMAS: dict[str, Any] = {
             "parse_error": NULLABLE_STRING,
             "query": {"type": "object"},
             "correlation_id": NULLABLE_STRING,
+            "late": {"type": "boolean", "description": "came after its callback closed: kept, never its result"},
         },
     },
     "Callback": {
@@ -117,6 +118,7 @@ SCHEMAS: dict[str, Any] = {
             "group": NULLABLE_STRING,
             "metadata": {"type": "object"},
             "deliveries": {"type": "integer"},
+            "late_deliveries": {"type": "integer", "description": "deliveries kept after it closed"},
             "result": {"allOf": [_ref("Delivery")], "nullable": True},
             "created_by": {"type": "string", "nullable": True, "description": "the name of the API key that minted it"},
             "allow_ips": {"type": "array", "items": {"type": "string"}},
@@ -166,8 +168,13 @@ SCHEMAS: dict[str, Any] = {
     },
     "Receipt": {
         "type": "object",
-        "required": ["ok", "delivery_id", "duplicate"],
-        "properties": {"ok": {"type": "boolean"}, "delivery_id": {"type": "integer"}, "duplicate": {"type": "boolean"}},
+        "required": ["ok", "delivery_id", "duplicate", "late"],
+        "properties": {
+            "ok": {"type": "boolean"},
+            "delivery_id": {"type": "integer"},
+            "duplicate": {"type": "boolean"},
+            "late": {"type": "boolean", "description": "the callback accepts no more deliveries: kept, flagged late"},
+        },
     },
     "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
 }
@@ -202,12 +209,12 @@ def _ingest_operation(method: str) -> dict[str, Any]:
         "parameters": [TOKEN],
         "requestBody": {"required": False, "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
         "responses": {
-            "200": _json(_ref("Receipt"), "committed to disk (or a sender's retry, already stored)"),
+            "200": _json(_ref("Receipt"), "committed to disk (or a sender's retry, already stored; or late)"),
             "401": _error("the request's signature does not verify"),
             "403": _error("the sender's address is not allowed"),
             "404": NOT_FOUND,
-            "429": _error("too many requests from this address; see Retry-After"),
-            "410": _error("the callback expired or was cancelled"),
+            "429": _error("too many refused requests from this address; see Retry-After"),
+            "410": _error("the callback accepts no more deliveries (with callbacks.keep_late = false)"),
             "413": _error("body too large"),
             "503": UNAVAILABLE,
         },
@@ -227,7 +234,9 @@ def _websocket_operation(summary: str, parameters: list[dict[str, Any]]) -> dict
     }
 
 
-def _sse_operation(summary: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+def _sse_operation(
+    summary: str, parameters: list[dict[str, Any]], more: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "summary": summary + " (format: docs/realtime.md)",
         "parameters": [
@@ -244,6 +253,7 @@ def _sse_operation(summary: str, parameters: list[dict[str, Any]]) -> dict[str, 
             "200": {"description": "an endless event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
             "400": BAD_REQUEST,
             "404": NOT_FOUND,
+            **(more or {}),
         },
     }
 
@@ -364,8 +374,9 @@ PATHS: dict[str, Any] = {
     },
     "/v1/callbacks/{token}/events": {
         "get": _sse_operation(
-            "Server-Sent Events for one callback, replayed from `after` (default 0) then live",
+            "Server-Sent Events for one callback, replayed from `after` (default 0) then live, until it closes",
             [TOKEN, _query("after", CURSOR, "replay deliveries after this id (default 0)")],
+            {"204": {"description": "the callback is closed and there is nothing new to replay: stop reconnecting"}},
         )
     },
     "/": {

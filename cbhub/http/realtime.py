@@ -17,7 +17,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from cbhub.http.api import MAX_CURSOR
 from cbhub.http.errors import ApiError
-from cbhub.http.keys import CONFIG, STREAMS, base_url, caller
+from cbhub.http.keys import CONFIG, HUB, STREAMS, base_url, caller
 from cbhub.http.params import (
     field_int,
     field_name,
@@ -27,9 +27,10 @@ from cbhub.http.params import (
     query_int,
     refuse_unknown_fields,
 )
+from cbhub.model import RECEIVED, TERMINAL, Callback, now_ms
 from cbhub.registry import ShuttingDown
 from cbhub.store import DeliveryFilter
-from cbhub.subscriptions import IDLE, NOTHING, End, Feed, Notice, Reply, SubscribeRefused
+from cbhub.subscriptions import IDLE, NOTHING, End, Feed, Idle, Notice, Reply, SubscribeRefused
 
 log = logging.getLogger(__name__)
 
@@ -240,10 +241,18 @@ def _frame_filter(frame: dict[str, Any], owner: str | None) -> DeliveryFilter:
 
 
 async def callback_events(request: web.Request) -> web.StreamResponse:
-    """GET /v1/callbacks/{token}/events: one callback's deliveries, from the first one."""
+    """GET /v1/callbacks/{token}/events: one callback's deliveries, from the first one, until it
+    closes. A closed callback with nothing new to replay answers 204, which tells an
+    EventSource to stop reconnecting."""
     token = request.match_info["token"]
-    where = DeliveryFilter(token=token, owner=caller(request).owner)
-    return await _stream_events(request, where, _resume_point(request, default=0))
+    owner = caller(request).owner
+    after = _resume_point(request, default=0) or 0
+    followed = await request.app[HUB].follow(token, after, owner)
+    if followed is None:
+        return web.Response(status=204)
+    # Late deliveries come once the callback is closed, when this stream has ended.
+    where = DeliveryFilter(token=token, owner=owner, late=False)
+    return await _stream_events(request, where, after, until=_UntilClosed(followed))
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -266,8 +275,45 @@ def _resume_point(request: web.Request, default: int | None) -> int | None:
     return default
 
 
+class _UntilClosed:
+    """Ends a one-callback stream once its callback closes, with a last status event: at a
+    cancel or expiry event, or when a received callback reaches its expiry (which no event
+    tells, as it stays received)."""
+
+    def __init__(self, callback: Callback) -> None:
+        self.token = callback.token
+        self.status = callback.status
+        self.expires_at = callback.expires_at
+
+    def idle(self, keepalive: float) -> float:
+        if self.status != RECEIVED:
+            return keepalive  # a pending callback's expiry comes as an event
+        return max(0.0, min(keepalive, (self.expires_at - now_ms()) / 1000))
+
+    def last_event(self, item: Notice | Idle) -> bytes | None:
+        """The closing status event, when `item` (or the time) closes the callback."""
+        if isinstance(item, Notice):
+            if item.delivery is not None:
+                self.status = RECEIVED
+                return None
+            if item.status in TERMINAL:
+                return self._closed(item.status)
+            return None
+        if self.status == RECEIVED and now_ms() >= self.expires_at:
+            return self._closed(RECEIVED)
+        return None
+
+    def _closed(self, status: str) -> bytes:
+        data = orjson.dumps({"token": self.token, "status": status, "closed": True})
+        return b"event: status\ndata: %s\n\n" % data
+
+
 async def _stream_events(
-    request: web.Request, where: DeliveryFilter, after: int | None, created: bool = False
+    request: web.Request,
+    where: DeliveryFilter,
+    after: int | None,
+    created: bool = False,
+    until: _UntilClosed | None = None,
 ) -> web.StreamResponse:
     streams = request.app[STREAMS]
     feed = streams.open("sse")
@@ -280,7 +326,16 @@ async def _stream_events(
         try:
             await response.write(b": subscribed\n\n")  # the client sees the stream open at once
             keepalive = request.app[CONFIG].realtime.heartbeat
-            while (item := await feed.next(idle=keepalive)) is not None:
+            idle = until.idle(keepalive) if until is not None else keepalive
+            while (item := await feed.next(idle=idle)) is not None:
+                last = until.last_event(item) if until is not None else None
+                if last is not None:
+                    await response.write(last)
+                    break
+                if until is not None:
+                    idle = until.idle(keepalive)
+                    if item is IDLE and idle < keepalive:
+                        continue  # woken early to close at the expiry
                 await response.write(SSE_KEEPALIVE if item is IDLE else _render_event(item, base))
             await response.write_eof()
         except ConnectionError:

@@ -15,11 +15,13 @@ export function merge(callback) {
   return merged;
 }
 
-// A delivery turns a pending callback received.
+// A delivery turns a pending callback received; a late one (it came after the callback
+// closed) changes nothing but its count.
 export function delivered(delivery) {
   const callback = known.get(delivery.token);
   if (!callback) return null;
-  if (callback.status === "pending") callback.status = "received";
+  if (delivery.late) callback.late_deliveries = (callback.late_deliveries || 0) + 1;
+  else if (callback.status === "pending") callback.status = "received";
   return callback;
 }
 

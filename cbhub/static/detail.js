@@ -128,7 +128,8 @@ export class DeliveryView {
               : "Nothing was received.",
           ),
         ];
-    const total = Math.max(known.get(this.token)?.deliveries || 0, latestFirst.length);
+    const callback = known.get(this.token);
+    const total = Math.max((callback?.deliveries || 0) + (callback?.late_deliveries || 0), latestFirst.length);
     fill(
       this.el,
       h("div", { class: "detail-head" }),
@@ -212,6 +213,9 @@ export class DeliveryView {
         "header",
         {},
         h("span", { class: "method" }, delivery.method),
+        delivery.late
+          ? h("span", { class: "badge late", title: "It came after the callback closed: kept, but not its result." }, "Late")
+          : null,
         h("time", { datetime: delivery.received_at }, clock(delivery.received_at)),
         h("span", { class: "from" }, "from ", h("code", {}, delivery.remote_addr || "unknown")),
         h("span", { class: "actions" }, rawLink, curl),

@@ -80,6 +80,8 @@ class DeliveryFilter:
     tokens: frozenset[str] | None = None
     # Only callbacks minted by this API key name; None: whoever minted them.
     owner: str | None = None
+    # Only late deliveries (True), only on-time ones (False), or both (None).
+    late: bool | None = None
 
     def accepts(self, event: Event, created: bool = False) -> bool:
         """Whether a waiter with these filters cares about `event`. A status change (no
@@ -104,6 +106,7 @@ class DeliveryFilter:
             and (self.tokens is None or delivery.token in self.tokens)
             and (self.group is None or delivery.group == self.group)
             and (self.correlation_id is None or delivery.correlation_id == self.correlation_id)
+            and (self.late is None or delivery.late == self.late)
         )
 
 
@@ -177,9 +180,10 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def ingest(self, incoming: Incoming, guard: Guard | None = None) -> IngestResult:
-        """Store a delivery; raises CallbackNotFound, DeliveryRefused (from `guard`, run on the
-        callback before the closed and duplicate checks) or CallbackClosed."""
+    async def ingest(self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True) -> IngestResult:
+        """Store a delivery; raises CallbackNotFound or DeliveryRefused (from `guard`, run on the
+        callback before the closed and duplicate checks). To a callback that takes no more
+        deliveries, it is stored as late (`keep_late`), or refused with CallbackClosed."""
 
     @abc.abstractmethod
     async def cancel(self, token: str, now: int, owner: str | None = None) -> tuple[Callback, bool]:

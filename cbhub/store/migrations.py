@@ -93,4 +93,15 @@ def _callback_listing_indexes(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_owner_and_guards, _callback_listing_indexes]
+def _v4_late_deliveries(conn: sqlite3.Connection) -> None:
+    # Deliveries that came after their callback closed are kept, flagged, and counted apart.
+    conn.execute("ALTER TABLE deliveries ADD COLUMN late INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE callbacks ADD COLUMN late_deliveries INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _v1_initial,
+    _v2_owner_and_guards,
+    _callback_listing_indexes,
+    _v4_late_deliveries,
+]

@@ -51,7 +51,7 @@ from cbhub.store.rows import (
     by_status,
     callback_from_row,
     callback_where,
-    check_open,
+    arrives_late,
     delivery_from_row,
     delivery_where,
     guard_columns,
@@ -107,12 +107,18 @@ CLAIM_KEY = (
     " created_at = EXCLUDED.created_at, callback_ids = '[]' WHERE idempotency_keys.created_at <= $5 RETURNING 1"
 )
 # The delivery and its callback's new state in one round trip.
-INSERT_DELIVERY = (
+_INSERT_DELIVERY = (
     "WITH d AS (INSERT INTO deliveries (callback_id, group_name, received_at, method, content_type, remote_addr,"
-    " headers, query, body, correlation_id, dedupe_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-    " RETURNING id)"
+    " headers, query, body, correlation_id, dedupe_key, late)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {late}) RETURNING id)"
+)
+INSERT_DELIVERY = _INSERT_DELIVERY.format(late="false") + (
     " UPDATE callbacks SET status = $12, deliveries = deliveries + 1, last_delivery_id = (SELECT id FROM d)"
     " WHERE id = $1 RETURNING last_delivery_id"
+)
+# A late one only counts on its callback: status and result stay as they were.
+INSERT_LATE_DELIVERY = _INSERT_DELIVERY.format(late="true") + (
+    " UPDATE callbacks SET late_deliveries = late_deliveries + 1 WHERE id = $1 RETURNING (SELECT id FROM d)"
 )
 EXPIRE_DUE = (
     "UPDATE callbacks SET status = $1, closed_seq = nextval('closing_seq') WHERE id IN"
@@ -423,7 +429,7 @@ class PostgresStore(Store):
         # Ordered: creations take positions too, for the other instances' inspectors.
         return await self._submit(op, ordered=True, announce=minted)
 
-    async def ingest(self, incoming: Incoming, guard: Guard | None = None) -> IngestResult:
+    async def ingest(self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True) -> IngestResult:
         async def op(conn: asyncpg.Connection) -> IngestResult:
             if _no_such_token(incoming.token):
                 raise CallbackNotFound(incoming.token)
@@ -437,7 +443,7 @@ class PostgresStore(Store):
             if guard is not None:
                 # Before the closed and duplicate checks, as on SQLite (see there).
                 guard(callback)
-            check_open(callback, incoming.received_at)
+            late = arrives_late(callback, incoming.received_at, keep_late)
             callback_id = row[0]
             dedupe_key = _name(incoming.dedupe_key)
             if dedupe_key is not None:
@@ -449,9 +455,7 @@ class PostgresStore(Store):
                 if first is not None:
                     callback.result = await self._load_delivery(conn, row[LAST_DELIVERY_ID])
                     return IngestResult(_delivery(first), callback, duplicate=True)
-            status = callback.status if callback.status != PENDING else "received"
-            delivery_id = await conn.fetchval(
-                INSERT_DELIVERY,
+            values = (
                 callback_id,
                 _name(callback.group),
                 incoming.received_at,
@@ -463,8 +467,13 @@ class PostgresStore(Store):
                 incoming.raw,
                 _name(incoming.correlation_id),
                 dedupe_key,
-                status,
             )
+            if late:
+                delivery_id = await conn.fetchval(INSERT_LATE_DELIVERY, *values)
+                callback.result = await self._load_delivery(conn, row[LAST_DELIVERY_ID])
+                return IngestResult(new_delivery(incoming, delivery_id, callback, late=True), callback, duplicate=False)
+            status = callback.status if callback.status != PENDING else "received"
+            delivery_id = await conn.fetchval(INSERT_DELIVERY, *values, status)
             return IngestResult(new_delivery(incoming, delivery_id, callback), callback, duplicate=False)
 
         return await self._submit(op, ordered=True, announce=ingested)
@@ -556,7 +565,9 @@ class PostgresStore(Store):
         for row in map(tuple, await conn.fetch(DELIVERIES_AFTER, after, upto, limit)):
             delivery = _delivery(row[:DELIVERY_WIDTH])
             callback = _callback(row[DELIVERY_WIDTH:])
-            callback.result = delivery
+            # A late delivery is not its callback's result (rare: one more read for it).
+            late_result = row[DELIVERY_WIDTH + LAST_DELIVERY_ID]
+            callback.result = await PostgresStore._load_delivery(conn, late_result) if delivery.late else delivery
             events.append((delivery.id, Event("delivery", callback, delivery)))
         return events
 

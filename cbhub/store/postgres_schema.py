@@ -87,4 +87,10 @@ _V3 = [
     " WHERE correlation_id IS NOT NULL",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1, _V2, _V3]
+# Late deliveries, as in SQLite's version 4.
+_V4 = [
+    "ALTER TABLE deliveries ADD COLUMN late BOOLEAN NOT NULL DEFAULT false",
+    "ALTER TABLE callbacks ADD COLUMN late_deliveries INTEGER NOT NULL DEFAULT 0",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4]

@@ -17,11 +17,11 @@ from cbhub.store.base import CallbackClosed, CallbackFilter, DeliveryFilter
 # Both schemas name their columns alike; the row mappers below read them in this order.
 CALLBACK_COLUMNS = (
     "id, token, status, created_at, expires_at, label, group_name, metadata, deliveries, last_delivery_id,"
-    " created_by, allow_ips, verify"
+    " created_by, allow_ips, verify, late_deliveries"
 )
 DELIVERY_COLUMNS = (
     "d.id, c.token, d.received_at, d.method, d.content_type, d.remote_addr, d.headers, d.query,"
-    " d.body, d.correlation_id, d.group_name"
+    " d.body, d.correlation_id, d.group_name, d.late"
 )
 DELIVERY_FROM = "deliveries d JOIN callbacks c ON c.id = d.callback_id"
 # Indexes into a CALLBACK_COLUMNS row, and its width.
@@ -51,6 +51,7 @@ def callback_from_row(row: Sequence[Any], text: Text = _same) -> Callback:
         created_by=row[10],
         allow_ips=tuple(orjson.loads(row[11])) if row[11] is not None else (),
         verify=VerifySpec(**orjson.loads(row[12])) if row[12] is not None else None,
+        late_deliveries=row[13],
     )
 
 
@@ -67,6 +68,7 @@ def delivery_from_row(row: Sequence[Any], text: Text = _same) -> Delivery:
         raw=bytes(row[8]),
         correlation_id=text(row[9]),
         group=text(row[10]),
+        late=bool(row[11]),
     )
 
 
@@ -84,16 +86,20 @@ def by_status(rows: Sequence[Sequence[Any]]) -> dict[str, int]:
     return counts
 
 
-def check_open(callback: Callback, at: int) -> None:
-    """Raise CallbackClosed unless `callback` takes a delivery received at `at`."""
-    if callback.status in TERMINAL:
-        raise CallbackClosed(callback.status)
-    if callback.expires_at <= at:
-        raise CallbackClosed(EXPIRED)
+def arrives_late(callback: Callback, at: int, keep_late: bool) -> bool:
+    """Whether a delivery received at `at` comes after `callback` stopped taking deliveries
+    (expired, cancelled, or received and past its expiry). Such a delivery is kept as late when
+    `keep_late`; otherwise this raises CallbackClosed."""
+    if not callback.closed(at):
+        return False
+    if keep_late:
+        return True
+    raise CallbackClosed(callback.status if callback.status in TERMINAL else EXPIRED)
 
 
-def new_delivery(incoming: Incoming, delivery_id: int, callback: Callback) -> Delivery:
-    """The stored delivery, counted on its callback (which becomes received, with it as result)."""
+def new_delivery(incoming: Incoming, delivery_id: int, callback: Callback, late: bool = False) -> Delivery:
+    """The stored delivery, counted on its callback: an on-time one makes it received, with the
+    delivery as its result; a late one is only counted, in `late_deliveries`."""
     delivery = Delivery(
         id=delivery_id,
         token=incoming.token,
@@ -106,8 +112,12 @@ def new_delivery(incoming: Incoming, delivery_id: int, callback: Callback) -> De
         raw=incoming.raw,
         correlation_id=incoming.correlation_id,
         group=callback.group,
+        late=late,
         _parsed=incoming.parsed,
     )
+    if late:
+        callback.late_deliveries += 1
+        return delivery
     if callback.status == PENDING:
         callback.status = RECEIVED
     callback.deliveries += 1
@@ -132,6 +142,8 @@ def delivery_where(
         clauses.append(f"d.correlation_id = {bind(name(where.correlation_id))}")
     if where.owner is not None:
         clauses.append(f"c.created_by = {bind(where.owner)}")
+    if where.late is not None:
+        clauses.append(f"d.late = {bind(where.late)}")
     return " AND ".join(clauses)
 
 

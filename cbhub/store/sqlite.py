@@ -53,10 +53,11 @@ from cbhub.store.rows import (
     CALLBACK_COLUMNS,
     DELIVERY_COLUMNS,
     DELIVERY_FROM,
+    LAST_DELIVERY_ID,
     by_status,
     callback_from_row,
     callback_where,
-    check_open,
+    arrives_late,
     delivery_from_row,
     delivery_where,
     guard_columns,
@@ -298,7 +299,7 @@ class SQLiteStore(Store):
 
         return await self._writes.submit(op, minted)
 
-    async def ingest(self, incoming: Incoming, guard: Guard | None = None) -> IngestResult:
+    async def ingest(self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True) -> IngestResult:
         def op(conn: sqlite3.Connection) -> IngestResult:
             row = conn.execute(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = ?", (incoming.token,)).fetchone()
             if row is None:
@@ -309,7 +310,7 @@ class SQLiteStore(Store):
                 # check, so a refused sender learns nothing of the callback's state; before the
                 # duplicate check, so a forgery reusing a real message id is refused too.
                 guard(callback)
-            check_open(callback, incoming.received_at)
+            late = arrives_late(callback, incoming.received_at, keep_late)
             callback_id = row[0]
             if incoming.dedupe_key is not None:
                 first = conn.execute(
@@ -317,11 +318,11 @@ class SQLiteStore(Store):
                     (callback_id, incoming.dedupe_key),
                 ).fetchone()
                 if first is not None:
-                    callback.result = self._load_delivery(conn, row[9])
+                    callback.result = self._load_delivery(conn, row[LAST_DELIVERY_ID])
                     return IngestResult(delivery_from_row(first), callback, duplicate=True)
             cursor = conn.execute(
                 "INSERT INTO deliveries (callback_id, group_name, received_at, method, content_type, remote_addr,"
-                " headers, query, body, correlation_id, dedupe_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " headers, query, body, correlation_id, dedupe_key, late) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     callback_id,
                     callback.group,
@@ -334,8 +335,17 @@ class SQLiteStore(Store):
                     incoming.raw,
                     incoming.correlation_id,
                     incoming.dedupe_key,
+                    late,
                 ),
             )
+            if late:
+                # Its result stays what it was: the waiters of a late delivery are shown it.
+                callback.result = self._load_delivery(conn, row[LAST_DELIVERY_ID])
+                delivery = new_delivery(incoming, cursor.lastrowid, callback, late=True)
+                conn.execute(
+                    "UPDATE callbacks SET late_deliveries = ? WHERE id = ?", (callback.late_deliveries, callback_id)
+                )
+                return IngestResult(delivery, callback, duplicate=False)
             status_before = callback.status
             delivery = new_delivery(incoming, cursor.lastrowid, callback)
             if callback.status != status_before:
@@ -361,7 +371,7 @@ class SQLiteStore(Store):
             callback = callback_from_row(row)
             if owner is not None and callback.created_by != owner:
                 raise CallbackNotFound(token)
-            callback.result = self._load_delivery(conn, row[9])
+            callback.result = self._load_delivery(conn, row[LAST_DELIVERY_ID])
             if callback.status in TERMINAL:
                 return callback, False
             conn.execute("UPDATE callbacks SET status = ? WHERE id = ?", (CANCELLED, row[0]))
@@ -421,7 +431,7 @@ class SQLiteStore(Store):
     def _load_callback_by_id(self, conn: sqlite3.Connection, callback_id: int) -> Callback:
         row = conn.execute(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id = ?", (callback_id,)).fetchone()
         callback = callback_from_row(row)
-        callback.result = self._load_delivery(conn, row[9])
+        callback.result = self._load_delivery(conn, row[LAST_DELIVERY_ID])
         return callback
 
     @staticmethod
@@ -454,8 +464,8 @@ class SQLiteStore(Store):
         if row is None:
             return None
         callback = callback_from_row(row)
-        if row[9] is not None:
-            callback.result = await self.get_delivery(row[9])
+        if row[LAST_DELIVERY_ID] is not None:
+            callback.result = await self.get_delivery(row[LAST_DELIVERY_ID])
         return callback
 
     async def list_callbacks(self, where: CallbackFilter, before: int | None, limit: int) -> CallbackPage:
