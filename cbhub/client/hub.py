@@ -21,9 +21,8 @@ from cbhub.client.errors import (
     from_response,
     unreachable,
 )
-from cbhub.client.models import Callback, Delivery, DeliveryPage, GroupStatus
+from cbhub.client.models import CANCELLED, Callback, Delivery, DeliveryPage, GroupStatus
 from cbhub.client.streaming import POLL_SECONDS, Auto, Backoff, LongPoll, Transport, WebSocket, resume
-from cbhub.model import CANCELLED
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 URL_ENV = "CBHUB_URL"

@@ -10,8 +10,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cbhub.bodies import FORM_TYPE, media_type
-from cbhub.model import CANCELLED, EXPIRED, PENDING, RECEIVED
+# The wire's words. The client reads them from the JSON and imports none of the server's
+# modules: it needs only aiohttp and orjson.
+PENDING, RECEIVED, EXPIRED, CANCELLED = "pending", "received", "expired", "cancelled"
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+def media_type(content_type: str | None) -> str:
+    """The lower-case media type of a Content-Type header ("" when there is none)."""
+    return (content_type or "").partition(";")[0].strip().lower()
 
 
 def parse_time(text: str) -> datetime:
@@ -67,7 +74,7 @@ class Delivery:
             return "empty"
         if self.body_base64 is not None:
             return "binary"
-        media, _ = media_type(self.content_type)
+        media = media_type(self.content_type)
         if media == FORM_TYPE and isinstance(self.body, dict):
             return "form"
         # The server parsed JSON when the type says so, or when an untyped body looked like it.
