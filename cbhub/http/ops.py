@@ -20,7 +20,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready means writable: after a failed commit, not ready until a commit succeeds again."""
+    """Ready means writable: after a failed commit, not ready until a write commits again (the
+    hub probes with one four times a second meanwhile)."""
     if not request.app[HUB].store.writable:
         return error_response(
             503, "store_unavailable", "the last commit failed; waiting for one to succeed", {"Retry-After": "1"}

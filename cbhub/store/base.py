@@ -161,7 +161,8 @@ class Store(abc.ABC):
     @property
     @abc.abstractmethod
     def writable(self) -> bool:
-        """False from a failed commit until a commit succeeds again."""
+        """False from a failed commit until a write probe (probe_write) commits: a commit that
+        wrote nothing (only refusals or duplicates) proves nothing."""
 
     # Writes
 
@@ -196,7 +197,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def probe_write(self, now: int) -> None:
-        """A small real write, to learn whether a store that failed to commit can again."""
+        """A small real write, to learn whether a store that failed to commit can again: only
+        a commit of one turns `writable` True again."""
 
     @abc.abstractmethod
     async def purge(self, expired_before: int, now: int, batch: int = 500) -> int:

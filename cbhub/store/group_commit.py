@@ -66,6 +66,7 @@ class _Write(Generic[Op]):
     op: Op
     future: asyncio.Future
     announce: Announce
+    probe: bool
 
 
 class GroupCommit(Generic[Op]):
@@ -74,7 +75,12 @@ class GroupCommit(Generic[Op]):
     `run_batch(ops)` commits them in one transaction and returns one result per op (an
     exception object for an op that failed alone); it raises StoreUnavailable when nothing
     could be committed. `announce(events)` is awaited after each commit with the events of the
-    batch, in op order."""
+    batch, in op order.
+
+    `writable` turns False when a batch cannot be committed, and True again only when a batch
+    holding a write probe commits: a batch whose ops all wrote nothing (refusals, unknown
+    tokens, a sender's retry of a stored message) commits even on a full disk, and proves
+    nothing."""
 
     def __init__(
         self,
@@ -102,11 +108,13 @@ class GroupCommit(Generic[Op]):
         if self._task is not None:
             await self._task
 
-    async def submit(self, op: Op, announce: Announce = no_events) -> Any:
+    async def submit(self, op: Op, announce: Announce = no_events, probe: bool = False) -> Any:
+        """Commit `op` with the next batch; its result once committed. `probe`: the op always
+        writes, so its commit shows the store writable again."""
         if self._closing:
             raise StoreUnavailable("the store is closing")
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Write(op, future, announce))
+        self._pending.append(_Write(op, future, announce, probe))
         self._wakeup.set()
         # Not shielded: a sender that hangs up cancels this future alone; its op stays in the
         # batch and commits with the others, and the writer skips answering it. (A shield
@@ -140,7 +148,8 @@ class GroupCommit(Generic[Op]):
                 if not write.future.done():
                     write.future.set_exception(exc)
             return
-        self.writable = True
+        if not self.writable and any(write.probe for write in batch):
+            self.writable = True
         if self._on_commit is not None:
             self._on_commit(len(batch), time.perf_counter() - started)
         events = [

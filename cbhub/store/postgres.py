@@ -376,9 +376,13 @@ class PostgresStore(Store):
             await self._feed.committed(events, *span)
 
     async def _submit(
-        self, run: Callable[[asyncpg.Connection], Awaitable[Any]], ordered: bool, announce: Announce = no_events
+        self,
+        run: Callable[[asyncpg.Connection], Awaitable[Any]],
+        ordered: bool,
+        announce: Announce = no_events,
+        probe: bool = False,
     ) -> Any:
-        return await self._writes.submit(_Write(run, ordered), announce)
+        return await self._writes.submit(_Write(run, ordered), announce, probe)
 
     # Writes
 
@@ -512,7 +516,7 @@ class PostgresStore(Store):
                 "INSERT INTO write_probe (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at", now
             )
 
-        await self._submit(op, ordered=False)
+        await self._submit(op, ordered=False, probe=True)
 
     async def purge(self, expired_before: int, now: int, batch: int = 500) -> int:
         async def op(conn: asyncpg.Connection) -> int:

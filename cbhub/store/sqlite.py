@@ -398,7 +398,7 @@ class SQLiteStore(Store):
                 "INSERT INTO write_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at", (now,)
             )
 
-        await self._writes.submit(op)
+        await self._writes.submit(op, probe=True)
 
     async def purge(self, expired_before: int, now: int, batch: int = 500) -> int:
         def op(conn: sqlite3.Connection) -> int:
