@@ -18,8 +18,9 @@ from cbhub import __version__, eventloop
 from cbhub.app import create_app
 from cbhub.cli_client import add_commands, protect_tokens
 from cbhub.config import Config, ConfigError, StorageConfig, exposure_problem, load_config
+from cbhub.http.deadline import DeadlineAppRunner
 from cbhub.http.ingest import INGESTS
-from cbhub.http.keys import HUB
+from cbhub.http.keys import HUB, METRICS
 from cbhub.http.access import AccessLogger
 from cbhub.logs import setup_logging
 from cbhub.store import StoreError
@@ -141,8 +142,10 @@ async def serve(config: Config) -> None:
     context = tls_context(config)
     scheme = "https" if context is not None else "http"
     app = create_app(config)
-    runner = web.AppRunner(
+    runner = DeadlineAppRunner(
         app,
+        read_timeout=config.server.read_timeout,
+        on_read_timeout=app[METRICS].read_timeouts.inc,
         handler_cancellation=True,  # a client that hangs up cancels its long-poll at once
         access_log=logging.getLogger("cbhub.access"),
         access_log_class=AccessLogger,
