@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 import sqlite3
 import ssl
@@ -84,6 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
         print("cbhub: server.event_loop is uvloop, which is not installed (pip install 'cbhub[fast]')", file=sys.stderr)
         return 2
     log.info("event loop: %s", eventloop.resolve(config.server.event_loop))
+    log.info("open files: up to %s", raise_open_files_limit())
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(serve(config))
@@ -113,6 +115,28 @@ def _backup(args: argparse.Namespace) -> int:
         return 1
     print(f"backed up {config.storage.path} to {args.dest} ({pages} pages)", file=sys.stderr)
     return 0
+
+
+def raise_open_files_limit() -> str:
+    """Raise the soft limit on open files to the hard one; what the limit now is, for the log.
+
+    Every waiting client (long-poll, websocket, event stream) holds a descriptor, and so does
+    every connection still sending its request: a soft limit left at a shell's usual 1024 would
+    refuse callbacks long before the machine must. The hard limit is the administrator's
+    (systemd's LimitNOFILE=, ulimit -Hn) and is kept."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return _limit_text(soft)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        # macOS, for one, refuses an unlimited soft limit: keep what there is.
+        return f"{_limit_text(soft)} (the hard limit, {_limit_text(hard)}, was refused: {exc})"
+    return f"{_limit_text(hard)} (raised from {_limit_text(soft)})"
+
+
+def _limit_text(limit: int) -> str:
+    return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
 
 
 def describe_storage(storage: StorageConfig) -> str:
