@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 import sqlite3
 import ssl
@@ -18,8 +19,9 @@ from cbhub import __version__, eventloop
 from cbhub.app import create_app
 from cbhub.cli_client import add_commands, protect_tokens
 from cbhub.config import Config, ConfigError, StorageConfig, exposure_problem, load_config
+from cbhub.http.deadline import DeadlineAppRunner
 from cbhub.http.ingest import INGESTS
-from cbhub.http.keys import HUB
+from cbhub.http.keys import HUB, METRICS
 from cbhub.http.access import AccessLogger
 from cbhub.logs import setup_logging
 from cbhub.store import StoreError
@@ -83,6 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
         print("cbhub: server.event_loop is uvloop, which is not installed (pip install 'cbhub[fast]')", file=sys.stderr)
         return 2
     log.info("event loop: %s", eventloop.resolve(config.server.event_loop))
+    log.info("open files: up to %s", raise_open_files_limit())
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(serve(config))
@@ -114,6 +117,28 @@ def _backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def raise_open_files_limit() -> str:
+    """Raise the soft limit on open files to the hard one; what the limit now is, for the log.
+
+    Every waiting client (long-poll, websocket, event stream) holds a descriptor, and so does
+    every connection still sending its request: a soft limit left at a shell's usual 1024 would
+    refuse callbacks long before the machine must. The hard limit is the administrator's
+    (systemd's LimitNOFILE=, ulimit -Hn) and is kept."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return _limit_text(soft)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        # macOS, for one, refuses an unlimited soft limit: keep what there is.
+        return f"{_limit_text(soft)} (the hard limit, {_limit_text(hard)}, was refused: {exc})"
+    return f"{_limit_text(hard)} (raised from {_limit_text(soft)})"
+
+
+def _limit_text(limit: int) -> str:
+    return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
+
+
 def describe_storage(storage: StorageConfig) -> str:
     """Where the data is, for the log: never a password."""
     if storage.backend == "sqlite":
@@ -141,8 +166,10 @@ async def serve(config: Config) -> None:
     context = tls_context(config)
     scheme = "https" if context is not None else "http"
     app = create_app(config)
-    runner = web.AppRunner(
+    runner = DeadlineAppRunner(
         app,
+        read_timeout=config.server.read_timeout,
+        on_read_timeout=app[METRICS].read_timeouts.inc,
         handler_cancellation=True,  # a client that hangs up cancels its long-poll at once
         access_log=logging.getLogger("cbhub.access"),
         access_log_class=AccessLogger,

@@ -50,6 +50,9 @@ class ServerConfig:
     # "auto": uvloop when installed (cbhub[fast]), else asyncio's loop; or "asyncio", "uvloop".
     event_loop: str = "auto"
     shutdown_timeout: float = 10.0
+    # Seconds from a request's first byte (a new connection's: from its accept) until its
+    # headers and body must all have arrived; past it the connection is closed (Slowloris).
+    read_timeout: float = 60.0
     # Proxies (CIDRs) whose X-Forwarded-For / Forwarded headers are believed.
     trusted_proxies: tuple[str, ...] = ()
     # PEM files: both set, cbhub serves HTTPS itself.
@@ -224,6 +227,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "server.port": (_port, "a port number from 0 to 65535"),
     "server.public_url": (_public_url, "an absolute http(s) URL such as https://hooks.example.com"),
     "server.shutdown_timeout": (_positive, "a number of seconds greater than 0"),
+    "server.read_timeout": (_positive, "a number of seconds greater than 0"),
     "storage.backend": (lambda v: v in BACKENDS, "one of " + ", ".join(BACKENDS)),
     "server.event_loop": (lambda v: v in EVENT_LOOPS, "one of " + ", ".join(EVENT_LOOPS)),
     "storage.path": (bool, "a file path"),

@@ -56,6 +56,11 @@ class Metrics:
             buckets=FAST_BUCKETS,
             registry=self.registry,
         )
+        self.read_timeouts = Counter(
+            "cbhub_read_timeouts",
+            "Connections closed because a request had not arrived whole within server.read_timeout.",
+            registry=self.registry,
+        )
         self.registry.register(_WaitersCollector(count_waiters))
         self._outcomes: dict[str, Counter] = {}
 

@@ -49,6 +49,7 @@ def test_flag_beats_env_beats_file_beats_default(tmp_path):
         ("", {"CBHUB_SERVER_PORT": "99999"}, "server.port: 99999"),
         ("", {"CBHUB_STORAGE_SYNCHRONOUS": "sometimes"}, "storage.synchronous: 'SOMETIMES'"),
         ("[callbacks]\ndefault_ttl = 0\n", {}, "callbacks.default_ttl: 0"),
+        ("", {"CBHUB_SERVER_READ_TIMEOUT": "0"}, "server.read_timeout: 0.0"),
         ("[callbacks]\ndefault_ttl = 99999999\n", {}, "callbacks.default_ttl"),
         ("[server]\npublic_url = 'hooks.example.com'\n", {}, "server.public_url"),
         ("[server]\nprot = 1\n", {}, "unknown key server.prot"),
