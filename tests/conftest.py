@@ -10,11 +10,24 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import HealthCheck, settings
 
 from bench.payload import MARKETING_CLOUD_FIELDS  # noqa: F401  (the tests post it, as the benchmark does)
 from cbhub.app import create_app
 from cbhub.config import Config, load_config
 from cbhub.http.keys import HUB
+
+# Property tests: their outcome must not depend on how fast the machine is, nor on how large
+# a random draw happens to come out. No deadline per example and no health check about slow
+# or oversized generation (a busy 2-core machine trips them); each test sets the number of
+# examples it can afford.
+settings.register_profile(
+    "cbhub",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+settings.load_profile("cbhub")
+
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
