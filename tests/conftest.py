@@ -202,6 +202,12 @@ def waiters_sync(url: str) -> dict[str, float]:
     return {kind: float(n) for kind, n in WAITERS_LINE.findall(text)}
 
 
+async def has_waiters(url: str, **count: int) -> bool:
+    """Whether the server at `url` holds these many waiters of each kind (`long_poll=1`)."""
+    found = await waiters(url)
+    return all(found.get(kind) == n for kind, n in count.items())
+
+
 async def post_acknowledged(session: Any, url: str, body: str | bytes, acknowledged: dict) -> bool:
     """POST a form body to a callback URL as a sender under load would; a 200 records the
     delivery id under the body. False when the server could not be reached: that POST was
