@@ -296,6 +296,10 @@ class ServerProcess:
         self._drain = threading.Thread(target=drain, daemon=True)
         self._drain.start()
 
+    def log_so_far(self) -> str:
+        """Everything logged until now, without waiting for the exit (once `keep_reading` runs)."""
+        return "".join(self.log_lines) + self._partial
+
     def finish(self, timeout: float = 15.0) -> tuple[int, str]:
         """Wait for exit; the exit code and everything logged."""
         if self._drain is not None:
