@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+import re
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -10,11 +12,24 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import HealthCheck, settings
 
 from bench.payload import MARKETING_CLOUD_FIELDS  # noqa: F401  (the tests post it, as the benchmark does)
 from cbhub.app import create_app
 from cbhub.config import Config, load_config
 from cbhub.http.keys import HUB
+
+# Property tests: their outcome must not depend on how fast the machine is, nor on how large
+# a random draw happens to come out. No deadline per example and no health check about slow
+# or oversized generation (a busy 2-core machine trips them); each test sets the number of
+# examples it can afford.
+settings.register_profile(
+    "cbhub",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+settings.load_profile("cbhub")
+
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
@@ -110,12 +125,19 @@ async def session_as():
         await session.close()
 
 
+async def start_waiting(client: TestClient, path: str, session: Any = None) -> asyncio.Task:
+    """A GET that waits (a long-poll on a callback, a group or deliveries), registered before
+    this returns: whatever wakes it shows, and nothing before it can be missed."""
+    before = registry_size(client)
+    task = asyncio.create_task((session or client).get(path))
+    await eventually(lambda: task.done() or registry_size(client) > before)
+    assert not task.done(), f"{path} was answered at once instead of waiting"
+    return task
+
+
 async def start_watching(client: TestClient, token: str, session: Any = None) -> asyncio.Task:
     """A long-poll on the callback, registered before this returns: whatever wakes it shows."""
-    before = registry_size(client)
-    task = asyncio.create_task((session or client).get(f"/v1/callbacks/{token}/wait?timeout=30"))
-    await eventually(lambda: registry_size(client) > before)
-    return task
+    return await start_waiting(client, f"/v1/callbacks/{token}/wait?timeout=30", session)
 
 
 async def woken_with(task: asyncio.Task) -> list[dict[str, Any]]:
@@ -132,11 +154,58 @@ async def assert_error(response: aiohttp.ClientResponse, status: int, code: str)
     return error
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+# Waiting for a condition, never for a fixed time: a busy machine only makes these slower.
+# The timeouts are generous on purpose; they only bound how long a failing test takes.
+
+
+async def eventually(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, what: str = "the condition"
+) -> None:
+    """Until `predicate()` holds; it may be a coroutine function (asking a server over HTTP)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        held = predicate()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        assert loop.time() < deadline, f"{what} did not hold within {timeout} s"
         await asyncio.sleep(0.01)
+
+
+def eventually_sync(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "the condition") -> None:
+    """`eventually` for a test without an event loop: blocks this thread until `predicate()` holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} did not hold within {timeout} s"
+        time.sleep(0.01)
+
+
+WAITERS_LINE = re.compile(r'^cbhub_waiters\{kind="(\w+)"\} (\S+)$', re.M)
+
+
+async def waiters(url: str) -> dict[str, float]:
+    """The server's `cbhub_waiters` gauge by kind, as an operator reads it on /metrics: how to
+    see who waits on a server in another process."""
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
+        text = await response.text()
+    return {kind: float(n) for kind, n in WAITERS_LINE.findall(text)}
+
+
+def waiters_sync(url: str) -> dict[str, float]:
+    """`waiters` for a test without an event loop."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {kind: float(n) for kind, n in WAITERS_LINE.findall(text)}
+
+
+async def has_waiters(url: str, **count: int) -> bool:
+    """Whether the server at `url` holds these many waiters of each kind (`long_poll=1`)."""
+    found = await waiters(url)
+    return all(found.get(kind) == n for kind, n in count.items())
 
 
 async def post_acknowledged(session: Any, url: str, body: str | bytes, acknowledged: dict) -> bool:
@@ -226,6 +295,10 @@ class ServerProcess:
 
         self._drain = threading.Thread(target=drain, daemon=True)
         self._drain.start()
+
+    def log_so_far(self) -> str:
+        """Everything logged until now, without waiting for the exit (once `keep_reading` runs)."""
+        return "".join(self.log_lines) + self._partial
 
     def finish(self, timeout: float = 15.0) -> tuple[int, str]:
         """Wait for exit; the exit code and everything logged."""
@@ -334,7 +407,9 @@ async def terminate_listeners(admin: Any, expected: int) -> int:
     listeners = (
         "FROM pg_stat_activity WHERE application_name = 'cbhub listener' AND datname = current_database()"
     )
-    deadline = time.monotonic() + 10
-    while await admin.fetchval(f"SELECT count(*) {listeners}") < expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+
+    async def all_connected() -> bool:
+        return await admin.fetchval(f"SELECT count(*) {listeners}") >= expected
+
+    await eventually(all_connected, what=f"{expected} listening connections")
     return await admin.fetchval(f"SELECT count(pg_terminate_backend(pid)) {listeners}")

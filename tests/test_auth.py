@@ -15,7 +15,7 @@ from aiohttp import web
 from cbhub.app import create_app
 from cbhub.config import ConfigError, load_config
 from cbhub.http.keys import CALLER
-from conftest import assert_error, bearer, mint, post_callback, registry_size, start_watching, woken_with
+from conftest import assert_error, bearer, mint, post_callback, registry_size, start_waiting, start_watching, woken_with
 
 # Every test here runs on SQLite and on PostgreSQL.
 ALL_BACKENDS = True
@@ -158,12 +158,10 @@ async def test_a_long_poll_on_deliveries_never_wakes_for_another_keys_callback(h
     theirs = await mint(billing, group="batch-1")
     correlated = {"RequestID": "req-1"}
 
-    by_group = asyncio.create_task(crm.get("/v1/deliveries?group=batch-1&wait=20"))
-    by_correlation = asyncio.create_task(crm.get("/v1/deliveries?correlation_id=req-1&wait=20"))
-    everything = asyncio.create_task(crm.get("/v1/deliveries?wait=20"))
-    group_wait = asyncio.create_task(crm.get("/v1/groups/batch-1/wait?timeout=20"))
-    await asyncio.sleep(0)
-    await _until_registered(hub, 4)
+    by_group = await start_waiting(hub, "/v1/deliveries?group=batch-1&wait=20", crm)
+    by_correlation = await start_waiting(hub, "/v1/deliveries?correlation_id=req-1&wait=20", crm)
+    everything = await start_waiting(hub, "/v1/deliveries?wait=20", crm)
+    group_wait = await start_waiting(hub, "/v1/groups/batch-1/wait?timeout=20", crm)
 
     # The other key's callback receives, and is even completed: none of crm's waits may answer.
     await post_callback(hub, theirs, data=correlated)
@@ -173,12 +171,6 @@ async def test_a_long_poll_on_deliveries_never_wakes_for_another_keys_callback(h
         assert [d["token"] for d in answer["deliveries"]] == [ours["token"]]
     counts = await (await asyncio.wait_for(group_wait, 10)).json()
     assert counts["total"] == 1 and counts["received"] == 1
-
-
-async def _until_registered(client, count: int) -> None:
-    from conftest import eventually
-
-    await eventually(lambda: registry_size(client) >= count)
 
 
 async def test_idempotency_keys_are_scoped_by_api_key(billing, crm):

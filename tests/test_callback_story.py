@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from conftest import MARKETING_CLOUD_FIELDS, mint, post_callback, registry_size
+from conftest import MARKETING_CLOUD_FIELDS, mint, post_callback, registry_size, start_waiting
 
 # Every test here runs on SQLite and on PostgreSQL.
 ALL_BACKENDS = True
@@ -17,9 +17,7 @@ async def test_marketing_cloud_form_callback_wakes_a_waiting_long_poll(client):
     assert callback["callback_url"] == f"http://{client.host}:{client.port}/cb/{callback['token']}"
     assert len(callback["token"]) >= 43  # 256 random bits, URL-safe base64
 
-    waiting = asyncio.create_task(client.get(f"/v1/callbacks/{callback['token']}/wait?timeout=10"))
-    await asyncio.sleep(0.2)
-    assert not waiting.done()
+    waiting = await start_waiting(client, f"/v1/callbacks/{callback['token']}/wait?timeout=10")
 
     await post_callback(client, callback, data=MARKETING_CLOUD_FIELDS)
     response = await asyncio.wait_for(waiting, 5)
@@ -71,11 +69,9 @@ async def test_a_wait_with_nothing_arriving_times_out_with_204(client):
 async def test_wait_after_the_latest_delivery_holds_until_the_next_one(client):
     callback = await mint(client)
     first = await post_callback(client, callback, json={"n": 1})
-    waiting = asyncio.create_task(
-        client.get(f"/v1/callbacks/{callback['token']}/wait?timeout=10&after={first['delivery_id']}")
+    waiting = await start_waiting(
+        client, f"/v1/callbacks/{callback['token']}/wait?timeout=10&after={first['delivery_id']}"
     )
-    await asyncio.sleep(0.2)
-    assert not waiting.done()
     await post_callback(client, callback, json={"n": 2})
     answer = await (await asyncio.wait_for(waiting, 5)).json()
     assert [d["body"] for d in answer["deliveries"]] == [{"n": 2}]
@@ -84,11 +80,9 @@ async def test_wait_after_the_latest_delivery_holds_until_the_next_one(client):
 async def test_correlation_id_finds_and_awaits_a_callback_by_request_id(client):
     callback = await mint(client)
     request_id = "req-7c1f"
-    waiting = asyncio.create_task(client.get(f"/v1/deliveries?correlation_id={request_id}&wait=10"))
-    await asyncio.sleep(0.2)
+    waiting = await start_waiting(client, f"/v1/deliveries?correlation_id={request_id}&wait=10")
+    # Another request id first: had it woken the long-poll, the answer below would hold its delivery.
     await post_callback(client, await mint(client), data={"RequestID": "someone-else"})
-    await asyncio.sleep(0.1)
-    assert not waiting.done()
     await post_callback(client, callback, data={**MARKETING_CLOUD_FIELDS, "RequestID": request_id})
 
     answer = await (await asyncio.wait_for(waiting, 5)).json()
@@ -236,8 +230,7 @@ async def test_batch_mints_count_callbacks_in_one_group(client):
 
 async def test_cancel_wakes_the_waiter_and_closes_the_url(client):
     callback = await mint(client)
-    waiting = asyncio.create_task(client.get(f"/v1/callbacks/{callback['token']}/wait?timeout=10"))
-    await asyncio.sleep(0.2)
+    waiting = await start_waiting(client, f"/v1/callbacks/{callback['token']}/wait?timeout=10")
     response = await client.delete(f"/v1/callbacks/{callback['token']}")
     assert response.status == 200
     assert (await response.json())["status"] == "cancelled"

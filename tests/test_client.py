@@ -6,13 +6,12 @@ import asyncio
 import base64
 import logging
 import os
-import re
 from typing import Any, AsyncGenerator
 
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import MARKETING_CLOUD_FIELDS, eventually, post_callback, registry_size
+from conftest import MARKETING_CLOUD_FIELDS, eventually, post_callback, registry_size, waiters
 
 from cbhub.app import create_app
 from cbhub.client import (
@@ -180,13 +179,6 @@ async def collect(stream, into: list, count: int | None = None) -> None:
         into.append(delivery)
         if count is not None and len(into) >= count:
             return
-
-
-async def waiters(url: str) -> dict[str, float]:
-    """The server's `cbhub_waiters` gauge by kind, as an operator reads it on /metrics."""
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
-        text = await response.text()
-    return {kind: float(n) for kind, n in re.findall(r'^cbhub_waiters\{kind="(\w+)"\} (\S+)$', text, re.M)}
 
 
 async def parked_on(stream: AsyncGenerator[Delivery, None], count: int, registry: Any) -> tuple[list[Delivery], dict]:

@@ -7,7 +7,7 @@ import random
 
 import aiohttp
 
-from conftest import eventually, post_callback, registry_size
+from conftest import eventually, post_callback, registry_size, start_waiting
 
 # Every test here runs on SQLite and on PostgreSQL.
 ALL_BACKENDS = True
@@ -17,17 +17,14 @@ async def test_a_group_of_50_is_awaited_with_one_request_while_callbacks_arrive(
     response = await client.post("/v1/callbacks/batch", json={"count": 50, "group": "import-7"})
     callbacks = (await response.json())["callbacks"]
 
-    waiting = asyncio.create_task(client.get("/v1/groups/import-7/wait?timeout=20"))
-    await asyncio.sleep(0.2)
-    assert not waiting.done()
+    waiting = await start_waiting(client, "/v1/groups/import-7/wait?timeout=20")
 
     async def third_party(callback):
-        await asyncio.sleep(random.uniform(0, 0.3))
+        await asyncio.sleep(random.uniform(0, 0.3))  # the callbacks arrive at random moments
         await post_callback(client, callback, data={"RequestID": callback["token"][:8], "StatusCode": "OK"})
 
     await asyncio.gather(*(third_party(c) for c in callbacks[:49]))
-    await asyncio.sleep(0.2)
-    assert not waiting.done(), "one callback is still pending"
+    # One callback is still pending: a wait that answered now would count it pending below.
     await client.delete(f"/v1/callbacks/{callbacks[49]['token']}")
 
     response = await asyncio.wait_for(waiting, 5)

@@ -103,8 +103,9 @@ def test_the_page_loads_with_no_console_error_and_nothing_from_another_host(hub,
     page = watched.page
     expect(page).to_have_title("cbhub inspector")
     expect(page.get_by_role("button", name="Create callback")).to_be_visible()
-    for label in ("TTL", "Label", "Group"):
-        expect(page.get_by_label(label, exact=False).first).to_be_visible()
+    expect(page.get_by_label("TTL", exact=True)).to_be_visible()
+    for label in ("Label", "Group"):  # in the form and in the filters
+        expect(page.get_by_label(label, exact=True).first).to_be_visible()
     expect(page.locator("#empty")).to_be_visible()
     response = page.request.get(hub + "/")
     assert "script-src 'self'" in response.headers["content-security-policy"]
@@ -166,11 +167,17 @@ def test_a_marketing_cloud_post_turns_the_row_received_and_shows_its_fields_as_a
 def test_creating_a_callback_from_the_form_shows_a_url_that_accepts_a_post(hub, open_page):
     watched = open_page(hub)
     page = watched.page
+    # Named "TTL" and nothing more, as a screen reader says it; its unit shows beside it and
+    # is read as its description.
+    ttl = page.get_by_label("TTL", exact=True)
+    expect(ttl).to_have_accessible_name("TTL")
+    expect(ttl).to_have_accessible_description("seconds")
+    expect(page.locator("#create").get_by_text("seconds", exact=True)).to_be_visible()
     # The API's refusal is shown as it words it.
-    page.get_by_label("TTL").fill("99999999")
+    ttl.fill("99999999")
     page.get_by_role("button", name="Create callback").click()
     expect(page.locator("#toast")).to_contain_text("ttl: must be from 1 to 2592000")
-    page.get_by_label("TTL").fill("600")
+    ttl.fill("600")
     page.get_by_label("Label", exact=True).first.fill("from-the-form")
     page.locator("#create").get_by_label("Group").fill("manual")
     page.get_by_role("button", name="Create callback").click()

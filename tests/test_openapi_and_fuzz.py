@@ -8,7 +8,7 @@ import sys
 import urllib.request
 
 import orjson
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cbhub.bodies import parse_body
@@ -108,7 +108,7 @@ bodies = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400)  # a pure function: cheap examples
 @given(raw=bodies, content_type=content_types)
 def test_body_parsing_never_raises_and_always_accounts_for_the_bytes(raw, content_type):
     parsed = parse_body(raw, content_type)
@@ -133,7 +133,7 @@ def test_any_body_with_any_content_type_is_stored_and_returned_intact(serve_proc
     with urllib.request.urlopen(request, timeout=10) as response:
         token = orjson.loads(response.read())["token"]
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=60)  # three requests to a real server each
     @given(raw=bodies, content_type=content_types.filter(_sendable))
     def post_and_read_back(raw, content_type):
         headers = {"Content-Type": content_type} if content_type else {}

@@ -32,11 +32,7 @@ async def test_a_locked_store_answers_503_never_200_and_recovers_by_itself(clien
     async def ready() -> bool:
         return (await client.get("/readyz")).status == 200
 
-    for _ in range(100):
-        if await ready():
-            break
-        await asyncio.sleep(0.05)
-    assert await ready()
+    await eventually(ready, what="ready again once the lock is gone")
     await post_callback(client, callback, data="after the outage")
     state = await (await client.get(f"/v1/callbacks/{callback['token']}")).json()
     assert state["deliveries"] == 1 and state["result"]["body"] == "after the outage"
@@ -68,11 +64,7 @@ async def test_a_sender_that_hangs_up_while_its_commit_waits_is_still_stored(cli
         state = await (await client.get(f"/v1/callbacks/{callback['token']}")).json()
         return state["deliveries"] == 1 and state["result"]["body"] == {"result": "ready"}
 
-    for _ in range(200):
-        if await stored():
-            break
-        await asyncio.sleep(0.02)
-    assert await stored()
+    await eventually(stored, what="the delivery of the sender that left, stored")
     await post_callback(client, callback, data="the next one")  # the writer goes on as before
 
 

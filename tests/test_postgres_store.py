@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 
 import asyncpg
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from cbhub.model import Event, now_ms
 from cbhub.store import DeliveryFilter, SchemaTooNew
 from cbhub.store.postgres import PostgresStore
-from conftest import terminate_listeners
+from conftest import eventually, terminate_listeners
 from test_operations import (  # noqa: F401  (run here again, on PostgreSQL)
     test_metrics_show_deliveries_callbacks_waiters_and_commits,
     test_retention_zero_keeps_everything,
@@ -36,6 +35,7 @@ BEGIN
 END $$;
 CREATE TRIGGER slow_insert AFTER INSERT ON deliveries FOR EACH ROW EXECUTE FUNCTION slow_insert();
 """
+IN_PG_SLEEP = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()"
 
 
 async def _read_while(store: PostgresStore, running: asyncio.Future) -> list[int]:
@@ -54,12 +54,19 @@ async def _slow_then_fast(make_store, pg_dsn: str) -> tuple[list[int], int, int]
     """Instance A stores a delivery that takes its id and then 1 s to commit; meanwhile
     instance B stores another. Returns what a reader following the cursor saw, and both ids."""
     first, second, reader = await make_store(), await make_store(), await make_store()
-    conn = await asyncpg.connect(pg_dsn)
-    await conn.execute(SLOW_INSERT)
-    await conn.close()
-    (a, b), _ = await first.mint([spec(), spec()], now_ms())
-    slow = asyncio.ensure_future(first.ingest(incoming(a.token, b"slow")))
-    await asyncio.sleep(0.3)  # A holds its id now, uncommitted
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await admin.execute(SLOW_INSERT)
+        (a, b), _ = await first.mint([spec(), spec()], now_ms())
+        slow = asyncio.ensure_future(first.ingest(incoming(a.token, b"slow")))
+
+        async def in_the_trigger() -> bool:
+            return await admin.fetchval(IN_PG_SLEEP) == 1
+
+        # A's insert sleeps in its trigger: A holds its id now, uncommitted.
+        await eventually(in_the_trigger, what="A's insert in its trigger")
+    finally:
+        await admin.close()
     fast = asyncio.ensure_future(second.ingest(incoming(b.token, b"fast")))
     both = asyncio.gather(slow, fast)
     seen = await _read_while(reader, both)
@@ -98,15 +105,13 @@ async def test_every_instance_announces_everyone_s_commits_once_in_commit_order(
             await store.cancel(callbacks[n].token, now_ms())
 
     await asyncio.gather(*(write(n) for n in range(40)))
-    await asyncio.sleep(1.1)
-    expired = await b.expire_due(now_ms())
+    # The store is told the time: 1.1 s on, the five with a 1 s TTL are due.
+    expired = await b.expire_due(now_ms() + 1100)
     assert len(expired) == 5
     stored = [d.id for d in await a.find_deliveries(DeliveryFilter(), 0, 1000)]
     assert len(stored) == 60
     for name in ("a", "b"):
-        deadline = time.monotonic() + 5
-        while len(written(heard[name])) < 75 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(written(heard[name])) >= 75, what=f"75 events announced to {name}")
         assert [e.token for e in heard[name] if e.kind == "created"] == [c.token for c in callbacks]
         events = written(heard[name])
         ids = [e.delivery.id for e in events if e.delivery is not None]
@@ -151,10 +156,9 @@ async def test_a_terminated_listening_connection_reconnects_and_misses_nothing(m
             assert killed == 2  # a's and b's
             # Posted while a is (most likely) not listening yet.
             delivery = (await b.ingest(incoming(callback.token))).delivery
-            deadline = time.monotonic() + 10
-            while delivery.id not in [e.delivery.id for e in heard if e.delivery] and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            assert delivery.id in [e.delivery.id for e in heard if e.delivery]
+            await eventually(
+                lambda: delivery.id in [e.delivery.id for e in heard if e.delivery], what="the delivery announced to a"
+            )
     finally:
         await admin.close()
     ids = [e.delivery.id for e in heard if e.delivery]
@@ -203,14 +207,14 @@ async def test_connections_terminated_while_idle_cost_no_write_and_no_read(make_
     [callback], _ = await store.mint([spec()], now_ms())
     admin = await asyncpg.connect(pg_dsn)
     try:
+        # With a timeout, pg_terminate_backend returns once each backend has exited.
         killed = await admin.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000)) FROM pg_stat_activity"
             " WHERE application_name IN ('cbhub writer', 'cbhub reader') AND datname = current_database()"
         )
     finally:
         await admin.close()
     assert killed >= 2
-    await asyncio.sleep(0.1)
     result = await store.ingest(incoming(callback.token))  # on a new writer connection
     assert (await store.get_callback(callback.token)).result.id == result.delivery.id
     assert store.writable

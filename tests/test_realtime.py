@@ -18,7 +18,7 @@ import orjson
 import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
-from conftest import eventually, mint, post_callback, registry_size
+from conftest import eventually, has_waiters, mint, post_callback, registry_size
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -435,7 +435,7 @@ async def test_sigterm_closes_sockets_with_1001_ends_streams_answers_long_polls_
         stream = await session.get(f"{url}/v1/callbacks/{token}/events")
         assert await stream.content.readuntil(b"\n\n") == b": subscribed\n\n"
         long_poll = asyncio.create_task(session.get(f"{url}/v1/callbacks/{token}/wait?timeout=60"))
-        await asyncio.sleep(0.5)  # the long-poll is waiting
+        await eventually(lambda: has_waiters(url, long_poll=1), what="the long-poll waiting")
 
         server.proc.send_signal(signal.SIGTERM)
 

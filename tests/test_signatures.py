@@ -25,6 +25,7 @@ ALL_BACKENDS = True
 
 SECRET = "whsec_" + base64.b64encode(b"the sender's 32-byte signing key").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"somebody else's signing key.....").decode()
+THIRD_SECRET = "whsec_" + base64.b64encode(b"a third party's signing key.....").decode()
 GITHUB_SECRET = "It's a Secret to Everybody"
 
 
@@ -106,11 +107,20 @@ async def test_a_forgery_reusing_a_real_message_id_is_refused_not_taken_for_a_re
 
 
 async def test_a_sender_rotating_its_secret_signs_twice_and_either_passes(client):
-    callback = await mint(client, verify={"scheme": "standard-webhooks", "secret": SECRET})
+    # While the sender rotates, the receiver may hold the old secret or the new one: the request
+    # signed with both passes either, whichever of its two entries matches (the first or the second).
     body = b'{"n": 1}'
     old, new = signed(body, "msg_r", OTHER_SECRET), signed(body, "msg_r", SECRET)
     both = {**new, "webhook-signature": f"{old['webhook-signature']} {new['webhook-signature']}"}
-    await post_callback(client, callback, data=body, headers=both)
+    for secret in (OTHER_SECRET, SECRET):
+        callback = await mint(client, verify={"scheme": "standard-webhooks", "secret": secret})
+        delivered = await post_callback(client, callback, data=body, headers=both)
+        assert not delivered["duplicate"]
+        state = await (await client.get(f"/v1/callbacks/{callback['token']}")).json()
+        assert state["deliveries"] == 1 and state["result"]["body"] == {"n": 1}
+    # Neither entry from a third secret: refused.
+    callback = await mint(client, verify={"scheme": "standard-webhooks", "secret": THIRD_SECRET})
+    await refused(client, callback, body, both)
 
 
 async def test_github_style_hmac_signatures_are_verified(client):

@@ -293,6 +293,10 @@ async def test_owners_and_guards_are_kept_and_enforced(make_store):
     await store.ingest(incoming(theirs.token))
     owned = await store.find_deliveries(DeliveryFilter(owner="alice"), 0, 10)
     assert [d.token for d in owned] == [mine.token]
+    # Over a set of tokens too (a subscription's replay): another owner's token named in it
+    # gives nothing.
+    named = DeliveryFilter(tokens=frozenset({mine.token, theirs.token}), owner="alice")
+    assert [d.token for d in await store.find_deliveries(named, 0, 10)] == [mine.token]
 
 
 async def test_new_callbacks_are_announced_once(make_store):

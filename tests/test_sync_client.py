@@ -5,14 +5,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
 
 from cbhub.client import Expired, NotFound, SyncCbHub
+from conftest import eventually_sync, waiters_sync
 
 
 def third_party_post(url: str, body: dict) -> None:
@@ -32,13 +32,18 @@ def test_a_script_mints_hands_out_and_blocks_until_the_result(server_url):
     with SyncCbHub(server_url) as hub:
         cb = hub.create(label="Acme Logistics", ttl=600)
         assert cb.url.startswith(f"{server_url}/cb/")
-        # The third party answers from elsewhere while this thread blocks in wait().
-        later = threading.Timer(0.2, third_party_post, (cb.url, {"employees": 400}))
-        later.start()
-        try:
-            delivery = cb.wait(timeout=20)
-        finally:
-            later.join()
+        # The third party answers from elsewhere once this thread blocks in wait(), which the
+        # server shows as one long-poll waiting.
+        def third_party() -> None:
+            eventually_sync(lambda: waiters_sync(server_url)["long_poll"] == 1, what="the blocking wait")
+            third_party_post(cb.url, {"employees": 400})
+
+        with ThreadPoolExecutor(1) as elsewhere:
+            answered = elsewhere.submit(third_party)
+            try:
+                delivery = cb.wait(timeout=20)
+            finally:
+                answered.result()
         assert delivery.body == {"employees": 400}
         assert cb.refresh().status == "received"
         assert hub.get(cb.token).result == delivery
@@ -94,7 +99,8 @@ def test_ctrl_c_interrupts_a_blocking_wait_and_the_client_stays_usable(server_ur
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == "waiting\n"
-        time.sleep(0.3)  # into the blocking wait (a signal before it would fail the test, not pass it)
+        # Into the blocking wait: the server holds its long-poll.
+        eventually_sync(lambda: waiters_sync(server_url)["long_poll"] == 1, what="the script's wait")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     finally:

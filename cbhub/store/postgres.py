@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import asyncpg
@@ -624,12 +624,8 @@ class PostgresStore(Store):
         if where.token is not None and _no_such_token(where.token):
             return []
         if where.tokens is not None:
-            where = DeliveryFilter(
-                where.token,
-                where.group,
-                where.correlation_id,
-                frozenset(token for token in where.tokens if not _no_such_token(token)),
-            )
+            # replace(), not a new filter: every other filter (the owner too) is kept.
+            where = replace(where, tokens=frozenset(token for token in where.tokens if not _no_such_token(token)))
             if not where.tokens:
                 return []
         params = _Params()
