@@ -61,9 +61,9 @@ def storage(backend: str, db_path: Path, request: pytest.FixtureRequest) -> dict
 @pytest.fixture
 def make_config(storage: dict[str, str]) -> Callable[..., Config]:
     def make(**overrides: Any) -> Config:
-        # Every test request comes from 127.0.0.1: the per-address rate limit would only get in
-        # the way, except where a test sets it to test it.
-        return load_config(env={}, overrides={**storage, "ingest.rate_per_ip": "0", **overrides})
+        # The defaults, as a user starts with them: every test request comes from 127.0.0.1,
+        # and nothing but a refused one may be refused for a rate.
+        return load_config(env={}, overrides={**storage, **overrides})
 
     return make
 
