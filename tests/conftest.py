@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -18,6 +19,11 @@ from bench.payload import MARKETING_CLOUD_FIELDS  # noqa: F401  (the tests post 
 from cbhub.app import create_app
 from cbhub.config import Config, load_config
 from cbhub.http.keys import HUB
+
+# A run started in the background (nohup, some CI runners) inherits SIGINT ignored, and so would
+# every program the tests start: the tests that press Ctrl-C need it to reach them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Property tests: their outcome must not depend on how fast the machine is, nor on how large
 # a random draw happens to come out. No deadline per example and no health check about slow
