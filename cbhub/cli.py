@@ -24,7 +24,7 @@ from cbhub.http.ingest import INGESTS
 from cbhub.http.keys import HUB, METRICS
 from cbhub.http.access import AccessLogger
 from cbhub.logs import setup_logging
-from cbhub.store import StoreError
+from cbhub.errors import CbhubError, StoreError
 from cbhub.store.sqlite import backup_database
 
 log = logging.getLogger("cbhub")
@@ -89,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(serve(config))
-    except (StoreError, OSError) as exc:
+    except (CbhubError, OSError) as exc:  # the store cannot be opened, the port taken, ...
         print(f"cbhub: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0

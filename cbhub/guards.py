@@ -9,7 +9,8 @@ from __future__ import annotations
 from cbhub import networks, signatures
 from cbhub.model import Callback, Incoming
 from cbhub.signatures import VerifySpec
-from cbhub.store.base import AddressNotAllowed, Guard, SignatureInvalid
+from cbhub.errors import AddressNotAllowed, SignatureInvalid
+from cbhub.store.base import Guard
 
 
 def check_address(allow_ips: tuple[str, ...], remote_addr: str | None, whose: str) -> None:

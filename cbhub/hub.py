@@ -1,30 +1,38 @@
-"""The hub: stores what arrives, wakes who waits, expires what is due.
+"""The hub: the one door into the domain. It stores what arrives, wakes who waits, expires
+what is due, and answers every read.
 
-This is where the store and the registry meet; HTTP handlers call it and render its answers.
-The rule that makes waiting race-free: register the waiter, *then* read the store.
+This is where the store and the registry meet; HTTP handlers parse, call it and render its
+answers, and never touch the store. Two rules are kept here, once:
+- Race-free waiting: register the waiter, *then* read the store.
+- Ownership: with an `owner` (an API key's name), a callback minted by another key is not
+  found. Reads over many callbacks carry the owner in their filter, down to the SQL; a read of
+  one callback goes through `_find`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
 
+import orjson
+
 from cbhub.config import Config
 from cbhub.guards import check_address, delivery_guard
 from cbhub.model import PENDING, Callback, Delivery, Incoming, MintSpec, now_ms, short_token
 from cbhub.registry import Registry, Waiter
-from cbhub.store import (
+from cbhub.errors import (
     CallbackNotFound,
-    DeliveryFilter,
+    DeliveryNotFound,
     DeliveryRefused,
-    IngestResult,
+    GroupNotFound,
     SignatureInvalid,
-    Store,
     StoreUnavailable,
 )
+from cbhub.store import CallbackFilter, CallbackPage, DeliveryFilter, IngestResult, Store
 
 log = logging.getLogger("cbhub.hub")
 
@@ -36,10 +44,6 @@ RETENTION_INTERVAL = 60.0
 DAY_MS = 86_400_000
 # The most deliveries one long-poll answer on a callback carries.
 WAIT_BATCH = 100
-
-
-class GroupNotFound(LookupError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +85,17 @@ class Hub:
     # Writes
 
     async def mint(
-        self, specs: list[MintSpec], idempotency: tuple[str, str, str] | None = None
+        self, spec: MintSpec, count: int = 1, *, batch: bool = False, idempotency: tuple[str, str] | None = None
     ) -> tuple[list[Callback], bool]:
+        """Mint `count` callbacks alike; returns them and whether they are new. `idempotency`
+        is (scope, key): a repeat of the same request under the same key within 24 hours gets
+        the callbacks minted the first time; another request under it, IdempotencyConflict."""
+        keyed = None
+        if idempotency is not None:
+            scope, key = idempotency
+            keyed = (scope, key, _fingerprint(spec, count, batch))
         # The store announces new callbacks (to streams that ask for creations: the inspector).
-        return await self.store.mint(specs, now_ms(), idempotency)
+        return await self.store.mint([spec] * count, now_ms(), keyed)
 
     def admit(self, token: str, remote_addr: str | None) -> None:
         """Raise AddressNotAllowed unless the server-wide allowlist admits the sender. Cheap:
@@ -124,8 +135,48 @@ class Hub:
         )
 
     async def cancel(self, token: str, owner: str | None = None) -> Callback:
-        callback, _ = await self.store.cancel(token, now_ms(), owner)
+        await self._find(token, owner)  # who minted a callback never changes: checked once
+        callback, _ = await self.store.cancel(token, now_ms())
         return callback
+
+    # Reads
+
+    async def _find(self, token: str, owner: str | None) -> Callback:
+        callback = await self.store.get_callback(token)
+        if callback is None or (owner is not None and callback.created_by != owner):
+            # Another key's callback is answered exactly like a missing one: no probing.
+            raise CallbackNotFound(token)
+        return callback
+
+    async def get_callback(self, token: str, owner: str | None = None) -> Callback:
+        """The callback with its latest on-time delivery as `result`."""
+        return await self._find(token, owner)
+
+    async def list_callbacks(self, where: CallbackFilter, before: int | None, limit: int) -> CallbackPage:
+        return await self.store.list_callbacks(where, before, limit)
+
+    async def get_delivery(self, delivery_id: int, owner: str | None = None) -> Delivery:
+        delivery = await self.store.get_delivery(delivery_id)
+        if delivery is None:
+            raise DeliveryNotFound()
+        if owner is not None:
+            try:
+                await self._find(delivery.token, owner)
+            except CallbackNotFound:
+                raise DeliveryNotFound() from None
+        return delivery
+
+    async def status_counts(self) -> dict[str, int]:
+        return await self.store.status_counts()
+
+    async def ping(self) -> None:
+        """Raise unless the store answers a query."""
+        await self.store.ping()
+
+    @property
+    def writable(self) -> bool:
+        """False from a failed commit until the write probe commits again."""
+        return self.store.writable
 
     # Waiting
 
@@ -139,9 +190,7 @@ class Hub:
         waiter = Waiter(DeliveryFilter(token=token, owner=owner, late=False))
         self.registry.add(waiter)
         try:
-            callback = await self.store.get_callback(token)
-            if callback is None or (owner is not None and callback.created_by != owner):
-                raise CallbackNotFound(token)
+            callback = await self._find(token, owner)
             deliveries: list[Delivery] = []
             if callback.result is not None and callback.result.id > after:
                 deliveries = await self.store.find_deliveries(waiter.where, after, WAIT_BATCH)
@@ -164,9 +213,7 @@ class Hub:
         """Where a stream of one callback's deliveries starts: the callback, or None when it is
         closed and has no on-time delivery past `after`, so that such a stream has nothing left
         to say. With an `owner`, another key's callback is not found."""
-        callback = await self.store.get_callback(token)
-        if callback is None or (owner is not None and callback.created_by != owner):
-            raise CallbackNotFound(token)
+        callback = await self._find(token, owner)
         if callback.closed(now_ms()) and (callback.result is None or callback.result.id <= after):
             return None
         return callback
@@ -193,7 +240,7 @@ class Hub:
     async def group_counts(self, group: str, owner: str | None = None) -> dict[str, int]:
         counts = await self.store.group_counts(group, owner)
         if not any(counts.values()):
-            raise GroupNotFound(group)
+            raise GroupNotFound()
         return counts
 
     async def wait_for_group(self, group: str, timeout: float, owner: str | None = None) -> dict[str, int] | None:
@@ -268,3 +315,10 @@ class Hub:
                 raise
             except Exception:
                 log.warning("retention failed; trying again later", exc_info=True)
+
+
+def _fingerprint(spec: MintSpec, count: int, batch: bool) -> str:
+    """What a mint request asked for, so that a key reused for another request is told apart."""
+    verify = spec.verify.to_json() if spec.verify is not None else None
+    shape = ["batch" if batch else "one", count, spec.ttl, spec.label, spec.group, spec.metadata, spec.allow_ips, verify]
+    return hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)).hexdigest()

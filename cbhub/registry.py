@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Iterator, Protocol
 
+from cbhub.errors import ShuttingDown
 from cbhub.model import Event
 from cbhub.store.base import DeliveryFilter
 
@@ -45,10 +46,6 @@ def keys_of(event: Event) -> Iterator[Key]:
     if event.group is not None:
         yield ("group", event.group)
     yield ALL
-
-
-class ShuttingDown(Exception):
-    """The server is stopping: whoever waits is answered "come back later"."""
 
 
 class Subscriber(Protocol):

@@ -25,7 +25,8 @@ from typing import Any, Callable, Final
 
 from cbhub.config import RealtimeConfig
 from cbhub.model import CREATED, TERMINAL, Callback, Delivery, Event
-from cbhub.registry import Key, Registry, ShuttingDown, keys_for
+from cbhub.errors import CallbackNotFound, ShuttingDown, SubscribeRefused
+from cbhub.registry import Key, Registry, keys_for
 from cbhub.store import DeliveryFilter, Store
 
 # Stored deliveries read per query while replaying.
@@ -52,15 +53,6 @@ class Idle(enum.Enum):
 IDLE: Final = Idle.IDLE
 # What `Feed.take()` answers when there is nothing to send yet.
 NOTHING: Final = Idle.NOTHING
-
-
-class SubscribeRefused(Exception):
-    """A subscribe the feed cannot take; `code` is stable, `message` says why."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,17 +225,18 @@ class Feed:
 
         `confirm` is queued before anything the subscription sends; with `created`, it is also
         told of callbacks minted within its filters. Refuses a name in use, one
-        subscription too many, too many tokens and tokens no callback has (SubscribeRefused).
+        subscription too many, too many tokens (SubscribeRefused) and tokens no callback has
+        (CallbackNotFound).
         """
         if self.ended is not None:
-            raise ShuttingDown() if self.ended is End.GOING_AWAY else SubscribeRefused("closed", "the feed is closed")
+            raise ShuttingDown() if self.ended is End.GOING_AWAY else SubscribeRefused("the feed is closed", code="closed")
         if where.tokens is not None and len(where.tokens) > MAX_TOKENS:
-            raise SubscribeRefused("too_many_tokens", f"at most {MAX_TOKENS} tokens per subscription")
+            raise SubscribeRefused(f"at most {MAX_TOKENS} tokens per subscription", code="too_many_tokens")
         if name in self._subscriptions:
-            raise SubscribeRefused("subscription_exists", f"a subscription named {name!r} is already open")
+            raise SubscribeRefused(f"a subscription named {name!r} is already open", code="subscription_exists")
         if len(self._subscriptions) >= self._max_subscriptions:
             raise SubscribeRefused(
-                "too_many_subscriptions", f"at most {self._max_subscriptions} subscriptions per connection"
+                f"at most {self._max_subscriptions} subscriptions per connection", code="too_many_subscriptions"
             )
         subscription = Subscription(self, name, where, after, created)
         self._subscriptions[name] = subscription
@@ -255,7 +248,7 @@ class Feed:
                 statuses = await self._store.callback_statuses(tokens, where.owner)
                 missing = [token for token in tokens if token not in statuses]
                 if missing:
-                    raise SubscribeRefused("callback_not_found", f"no callback has the token {missing[0][:64]!r}")
+                    raise CallbackNotFound(missing[0], f"no callback has the token {missing[0][:64]!r}")
                 subscription._closed = {t: s for t, s in statuses.items() if s in TERMINAL} or None
         except BaseException:
             self.unsubscribe(name)
@@ -264,7 +257,7 @@ class Feed:
         if self.ended is not None:
             # Ended meanwhile (the server is stopping, or the consumer fell behind).
             self._registry.remove(subscription)
-            raise ShuttingDown() if self.ended is End.GOING_AWAY else SubscribeRefused("closed", "the feed is closed")
+            raise ShuttingDown() if self.ended is End.GOING_AWAY else SubscribeRefused("the feed is closed", code="closed")
         if confirm is not None:
             self._append(confirm)
             self._count_one()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cbhub.store.base import StoreUnavailable
+from cbhub.errors import StoreUnavailable
 from cbhub.store.group_commit import GroupCommit
 
 

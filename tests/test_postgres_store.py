@@ -10,7 +10,8 @@ import asyncpg
 import pytest
 
 from cbhub.model import Event, now_ms
-from cbhub.store import DeliveryFilter, SchemaTooNew
+from cbhub.errors import SchemaTooNew
+from cbhub.store import DeliveryFilter
 from cbhub.store.postgres import PostgresStore
 from conftest import eventually, terminate_listeners
 from test_operations import (  # noqa: F401  (run here again, on PostgreSQL)

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from cbhub.store import SchemaTooNew
+from cbhub.errors import SchemaTooNew
 from cbhub.store.sqlite import SQLiteStore
 from conftest import mint, post_callback
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from cbhub.http.errors import ApiError, json_response
+from cbhub.errors import DeliveryNotFound, InvalidField, InvalidHeader, InvalidParameter
+from cbhub.http.errors import json_response
 from cbhub.http.keys import CONFIG, HUB, base_url, caller
 from cbhub.http.params import (
     field_int,
@@ -16,7 +15,6 @@ from cbhub.http.params import (
     field_name,
     field_networks,
     field_verify,
-    invalid_parameter,
     json_object,
     query_filter,
     query_int,
@@ -57,32 +55,29 @@ def _mint_spec(request: web.Request, body: dict[str, Any]) -> MintSpec:
     )
 
 
-def _idempotency(request: web.Request, kind: str, spec: MintSpec, count: int) -> tuple[str, str, str] | None:
+def _idempotency(request: web.Request) -> tuple[str, str] | None:
     key = request.headers.get("Idempotency-Key")
     if not key:
         return None
     if len(key) > 255:
-        raise ApiError(400, "invalid_header", "Idempotency-Key: must be at most 255 characters")
-    verify = spec.verify.to_json() if spec.verify is not None else None
-    request_shape = [kind, count, spec.ttl, spec.label, spec.group, spec.metadata, spec.allow_ips, verify]
-    fingerprint = hashlib.sha256(orjson.dumps(request_shape, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        raise InvalidHeader("Idempotency-Key", "must be at most 255 characters")
     # Scoped by API key: two clients choosing the same key get their own callbacks.
-    return caller(request).scope, key, fingerprint
+    return caller(request).scope, key
 
 
 async def create_callback(request: web.Request) -> web.Response:
     spec = _mint_spec(request, await json_object(request, MINT_FIELDS))
-    callbacks, created = await request.app[HUB].mint([spec], _idempotency(request, "one", spec, 1))
+    callbacks, created = await request.app[HUB].mint(spec, idempotency=_idempotency(request))
     return json_response(_callback_json(request, callbacks[0]), status=201 if created else 200)
 
 
 async def create_batch(request: web.Request) -> web.Response:
     body = await json_object(request, BATCH_FIELDS)
     if "count" not in body:
-        raise ApiError(400, "invalid_field", f"count: required, a whole number from 1 to {MAX_BATCH}")
+        raise InvalidField("count", f"required, a whole number from 1 to {MAX_BATCH}")
     count = field_int(body, "count", 1, 1, MAX_BATCH)
     spec = _mint_spec(request, body)
-    callbacks, created = await request.app[HUB].mint([spec] * count, _idempotency(request, "batch", spec, count))
+    callbacks, created = await request.app[HUB].mint(spec, count, batch=True, idempotency=_idempotency(request))
     payload = {"callbacks": [_callback_json(request, callback) for callback in callbacks]}
     return json_response(payload, status=201 if created else 200)
 
@@ -91,7 +86,7 @@ async def list_callbacks(request: web.Request) -> web.Response:
     query = request.query
     status = query_text(query, "status")
     if status is not None and status not in STATUSES:
-        raise invalid_parameter("status", f"must be one of {', '.join(STATUSES)}, got {status[:40]!r}")
+        raise InvalidParameter("status", f"must be one of {', '.join(STATUSES)}, got {status[:40]!r}")
     where = CallbackFilter(
         owner=caller(request).owner,
         group=query_text(query, "group"),
@@ -101,22 +96,15 @@ async def list_callbacks(request: web.Request) -> web.Response:
     )
     before = query_int(query, "before", MAX_CURSOR, 1, MAX_CURSOR)
     limit = query_int(query, "limit", DEFAULT_LISTING, 1, MAX_LISTING)
-    page = await request.app[HUB].store.list_callbacks(where, before, limit)
+    page = await request.app[HUB].list_callbacks(where, before, limit)
     base = base_url(request)
     # Without `result`: a page of 500 latest bodies could weigh hundreds of megabytes.
     listed = [{k: v for k, v in callback.to_json(base).items() if k != "result"} for callback in page.callbacks]
     return json_response({"callbacks": listed, "next_before": page.next_before})
 
 
-def _not_found() -> ApiError:
-    # Another key's callback is answered exactly like a missing one: tokens cannot be probed.
-    return ApiError(404, "callback_not_found", "no callback has this token")
-
-
 async def get_callback(request: web.Request) -> web.Response:
-    callback = await request.app[HUB].store.get_callback(request.match_info["token"])
-    if callback is None or not caller(request).sees(callback):
-        raise _not_found()
+    callback = await request.app[HUB].get_callback(request.match_info["token"], caller(request).owner)
     return json_response(_callback_json(request, callback))
 
 
@@ -154,15 +142,10 @@ async def delivery_body(request: web.Request) -> web.Response:
     try:
         delivery_id = int(request.match_info["id"])
     except ValueError:
-        delivery_id = -1
-    store = request.app[HUB].store
-    delivery = await store.get_delivery(delivery_id) if 0 < delivery_id <= MAX_CURSOR else None
-    if delivery is not None and caller(request).owner is not None:
-        callback = await store.get_callback(delivery.token)
-        if callback is None or not caller(request).sees(callback):
-            delivery = None
-    if delivery is None:
-        raise ApiError(404, "delivery_not_found", "no delivery has this id")
+        raise DeliveryNotFound() from None
+    if not 0 < delivery_id <= MAX_CURSOR:
+        raise DeliveryNotFound()
+    delivery = await request.app[HUB].get_delivery(delivery_id, caller(request).owner)
     # The exact bytes and type received; never rendered by a browser as a page of ours: a
     # sender's HTML or SVG opened from the inspector runs no script and loads nothing.
     response = web.Response(body=delivery.raw, headers=RAW_BODY_HEADERS)

@@ -16,7 +16,8 @@ from typing import Mapping
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from cbhub.http.errors import ApiError, Handler
+from cbhub.errors import InvalidApiKey, MissingApiKey
+from cbhub.http.errors import Handler
 from cbhub.logs import loggable_path
 from cbhub.http.keys import ANONYMOUS, CALLER, Caller
 
@@ -31,12 +32,6 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
-def _unauthorized(message: str, invalid: bool) -> ApiError:
-    challenge = 'Bearer realm="cbhub"' + (', error="invalid_token"' if invalid else "")
-    code = "invalid_api_key" if invalid else "missing_api_key"
-    return ApiError(401, code, message, {"WWW-Authenticate": challenge})
-
-
 def _accepts_query_token(request: web.Request) -> bool:
     """Websocket upgrades and EventSource requests: the two a browser cannot add headers to."""
     if request.headers.get("Upgrade", "").lower() == "websocket":
@@ -49,14 +44,13 @@ def _presented_key(request: web.Request) -> str | None:
     if header is not None:
         scheme, _, key = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            raise _unauthorized("the Authorization header must be 'Bearer <API key>'", invalid=True)
+            raise InvalidApiKey("the Authorization header must be 'Bearer <API key>'")
         return key.strip()
     if ACCESS_TOKEN in request.query:
         if not _accepts_query_token(request):
-            raise _unauthorized(
+            raise InvalidApiKey(
                 f"{ACCESS_TOKEN} is taken on websocket and event-stream requests only; "
-                "send the key as 'Authorization: Bearer <API key>'",
-                invalid=True,
+                "send the key as 'Authorization: Bearer <API key>'"
             )
         return request.query[ACCESS_TOKEN]
     return None
@@ -80,11 +74,11 @@ class Authenticator:
             return ANONYMOUS
         presented = _presented_key(request)
         if presented is None:
-            raise _unauthorized("this route needs an API key: 'Authorization: Bearer <API key>'", invalid=False)
+            raise MissingApiKey()
         who = self.identify(presented)
         if who is None:
             log.info("refused %s %s: unknown API key", request.method, loggable_path(request))
-            raise _unauthorized("this API key is not valid", invalid=True)
+            raise InvalidApiKey()
         return who
 
 

@@ -6,27 +6,26 @@ Whatever the body is, it is stored; the 200 goes out only once it is committed.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
+
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from cbhub.bodies import correlation_of
-from cbhub.http.errors import ApiError, json_response
+from cbhub.errors import (
+    CallbackClosed,
+    CallbackNotFound,
+    CbhubError,
+    DeliveryRefused,
+    PayloadTooLarge,
+    RateLimited,
+)
+from cbhub.http.errors import json_response
 from cbhub.http.forwarded import client_address
 from cbhub.http.keys import CONFIG, HUB, LIMITER, METRICS, REFUSAL_LIMITER
 from cbhub.model import HIDDEN_HEADERS, Incoming, now_ms
 from cbhub.ratelimit import RateLimiter
-from cbhub.registry import ShuttingDown
-from cbhub.store import (
-    AddressNotAllowed,
-    CallbackClosed,
-    CallbackNotFound,
-    DeliveryRefused,
-    IngestResult,
-    SignatureInvalid,
-    StoreUnavailable,
-)
+from cbhub.store import IngestResult
 
 # Headers by which senders name a message, so that their retries are stored once.
 DEDUPE_HEADERS = ("webhook-id", "svix-id", "idempotency-key")
@@ -85,27 +84,11 @@ def _slow_down_refusals(request: web.Request, remote_addr: str | None) -> None:
 def _refuse_if_spent(limiter: RateLimiter, remote_addr: str | None, why: str) -> None:
     wait = limiter.take(remote_addr or "unknown")
     if wait > 0:
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"{why}; retry after the Retry-After delay",
-            {"Retry-After": str(max(1, math.ceil(wait)))},
-        )
+        raise RateLimited(why, wait)
 
 
 # Refusals that say the request itself is wrong: what probing for tokens is made of.
 REFUSED = (CallbackNotFound, CallbackClosed, DeliveryRefused)
-
-# Why a callback request was refused, for the deliveries metric.
-REFUSALS: dict[type[Exception], str] = {
-    CallbackNotFound: "not_found",
-    CallbackClosed: "closed",
-    StoreUnavailable: "store_unavailable",
-    ShuttingDown: "shutting_down",
-    web.HTTPRequestEntityTooLarge: "too_large",
-    AddressNotAllowed: "address_not_allowed",
-    SignatureInvalid: "signature_invalid",
-}
 
 
 class InFlight:
@@ -155,8 +138,7 @@ async def receive(request: web.Request) -> web.Response:
                 _slow_down_refusals(request, remote_addr)
                 raise
     except Exception as exc:
-        reason = exc.code if isinstance(exc, ApiError) else REFUSALS.get(type(exc), "error")
-        metrics.deliveries.labels(reason).inc()
+        metrics.count_delivery(exc.label if isinstance(exc, CbhubError) else "error")
         raise
     delivery = result.delivery
     metrics.count_delivery("duplicate" if result.duplicate else "late" if delivery.late else "stored")
@@ -175,7 +157,10 @@ async def _store(request: web.Request, remote_addr: str | None) -> IngestResult:
     if len(token) > MAX_TOKEN_LENGTH:
         raise CallbackNotFound(token)
     received_at = now_ms()
-    raw = await request.read()  # bounded by the app's client_max_size: 413 beyond it
+    try:
+        raw = await request.read()  # bounded by the app's client_max_size
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge() from None
     content_type = request.headers.get("Content-Type")
     if content_type is not None:
         content_type = _header_text(content_type)

@@ -12,7 +12,8 @@ from importlib import resources
 
 from aiohttp import web
 
-from cbhub.http.errors import ApiError
+from cbhub.errors import NotFound
+
 
 TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -59,7 +60,7 @@ STATIC = web.AppKey("static", dict[str, StaticFile])
 def _serve(request: web.Request, name: str) -> web.Response:
     found = request.app[STATIC].get(name)
     if found is None:
-        raise ApiError(404, "not_found", "no such file")
+        raise NotFound("no such file")
     headers = {**SECURITY_HEADERS, "ETag": found.etag}
     if request.headers.get("If-None-Match") == found.etag:
         return web.Response(status=304, headers=headers)

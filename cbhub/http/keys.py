@@ -10,7 +10,6 @@ from cbhub.config import Config
 from cbhub.hub import Hub
 from cbhub.metrics import Metrics
 from cbhub.subscriptions import Streams
-from cbhub.model import Callback
 from cbhub.ratelimit import RateLimiter
 
 # The idempotency scope of requests made without keys.
@@ -33,9 +32,6 @@ class Caller:
     def scope(self) -> str:
         """Where this caller's idempotency keys are unique."""
         return self.name if self.name is not None else ANONYMOUS_SCOPE
-
-    def sees(self, callback: Callback) -> bool:
-        return self.admin or callback.created_by == self.name
 
 
 ANONYMOUS = Caller(None, admin=True)

@@ -9,20 +9,12 @@ import orjson
 from aiohttp import web
 
 from cbhub import networks
-from cbhub.http.errors import ApiError
+from cbhub.errors import BadRequest, InvalidBody, InvalidField, InvalidJson, InvalidParameter, UnknownField
 from cbhub.store import DeliveryFilter
 from cbhub.signatures import SpecError, VerifySpec, parse_spec
 
 MAX_NAME_LENGTH = 200
 MAX_METADATA_BYTES = 16 * 1024
-
-
-def invalid(field: str, message: str) -> ApiError:
-    return ApiError(400, "invalid_field", f"{field}: {message}")
-
-
-def invalid_parameter(name: str, message: str) -> ApiError:
-    return ApiError(400, "invalid_parameter", f"{name}: {message}")
 
 
 def query_int(query: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
@@ -32,9 +24,9 @@ def query_int(query: Mapping[str, str], name: str, default: int, minimum: int, m
     try:
         value = int(raw)
     except ValueError:
-        raise invalid_parameter(name, f"must be a whole number, got {raw[:40]!r}") from None
+        raise InvalidParameter(name, f"must be a whole number, got {raw[:40]!r}") from None
     if not minimum <= value <= maximum:
-        raise invalid_parameter(name, f"must be from {minimum} to {maximum}, got {value}")
+        raise InvalidParameter(name, f"must be from {minimum} to {maximum}, got {value}")
     return value
 
 
@@ -45,7 +37,7 @@ def query_flag(query: Mapping[str, str], name: str) -> bool:
         return False
     if raw in ("1", "true"):
         return True
-    raise invalid_parameter(name, f"must be 1 or 0, got {raw[:40]!r}")
+    raise InvalidParameter(name, f"must be 1 or 0, got {raw[:40]!r}")
 
 
 def query_seconds(query: Mapping[str, str], name: str, default: float, cap: float) -> float:
@@ -56,9 +48,9 @@ def query_seconds(query: Mapping[str, str], name: str, default: float, cap: floa
     try:
         value = float(raw)
     except ValueError:
-        raise invalid_parameter(name, f"must be a number of seconds, got {raw[:40]!r}") from None
+        raise InvalidParameter(name, f"must be a number of seconds, got {raw[:40]!r}") from None
     if not math.isfinite(value) or value < 0:
-        raise invalid_parameter(name, f"must be a number of seconds, 0 or more, got {raw[:40]!r}")
+        raise InvalidParameter(name, f"must be a number of seconds, 0 or more, got {raw[:40]!r}")
     return min(value, cap)
 
 
@@ -67,7 +59,7 @@ def query_text(query: Mapping[str, str], name: str) -> str | None:
     if value is None or value == "":
         return None
     if len(value) > MAX_NAME_LENGTH:
-        raise invalid_parameter(name, f"must be at most {MAX_NAME_LENGTH} characters")
+        raise InvalidParameter(name, f"must be at most {MAX_NAME_LENGTH} characters")
     return value
 
 
@@ -90,9 +82,9 @@ async def json_object(request: web.Request, allowed: frozenset[str]) -> dict[str
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        raise InvalidJson(f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+        raise InvalidBody()
     refuse_unknown_fields(body, allowed)
     return body
 
@@ -100,7 +92,7 @@ async def json_object(request: web.Request, allowed: frozenset[str]) -> dict[str
 def refuse_unknown_fields(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
     for name in body:
         if name not in allowed:
-            raise ApiError(400, "unknown_field", f"{name[:40]}: unknown field (allowed: {', '.join(sorted(allowed))})")
+            raise UnknownField(name, allowed)
 
 
 def field_int(body: Mapping[str, Any], name: str, default: int, minimum: int, maximum: int) -> int:
@@ -108,9 +100,9 @@ def field_int(body: Mapping[str, Any], name: str, default: int, minimum: int, ma
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise invalid(name, f"must be a whole number, got {orjson.dumps(value).decode()[:40]}")
+        raise InvalidField(name, f"must be a whole number, got {orjson.dumps(value).decode()[:40]}")
     if not minimum <= value <= maximum:
-        raise invalid(name, f"must be from {minimum} to {maximum}, got {value}")
+        raise InvalidField(name, f"must be from {minimum} to {maximum}, got {value}")
     return value
 
 
@@ -120,9 +112,9 @@ def field_name(body: Mapping[str, Any], name: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise invalid(name, "must be a non-empty string or null")
+        raise InvalidField(name, "must be a non-empty string or null")
     if len(value) > MAX_NAME_LENGTH:
-        raise invalid(name, f"must be at most {MAX_NAME_LENGTH} characters")
+        raise InvalidField(name, f"must be at most {MAX_NAME_LENGTH} characters")
     return value
 
 
@@ -131,9 +123,9 @@ def field_metadata(body: Mapping[str, Any], name: str = "metadata") -> dict[str,
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise invalid(name, "must be a JSON object")
+        raise InvalidField(name, "must be a JSON object")
     if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
-        raise invalid(name, f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+        raise InvalidField(name, f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
     return value
 
 
@@ -143,11 +135,11 @@ def field_networks(body: Mapping[str, Any], name: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise invalid(name, "must be a list of IP addresses or CIDRs such as \"203.0.113.0/24\"")
+        raise InvalidField(name, "must be a list of IP addresses or CIDRs such as \"203.0.113.0/24\"")
     try:
         return networks.normalise(value)
     except ValueError as exc:
-        raise invalid(name, str(exc)) from None
+        raise InvalidField(name, str(exc)) from None
 
 
 def field_verify(body: Mapping[str, Any], name: str = "verify") -> VerifySpec | None:
@@ -158,4 +150,4 @@ def field_verify(body: Mapping[str, Any], name: str = "verify") -> VerifySpec | 
         return parse_spec(value, name)
     except SpecError as exc:
         # The message names the field and never repeats the secret.
-        raise ApiError(400, "invalid_field", str(exc)) from None
+        raise BadRequest(str(exc), code=InvalidField.code) from None

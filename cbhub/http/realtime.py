@@ -16,21 +16,29 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from cbhub.http.api import MAX_CURSOR
-from cbhub.http.errors import ApiError
+from cbhub.errors import (
+    CbhubError,
+    InvalidField,
+    InvalidFrame,
+    InvalidHeader,
+    InvalidJson,
+    ShuttingDown,
+    SubscriptionNotFound,
+    WebsocketRequired,
+)
+from cbhub.http.errors import error_frame
 from cbhub.http.keys import CONFIG, HUB, STREAMS, base_url, caller
 from cbhub.http.params import (
     field_int,
     field_name,
-    invalid,
     query_filter,
     query_flag,
     query_int,
     refuse_unknown_fields,
 )
 from cbhub.model import RECEIVED, TERMINAL, Callback, now_ms
-from cbhub.registry import ShuttingDown
 from cbhub.store import DeliveryFilter
-from cbhub.subscriptions import IDLE, NOTHING, End, Feed, Idle, Notice, Reply, SubscribeRefused
+from cbhub.subscriptions import IDLE, NOTHING, End, Feed, Idle, Notice, Reply
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +79,7 @@ async def callback_websocket(request: web.Request) -> web.StreamResponse:
 
 def _require_upgrade(request: web.Request) -> None:
     if not web.WebSocketResponse().can_prepare(request).ok:
-        raise ApiError(
-            426,
-            "websocket_required",
-            "this route speaks WebSocket: send an Upgrade: websocket request",
-            {"Upgrade": "websocket", "Connection": "Upgrade"},
-        )
+        raise WebsocketRequired()
 
 
 async def _run_websocket(request: web.Request, feed: Feed, once: bool) -> web.StreamResponse:
@@ -90,7 +93,7 @@ async def _run_websocket(request: web.Request, feed: Feed, once: bool) -> web.St
                 if message.type is WSMsgType.TEXT:
                     await _handle_frame(feed, message.data, caller(request).owner)
                 elif message.type is WSMsgType.BINARY:
-                    feed.reply(_error_frame(None, "invalid_frame", "frames must be text frames holding JSON"))
+                    feed.reply(error_frame(None, InvalidFrame("frames must be text frames holding JSON")))
                 elif message.type is WSMsgType.ERROR:
                     break
         finally:
@@ -169,19 +172,15 @@ def _render_frame(item: Notice | Reply) -> str:
     return orjson.dumps(item).decode()
 
 
-def _error_frame(name: Any, code: str, message: str) -> dict[str, Any]:
-    return {"type": "error", "id": name, "error": {"code": code, "message": message}}
-
-
 async def _handle_frame(feed: Feed, data: str, owner: str | None) -> None:
     """Act on one client frame; a bad one is answered by an error frame, never a close."""
     try:
         frame = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        feed.reply(_error_frame(None, "invalid_json", f"the frame is not valid JSON: {exc}"))
+        feed.reply(error_frame(None, InvalidJson(f"the frame is not valid JSON: {exc}")))
         return
     if not isinstance(frame, dict):
-        feed.reply(_error_frame(None, "invalid_frame", "a frame must be a JSON object"))
+        feed.reply(error_frame(None, InvalidFrame("a frame must be a JSON object")))
         return
     name = frame.get("id")
     if isinstance(name, bool) or not isinstance(name, (str, int)):
@@ -198,17 +197,21 @@ async def _handle_frame(feed: Feed, data: str, owner: str | None) -> None:
             refuse_unknown_fields(frame, OTHER_FIELDS)
             name = _subscription_name(frame)
             if not feed.unsubscribe(name):
-                raise ApiError(404, "subscription_not_found", f"no subscription is named {name!r}")
+                raise SubscriptionNotFound(name)
             feed.reply({"type": "unsubscribed", "id": name})
         elif op == "ping":
             refuse_unknown_fields(frame, OTHER_FIELDS)
             feed.reply({"type": "pong"})
         else:
-            raise invalid("op", "must be one of subscribe, unsubscribe, ping")
-    except (ApiError, SubscribeRefused) as exc:
-        feed.reply(_error_frame(name, exc.code, exc.message))
+            raise InvalidField("op", "must be one of subscribe, unsubscribe, ping")
     except ShuttingDown:
         pass  # the writer closes with 1001
+    except CbhubError as exc:
+        # Every refusal, the store's too (a subscribe reads it), as the frame HTTP would render.
+        feed.reply(error_frame(name, exc))
+    except Exception:
+        log.exception("a websocket frame failed")
+        feed.reply(error_frame(name, CbhubError()))
 
 
 def _subscription_name(frame: dict[str, Any]) -> str | int:
@@ -218,7 +221,7 @@ def _subscription_name(frame: dict[str, Any]) -> str | int:
     checked = field_name(frame, "id") if isinstance(name, str) else None
     if checked is not None:
         return checked
-    raise invalid("id", "required: a non-empty string or a whole number naming the subscription")
+    raise InvalidField("id", "required: a non-empty string or a whole number naming the subscription")
 
 
 def _frame_filter(frame: dict[str, Any], owner: str | None) -> DeliveryFilter:
@@ -228,12 +231,12 @@ def _frame_filter(frame: dict[str, Any], owner: str | None) -> DeliveryFilter:
     tokens = frame.get("tokens")
     if tokens is None:
         if group is None and correlation_id is None:
-            raise invalid("tokens", "one of tokens, group or correlation_id is required")
+            raise InvalidField("tokens", "one of tokens, group or correlation_id is required")
         return DeliveryFilter(group=group, correlation_id=correlation_id, owner=owner)
     if group is not None or correlation_id is not None:
-        raise invalid("tokens", "give tokens, or group and/or correlation_id, not both")
+        raise InvalidField("tokens", "give tokens, or group and/or correlation_id, not both")
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t for t in tokens):
-        raise invalid("tokens", "must be a non-empty list of tokens")
+        raise InvalidField("tokens", "must be a non-empty list of tokens")
     return DeliveryFilter(tokens=frozenset(tokens), owner=owner)
 
 
@@ -268,7 +271,7 @@ def _resume_point(request: web.Request, default: int | None) -> int | None:
     header = request.headers.get("Last-Event-ID", "").strip()
     if header:
         if not header.isdigit() or int(header) > MAX_CURSOR:
-            raise ApiError(400, "invalid_header", f"Last-Event-ID: must be a delivery id, got {header[:40]!r}")
+            raise InvalidHeader("Last-Event-ID", f"must be a delivery id, got {header[:40]!r}")
         return int(header)
     if request.query.get("after"):
         return query_int(request.query, "after", 0, 0, MAX_CURSOR)
@@ -367,10 +370,6 @@ async def _subscribe_or_refuse(
     """Subscribe before the response starts, so that a refusal is an ordinary HTTP error."""
     try:
         await feed.subscribe(name, where, after, confirm, created)
-    except SubscribeRefused as exc:
-        request.app[STREAMS].close(feed)
-        status = 404 if exc.code == "callback_not_found" else 400
-        raise ApiError(status, exc.code, exc.message) from None
     except BaseException:
         request.app[STREAMS].close(feed)
         raise

@@ -3,40 +3,16 @@
 from typing import Callable
 
 from cbhub.config import Config
-from cbhub.store.base import (
-    AddressNotAllowed,
-    CallbackClosed,
-    CallbackFilter,
-    CallbackNotFound,
-    CallbackPage,
-    DeliveryFilter,
-    DeliveryRefused,
-    Guard,
-    IdempotencyConflict,
-    IngestResult,
-    SchemaTooNew,
-    SignatureInvalid,
-    Store,
-    StoreError,
-    StoreUnavailable,
-)
+from cbhub.errors import StoreError
+from cbhub.store.base import CallbackFilter, CallbackPage, DeliveryFilter, Guard, IngestResult, Store
 
 __all__ = [
-    "AddressNotAllowed",
-    "CallbackClosed",
     "CallbackFilter",
-    "CallbackNotFound",
     "CallbackPage",
     "DeliveryFilter",
-    "DeliveryRefused",
     "Guard",
-    "IdempotencyConflict",
     "IngestResult",
-    "SchemaTooNew",
-    "SignatureInvalid",
     "Store",
-    "StoreError",
-    "StoreUnavailable",
     "create_store",
 ]
 

@@ -6,55 +6,9 @@ import abc
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from cbhub.model import CREATED, Callback, Delivery, Event, Incoming, MintSpec, short_token
+from cbhub.model import CREATED, Callback, Delivery, Event, Incoming, MintSpec
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
-
-
-class StoreError(Exception):
-    """Base of the errors a store raises on purpose."""
-
-
-class StoreUnavailable(StoreError):
-    """The store could not commit (disk full, read-only, locked): nothing was written; retry later."""
-
-
-class SchemaTooNew(StoreError):
-    """The database was written by a newer cbhub; it is left untouched."""
-
-
-class CallbackNotFound(StoreError):
-    def __init__(self, token: str) -> None:
-        # Shortened: an exception's text can end up in a log line.
-        super().__init__(short_token(token))
-
-
-class CallbackClosed(StoreError):
-    """The callback no longer accepts deliveries: it expired or was cancelled."""
-
-    def __init__(self, status: str) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-class IdempotencyConflict(StoreError):
-    """An idempotency key was reused with a different request."""
-
-
-class DeliveryRefused(StoreError):
-    """A guard on the callback refused the request: nothing was stored, nobody is woken."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class AddressNotAllowed(DeliveryRefused):
-    """The sender's address is outside the callback's allowlist."""
-
-
-class SignatureInvalid(DeliveryRefused):
-    """The request does not carry a valid signature made with the callback's secret."""
 
 
 # Run by `Store.ingest` on the callback a request is for, before anything is written; raises
@@ -187,9 +141,9 @@ class Store(abc.ABC):
         deliveries, it is stored as late (`keep_late`), or refused with CallbackClosed."""
 
     @abc.abstractmethod
-    async def cancel(self, token: str, now: int, owner: str | None = None) -> tuple[Callback, bool]:
-        """Cancel a pending or received callback; returns it and whether it changed. With an
-        `owner`, another key's callback raises CallbackNotFound, as a missing one does."""
+    async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
+        """Cancel a pending or received callback; returns it and whether it changed. Raises
+        CallbackNotFound."""
 
     @abc.abstractmethod
     async def expire_due(self, now: int, limit: int = 500) -> list[Callback]:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generic, Iterable, TypeVar
 
 from cbhub.model import CREATED, Callback, Event
-from cbhub.store.base import IngestResult, StoreUnavailable
+from cbhub.errors import StoreUnavailable
+from cbhub.store.base import IngestResult
 
 log = logging.getLogger("cbhub.store")
 
@@ -52,7 +53,7 @@ def expired(result: list[Callback]) -> Iterable[Event]:
 
 
 class OpFailed(Exception):
-    """One op of a batch failed other than by refusing (a StoreError, raised before the op
+    """One op of a batch failed other than by refusing (a CbhubError, raised before the op
     writes): the backend rolls the batch back and runs it again without that op."""
 
     def __init__(self, index: int, error: Exception) -> None:

@@ -24,20 +24,14 @@ import asyncpg
 import orjson
 
 from cbhub.model import CANCELLED, CREATED, EXPIRED, PENDING, TERMINAL, Callback, Delivery, Event, Incoming, MintSpec
-from cbhub.store.base import (
-    IDEMPOTENCY_WINDOW_MS,
-    CallbackFilter,
+from cbhub.errors import (
     CallbackNotFound,
-    CallbackPage,
-    DeliveryFilter,
-    Guard,
+    CbhubError,
     IdempotencyConflict,
-    IngestResult,
     SchemaTooNew,
-    Store,
-    StoreError,
     StoreUnavailable,
 )
+from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackFilter, CallbackPage, DeliveryFilter, Guard, IngestResult, Store
 from cbhub.store.group_commit import Announce, GroupCommit, OpFailed, cancelled, expired, ingested, minted, no_events
 from cbhub.store.postgres_feed import CHANNEL, EventFeed, Position
 from cbhub.store.postgres_schema import MIGRATIONS
@@ -299,7 +293,7 @@ class PostgresStore(Store):
 
     async def _commit(self, ops: list[_Write]) -> list[Any]:
         """One transaction for the batch, without a savepoint per op (two round trips each).
-        An op refuses (a StoreError) only before it writes, so a refusal leaves the transaction
+        An op refuses (a CbhubError) only before it writes, so a refusal leaves the transaction
         as it was; any other failure of one op rolls the batch back, and the batch is run again
         without that op, which fails alone. A failure of the connection or the server fails the
         batch: nothing of it was committed, unless the connection was lost during the COMMIT
@@ -338,7 +332,7 @@ class PostgresStore(Store):
                         continue
                     try:
                         results.append(await op.run(conn))
-                    except StoreError as exc:
+                    except CbhubError as exc:
                         results.append(exc)
                     except Exception as exc:
                         if not _fails_alone(exc):
@@ -482,7 +476,7 @@ class PostgresStore(Store):
 
         return await self._submit(op, ordered=True, announce=ingested)
 
-    async def cancel(self, token: str, now: int, owner: str | None = None) -> tuple[Callback, bool]:
+    async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
         async def op(conn: asyncpg.Connection) -> tuple[Callback, bool]:
             if _no_such_token(token):
                 raise CallbackNotFound(token)
@@ -490,8 +484,6 @@ class PostgresStore(Store):
             if row is None:
                 raise CallbackNotFound(token)
             callback = _callback(row)
-            if owner is not None and callback.created_by != owner:
-                raise CallbackNotFound(token)
             callback.result = await self._load_delivery(conn, row[LAST_DELIVERY_ID])
             if callback.status in TERMINAL:
                 return callback, False

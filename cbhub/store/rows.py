@@ -12,7 +12,8 @@ import orjson
 from cbhub.bodies import parse_form
 from cbhub.model import EXPIRED, PENDING, RECEIVED, STATUSES, TERMINAL, Callback, Delivery, Incoming, MintSpec
 from cbhub.signatures import VerifySpec
-from cbhub.store.base import CallbackClosed, CallbackFilter, DeliveryFilter
+from cbhub.errors import CallbackClosed
+from cbhub.store.base import CallbackFilter, DeliveryFilter
 
 # Both schemas name their columns alike; the row mappers below read them in this order.
 CALLBACK_COLUMNS = (

@@ -32,20 +32,15 @@ from cbhub.model import (
     Incoming,
     MintSpec,
 )
-from cbhub.store.base import (
-    IDEMPOTENCY_WINDOW_MS,
-    CallbackFilter,
+from cbhub.errors import (
     CallbackNotFound,
-    CallbackPage,
-    DeliveryFilter,
-    Guard,
+    CbhubError,
     IdempotencyConflict,
-    IngestResult,
     SchemaTooNew,
-    Store,
     StoreError,
     StoreUnavailable,
 )
+from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackFilter, CallbackPage, DeliveryFilter, Guard, IngestResult, Store
 from cbhub.store.group_commit import GroupCommit, OpFailed, cancelled, expired, ingested, minted
 from cbhub.store.migrations import MIGRATIONS
 from cbhub.store.sqlite_checkpoint import WRITER_SAFETY_NET_PAGES, Checkpointer
@@ -182,12 +177,14 @@ class SQLiteStore(Store):
         log.info("database %s migrated from schema version %d to %d", self.path, version, latest)
 
     async def close(self) -> None:
+        """Idempotent: a second call finds nothing left to close."""
         await self._writes.close()
         await self._checkpointer.close()
         if self._reader is not None:
-            await self._reader.close()
+            reader, self._reader = self._reader, None
+            await reader.close()
         if self._writer_conn is not None:
-            conn = self._writer_conn
+            conn, self._writer_conn = self._writer_conn, None
             await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
         self._executor.shutdown(wait=True)
 
@@ -212,7 +209,7 @@ class SQLiteStore(Store):
 
     def _run_batch(self, ops: list[WriteOp]) -> list[Any]:
         """One transaction for the whole batch, without a savepoint per op (they cost a fifth
-        of an ingest's writer time). An op refuses (a StoreError) only before it writes, so a
+        of an ingest's writer time). An op refuses (a CbhubError) only before it writes, so a
         refusal leaves the transaction as it was; any other failure of one op (a bug) rolls the
         batch back, and the batch runs again without that op, which fails alone. An SQLite
         error (disk full, I/O) fails the whole batch, of which nothing is then committed."""
@@ -240,7 +237,7 @@ class SQLiteStore(Store):
                     continue
                 try:
                     results.append(op(conn))
-                except StoreError as exc:
+                except CbhubError as exc:
                     results.append(exc)
                 except sqlite3.Error:
                     raise
@@ -363,14 +360,12 @@ class SQLiteStore(Store):
 
         return await self._writes.submit(op, ingested)
 
-    async def cancel(self, token: str, now: int, owner: str | None = None) -> tuple[Callback, bool]:
+    async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
         def op(conn: sqlite3.Connection) -> tuple[Callback, bool]:
             row = conn.execute(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = ?", (token,)).fetchone()
             if row is None:
                 raise CallbackNotFound(token)
             callback = callback_from_row(row)
-            if owner is not None and callback.created_by != owner:
-                raise CallbackNotFound(token)
             callback.result = self._load_delivery(conn, row[LAST_DELIVERY_ID])
             if callback.status in TERMINAL:
                 return callback, False
@@ -443,14 +438,17 @@ class SQLiteStore(Store):
 
     # Reads
 
+    def _open_reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreUnavailable("the store is not open")
+        return self._reader
+
     async def _fetchone(self, sql: str, params: tuple | list) -> tuple | None:
-        assert self._reader is not None
-        async with self._reader.execute(sql, params) as cursor:
+        async with self._open_reader().execute(sql, params) as cursor:
             return await cursor.fetchone()
 
     async def _fetchall(self, sql: str, params: tuple | list) -> list[tuple]:
-        assert self._reader is not None
-        async with self._reader.execute(sql, params) as cursor:
+        async with self._open_reader().execute(sql, params) as cursor:
             return list(await cursor.fetchall())
 
     async def has_due(self, now: int) -> bool:
