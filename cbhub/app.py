@@ -1,6 +1,10 @@
-"""The application factory: one place that wires config, store, registry, hub and routes."""
+"""The application factory: one place that wires config, store, registry, hub and routes, and
+that starts and stops them. A runner (the command line, a test) only runs the app."""
 
 from __future__ import annotations
+
+import logging
+from typing import AsyncIterator
 
 from aiohttp import web
 
@@ -8,6 +12,7 @@ from cbhub.config import Config
 from cbhub.http import api, ingest, inspector, openapi, ops, realtime
 from cbhub.http.auth import Authenticator, auth_middleware
 from cbhub.http.errors import error_middleware
+from cbhub.http.ingest import INGESTS
 from cbhub.http.keys import CONFIG, HUB, LIMITER, METRICS, REFUSAL_LIMITER, STREAMS
 from cbhub.hub import Hub
 from cbhub.metrics import Metrics
@@ -15,6 +20,9 @@ from cbhub.ratelimit import RateLimiter
 from cbhub.registry import Registry
 from cbhub.store import Store, create_store
 from cbhub.subscriptions import Streams
+
+
+log = logging.getLogger("cbhub")
 
 
 def create_app(config: Config, store: Store | None = None) -> web.Application:
@@ -41,25 +49,36 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     openapi.add_routes(app)
     realtime.add_routes(app)
     inspector.add_routes(app)
-    app.on_startup.append(_start)
+    app.cleanup_ctx.append(_running)
     app.on_shutdown.append(_answer_waiters)
-    app.on_cleanup.append(_stop)
     return app
 
 
-async def _start(app: web.Application) -> None:
+async def _running(app: web.Application) -> AsyncIterator[None]:
+    """The store open and the hub's sweeps running while the app serves; closed after."""
     hub = app[HUB]
     await hub.store.open()
     await hub.start()
+    yield
+    await hub.stop()
+    await hub.store.close()
 
 
 async def _answer_waiters(app: web.Application) -> None:
     # Before in-flight requests are awaited: long-polls answer 503 at once, websockets close
     # with 1001 and event streams end, while ingests already submitted go on to commit and
     # answer 200.
-    await app[HUB].stop()
+    app[HUB].registry.shut_down()
     app[STREAMS].shut_down()
 
 
-async def _stop(app: web.Application) -> None:
-    await app[HUB].store.close()
+async def stop_gracefully(app: web.Application, timeout: float) -> None:
+    """Answer every waiter "come back later", and let the callback requests already arriving
+    finish (body, commit, 200) within `timeout`. A runner calls it once it stopped accepting
+    connections and before its own cleanup: aiohttp stops reading request bodies once that
+    begins."""
+    in_flight = app[INGESTS]
+    log.info("stopping: %d callback requests in flight", in_flight.count)
+    await _answer_waiters(app)
+    if not await in_flight.drained(timeout):
+        log.warning("stopping with %d callback requests unfinished after %.0f s", in_flight.count, timeout)

@@ -16,12 +16,11 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from cbhub import __version__, eventloop
-from cbhub.app import create_app
+from cbhub.app import create_app, stop_gracefully
 from cbhub.cli_client import add_commands, protect_tokens
 from cbhub.config import Config, ConfigError, StorageConfig, exposure_problem, load_config
 from cbhub.http.deadline import DeadlineAppRunner
-from cbhub.http.ingest import INGESTS
-from cbhub.http.keys import HUB, METRICS
+from cbhub.http.keys import METRICS
 from cbhub.http.access import AccessLogger
 from cbhub.logs import setup_logging
 from cbhub.errors import CbhubError, StoreError
@@ -173,7 +172,7 @@ async def serve(config: Config) -> None:
         handler_cancellation=True,  # a client that hangs up cancels its long-poll at once
         access_log=logging.getLogger("cbhub.access"),
         access_log_class=AccessLogger,
-        # The real wait happens in _stop_gracefully; this is only for what is left after it.
+        # The real wait happens in stop_gracefully; this is only for what is left after it.
         shutdown_timeout=STRAGGLER_GRACE,
     )
     await runner.setup()
@@ -195,17 +194,7 @@ async def serve(config: Config) -> None:
         else:
             log.info("client API: no API keys; anyone who can reach the server can use it")
         await stop.wait()
-        await _stop_gracefully(app, site, config.server.shutdown_timeout)
+        await site.stop()  # no new connections
+        await stop_gracefully(app, max(config.server.shutdown_timeout - STRAGGLER_GRACE, 0.1))
     finally:
         await runner.cleanup()
-
-
-async def _stop_gracefully(app: web.Application, site: web.BaseSite, timeout: float) -> None:
-    """Stop accepting, answer every waiter "come back later", and let callback requests
-    already arriving finish (body, commit, 200) within `timeout`."""
-    in_flight = app[INGESTS]
-    log.info("stopping: %d callback requests in flight", in_flight.count)
-    await site.stop()
-    await app[HUB].stop()
-    if not await in_flight.drained(max(timeout - STRAGGLER_GRACE, 0.1)):
-        log.warning("stopping with %d callback requests unfinished after %.0f s", in_flight.count, timeout)
