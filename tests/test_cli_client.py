@@ -268,13 +268,13 @@ async def test_a_bad_timeout_is_refused_before_anything_is_awaited(client):
 
 
 def test_the_spinner_shows_the_elapsed_time_as_a_person_reads_it():
-    from cbhub.progress import elapsed
+    from cbhub.cli.progress import elapsed
 
     assert [elapsed(s) for s in (0.4, 7.9, 65, 3723)] == ["0s", "7s", "1m05s", "1h02m03s"]
 
 
 def test_tokens_that_start_with_a_dash_are_not_taken_for_options():
-    from cbhub.cli_client import protect_tokens
+    from cbhub.cli.client import protect_tokens
 
     dash, help_like = "-6RzntY_7znjobR8tKQb-Z8Cs3I4HDi9dqCo2NOihTk", "-hXzntY_7znjobR8tKQb-Z8Cs3I4HDi9dqCo2NOihTk"
     assert protect_tokens(["wait", dash, "--timeout", "5"]) == ["wait", "--timeout", "5", "--", dash]

@@ -8,20 +8,25 @@ import sys
 
 from conftest import MARKETING_CLOUD_FIELDS, eventually, post_callback, registry_size
 
-# Run in a fresh interpreter where importing any server module, or the server's own
-# dependencies, fails; it mints, waits for the callback that the test posts, and prints it.
-PROGRAM = """
+# A fresh interpreter where importing any server module, or the server's own dependencies,
+# fails. The client and the command line's client commands are all it may load.
+SERVER_ABSENT = """
 import importlib.abc, sys
+
+CLIENT_SIDE = ("cbhub.client", "cbhub.cli")
 
 class ServerModulesAbsent(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        server_module = name.startswith("cbhub.") and not name.startswith("cbhub.client")
-        if server_module or name.split(".")[0] in ("aiosqlite", "asyncpg", "prometheus_client", "cbhub_server"):
+        client_side = name in CLIENT_SIDE or name.startswith(("cbhub.client.", "cbhub.cli.client", "cbhub.cli.progress"))
+        if (name.startswith("cbhub.") and not client_side) or name.split(".")[0] in ("aiosqlite", "asyncpg", "prometheus_client"):
             raise ImportError(f"{name} is not available to the client")
         return None
 
 sys.meta_path.insert(0, ServerModulesAbsent())
+"""
 
+# It mints, waits for the callback that the test posts, and prints it.
+PROGRAM = SERVER_ABSENT + """
 from cbhub.client import SyncCbHub
 
 with SyncCbHub(sys.argv[1]) as hub:
@@ -54,3 +59,21 @@ async def test_the_client_works_with_the_server_modules_unimportable(client):
             await program.wait()
     assert program.returncode == 0, err.decode()
     assert out.decode().split() == ["form", MARKETING_CLOUD_FIELDS["RequestID"], "False"]
+
+
+async def test_cbhub_new_runs_without_the_server_modules(client):
+    program = SERVER_ABSENT + "from cbhub.cli import main\nsys.exit(main(['new', '--url', sys.argv[1], '--label', 'cli']))\n"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        program,
+        f"http://{client.host}:{client.port}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    url = out.decode().strip()
+    assert url.startswith(f"http://{client.host}:{client.port}/cb/")
+    minted = await (await client.get(f"/v1/callbacks/{url.rsplit('/', 1)[1]}")).json()
+    assert minted["label"] == "cli"

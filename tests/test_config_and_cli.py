@@ -147,7 +147,7 @@ def test_serve_refuses_a_database_from_a_newer_cbhub(serve_process, tmp_path):
 
 
 def test_storage_backend_settings_are_checked_and_the_dsn_never_shown():
-    from cbhub.cli import describe_storage
+    from cbhub.cli.serve import describe_storage
 
     config = load_config(env={"CBHUB_STORAGE_BACKEND": "postgres", "CBHUB_STORAGE_DSN": "postgresql://u:pw@db:5433/hub"})
     assert (config.storage.backend, config.storage.pool_size) == ("postgres", 10)

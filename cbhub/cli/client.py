@@ -20,7 +20,7 @@ import orjson
 
 from cbhub.client import CallbackClosed, CbHub, CbHubError, Delivery
 from cbhub.client.hub import API_KEY_ENV, DEFAULT_URL, URL_ENV
-from cbhub.progress import Spinner
+from cbhub.cli.progress import Spinner
 
 # `cbhub wait` exit codes.
 EXIT_OK = 0

@@ -1,4 +1,4 @@
-"""The `cbhub` command line."""
+"""`cbhub serve` and `cbhub backup`: the commands that load the server."""
 
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ import signal
 import sqlite3
 import ssl
 import sys
-from typing import Sequence
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from cbhub import __version__, eventloop
 from cbhub.app import create_app, stop_gracefully
-from cbhub.cli_client import add_commands, protect_tokens
 from cbhub.config import Config, ConfigError, StorageConfig, exposure_problem, load_config
 from cbhub.http.deadline import DeadlineAppRunner
 from cbhub.http.keys import METRICS
@@ -30,35 +28,7 @@ log = logging.getLogger("cbhub")
 STRAGGLER_GRACE = 0.5
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cbhub", description="Where asynchronous callbacks land and are awaited.")
-    parser.add_argument("--version", action="version", version=f"cbhub {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_commands(commands)  # new, wait, show, tail, cancel: the client side (cli_client.py)
-
-    serve = commands.add_parser("serve", help="run the server")
-    serve.add_argument("--config", metavar="PATH", help="a TOML configuration file")
-    serve.add_argument("--host", help="address to listen on (server.host)")
-    serve.add_argument("--port", help="port to listen on (server.port)")
-    serve.add_argument("--db", metavar="PATH", help="SQLite database file (storage.path)")
-    serve.add_argument("--log-level", help="debug, info, warning or error (log.level)")
-    serve.add_argument("--log-format", help="text or json (log.format)")
-    serve.set_defaults(run=_serve)
-
-    backup = commands.add_parser("backup", help="copy the database to DEST, safely while the server runs")
-    backup.add_argument("dest", metavar="DEST", help="the backup file to write (replaced if it exists)")
-    backup.add_argument("--config", metavar="PATH", help="a TOML configuration file")
-    backup.add_argument("--db", metavar="PATH", help="SQLite database file (storage.path)")
-    backup.set_defaults(run=_backup)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(protect_tokens(sys.argv[1:] if argv is None else argv))
-    return args.run(args)
-
-
-def _serve(args: argparse.Namespace) -> int:
+def serve_command(args: argparse.Namespace) -> int:
     try:
         config = load_config(
             args.config,
@@ -94,7 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backup(args: argparse.Namespace) -> int:
+def backup_command(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides={"storage.path": args.db})
     except ConfigError as exc:
