@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bench import load, nchan
-from cbhub.eventloop import EVENT_LOOPS, resolve
+from cbhub.cli.eventloop import EVENT_LOOPS, resolve
 from bench.plan import FULL, SMOKE
 from bench.procs import pin_self, plan_cores, raise_file_limit
 from bench.report import Figure, table, write_json

@@ -18,7 +18,7 @@ import sys
 from aiohttp import web
 
 from cbhub.config import RealtimeConfig
-from cbhub.eventloop import EVENT_LOOPS, loop_factory
+from cbhub.cli.eventloop import EVENT_LOOPS, loop_factory
 
 ANSWER = b'{"ok":true}'
 HEARTBEAT = RealtimeConfig().heartbeat  # cbhub's default: aiohttp's ping timer, as cbhub has

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import orjson
 
-from cbhub.store.sqlite import SQLiteStore
+from cbhub.store.sqlite.store import SQLiteStore
 
 CHUNK = 100_000
 DAY_MS = 86_400_000

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from cbhub import networks
-from cbhub.signatures import SpecError, VerifySpec, parse_spec
+from cbhub.domain import networks
+from cbhub.domain.signatures import SpecError, VerifySpec, parse_spec
 
 ENV_PREFIX = "CBHUB_"
 # Keys whose environment variable is not the derived CBHUB_SECTION_KEY.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar, Mapping
 
-from cbhub.model import short_token
+from cbhub.domain.model import short_token
 
 
 class CbhubError(Exception):

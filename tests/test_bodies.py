@@ -7,7 +7,7 @@ from urllib.parse import quote_plus
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cbhub.bodies import FORM_TYPE, correlation_id, correlation_of, parse_body
+from cbhub.domain.bodies import FORM_TYPE, correlation_id, correlation_of, parse_body
 from cbhub.config import CallbacksConfig
 
 FIELDS = CallbacksConfig().correlation_fields

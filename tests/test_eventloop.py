@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from cbhub.config import ConfigError, load_config
-from cbhub.eventloop import loop_factory, resolve, uvloop_installed
+from cbhub.cli.eventloop import loop_factory, resolve, uvloop_installed
 
 
 def test_auto_means_uvloop_exactly_when_it_is_installed() -> None:

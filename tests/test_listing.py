@@ -10,7 +10,7 @@ import pytest
 from conftest import MARKETING_CLOUD_FIELDS, mint, post_callback
 from test_realtime import read_event
 
-from cbhub.store.migrations import MIGRATIONS
+from cbhub.store.sqlite.migrations import MIGRATIONS
 
 # Every test here runs on SQLite and on PostgreSQL.
 ALL_BACKENDS = True

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cbhub.logs import BatchingStreamHandler, TextFormatter
+from cbhub.observe.logs import BatchingStreamHandler, TextFormatter
 from conftest import eventually_sync
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -11,7 +11,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cbhub.bodies import parse_body
+from cbhub.domain.bodies import parse_body
 
 # Every test here runs on SQLite and on PostgreSQL.
 ALL_BACKENDS = True

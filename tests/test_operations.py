@@ -7,7 +7,7 @@ import sqlite3
 
 from cbhub.http.ingest import INGESTS
 from cbhub.http.keys import HUB
-from cbhub.model import now_ms
+from cbhub.domain.model import now_ms
 from conftest import eventually, mint, post_callback
 
 

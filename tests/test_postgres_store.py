@@ -9,10 +9,10 @@ import random
 import asyncpg
 import pytest
 
-from cbhub.model import Event, now_ms
+from cbhub.domain.model import Event, now_ms
 from cbhub.errors import SchemaTooNew
-from cbhub.store import DeliveryFilter
-from cbhub.store.postgres import PostgresStore
+from cbhub.domain.filters import DeliveryFilter
+from cbhub.store.postgres.store import PostgresStore
 from conftest import eventually, terminate_listeners
 from test_operations import (  # noqa: F401  (run here again, on PostgreSQL)
     test_metrics_show_deliveries_callbacks_waiters_and_commits,
@@ -84,7 +84,7 @@ async def test_a_reader_never_sees_a_later_id_before_an_earlier_one_commits(make
 async def test_without_the_ordering_lock_a_reader_would_skip_an_id(make_store, pg_dsn, monkeypatch):
     # The hazard the lock exists for, shown by taking it away: B commits its later id while A's
     # earlier one is still in flight, and a reader past B's id never sees A's.
-    monkeypatch.setattr("cbhub.store.postgres.TAKE_ORDER_LOCK", "SELECT $1::bigint")
+    monkeypatch.setattr("cbhub.store.postgres.store.TAKE_ORDER_LOCK", "SELECT $1::bigint")
     seen, slow_id, fast_id = await _slow_then_fast(make_store, pg_dsn)
     assert slow_id < fast_id
     assert seen == [fast_id], "a plain sequence lets the cursor pass an id committed later"

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from cbhub.errors import SchemaTooNew
-from cbhub.store.sqlite import SQLiteStore
+from cbhub.store.sqlite.store import SQLiteStore
 from conftest import mint, post_callback
 
 
@@ -59,7 +59,7 @@ async def test_the_database_file_is_private_to_its_owner(client, db_path):
 
 
 async def test_a_database_made_by_the_first_schema_version_is_migrated_forward(start_hub, make_config, db_path):
-    from cbhub.store.migrations import MIGRATIONS
+    from cbhub.store.sqlite.migrations import MIGRATIONS
 
     # Exactly what the first released cbhub wrote: schema version 1 and its rows.
     conn = sqlite3.connect(db_path)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
-from cbhub.model import Event, MintSpec, now_ms
-from cbhub.store import DeliveryFilter
+from cbhub.domain.model import Event, MintSpec, now_ms
+from cbhub.domain.filters import DeliveryFilter
 from tests.test_store_contract import incoming
 
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from cbhub.bodies import parse_body
-from cbhub.model import Callback, Event, Incoming, MintSpec, now_ms
-from cbhub.signatures import VerifySpec
+from cbhub.domain.bodies import parse_body
+from cbhub.domain.model import Callback, Event, Incoming, MintSpec, now_ms
+from cbhub.domain.signatures import VerifySpec
 from cbhub.errors import AddressNotAllowed, CallbackClosed, CallbackNotFound, IdempotencyConflict
-from cbhub.store import DeliveryFilter
+from cbhub.domain.filters import DeliveryFilter
 from cbhub.store.base import IDEMPOTENCY_WINDOW_MS
 
 # Every test here runs on SQLite and on PostgreSQL.

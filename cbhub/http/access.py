@@ -9,7 +9,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from cbhub.http.forwarded import client_address
 from cbhub.http.keys import CONFIG
-from cbhub.logs import loggable_path
+from cbhub.observe.logs import loggable_path
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -21,8 +21,8 @@ from cbhub.http.params import (
     query_seconds,
     query_text,
 )
-from cbhub.model import STATUSES, Callback, Delivery, MintSpec
-from cbhub.store import CallbackFilter
+from cbhub.domain.model import STATUSES, Callback, Delivery, MintSpec
+from cbhub.domain.filters import CallbackFilter
 
 MINT_FIELDS = frozenset({"ttl", "label", "group", "metadata", "allow_ips", "verify"})
 BATCH_FIELDS = MINT_FIELDS | {"count"}

@@ -18,7 +18,7 @@ from aiohttp.typedefs import Middleware
 
 from cbhub.errors import InvalidApiKey, MissingApiKey
 from cbhub.http.errors import Handler
-from cbhub.logs import loggable_path
+from cbhub.observe.logs import loggable_path
 from cbhub.http.keys import ANONYMOUS, CALLER, Caller
 
 log = logging.getLogger("cbhub.http")

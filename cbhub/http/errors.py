@@ -11,7 +11,7 @@ from aiohttp import web
 
 from cbhub.errors import CbhubError, PayloadTooLarge
 from cbhub.http.keys import CALLER
-from cbhub.logs import loggable_path
+from cbhub.observe.logs import loggable_path
 
 log = logging.getLogger("cbhub.http")
 

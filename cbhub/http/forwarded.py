@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from aiohttp import web
 
-from cbhub import networks
+from cbhub.domain import networks
 
 
 def _forwarded_for(request: web.Request) -> list[str]:

@@ -11,7 +11,7 @@ import time
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from cbhub.bodies import correlation_of
+from cbhub.domain.bodies import correlation_of
 from cbhub.errors import (
     CallbackClosed,
     CallbackNotFound,
@@ -23,8 +23,8 @@ from cbhub.errors import (
 from cbhub.http.errors import json_response
 from cbhub.http.forwarded import client_address
 from cbhub.http.keys import CONFIG, HUB, LIMITER, METRICS, REFUSAL_LIMITER
-from cbhub.model import HIDDEN_HEADERS, Incoming, now_ms
-from cbhub.ratelimit import RateLimiter
+from cbhub.domain.model import HIDDEN_HEADERS, Incoming, now_ms
+from cbhub.http.ratelimit import RateLimiter
 from cbhub.store import IngestResult
 
 # Headers by which senders name a message, so that their retries are stored once.

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from cbhub.config import Config
-from cbhub.hub import Hub
-from cbhub.metrics import Metrics
-from cbhub.subscriptions import Streams
-from cbhub.ratelimit import RateLimiter
+from cbhub.waiting.hub import Hub
+from cbhub.observe.metrics import Metrics
+from cbhub.waiting.subscriptions import Streams
+from cbhub.http.ratelimit import RateLimiter
 
 # The idempotency scope of requests made without keys.
 ANONYMOUS_SCOPE = ""

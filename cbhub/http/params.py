@@ -8,10 +8,10 @@ from typing import Any, Mapping
 import orjson
 from aiohttp import web
 
-from cbhub import networks
+from cbhub.domain import networks
 from cbhub.errors import BadRequest, InvalidBody, InvalidField, InvalidJson, InvalidParameter, UnknownField
-from cbhub.store import DeliveryFilter
-from cbhub.signatures import SpecError, VerifySpec, parse_spec
+from cbhub.domain.filters import DeliveryFilter
+from cbhub.domain.signatures import SpecError, VerifySpec, parse_spec
 
 MAX_NAME_LENGTH = 200
 MAX_METADATA_BYTES = 16 * 1024

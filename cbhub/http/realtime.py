@@ -1,7 +1,7 @@
 """Realtime routes: websocket subscriptions and Server-Sent Events.
 
 Handlers parse frames and render messages; what is sent, in which order and when (replay, the
-seam, the backlog) is the feed's business (cbhub.subscriptions). One writer per connection sends
+seam, the backlog) is the feed's business (cbhub.waiting.subscriptions). One writer per connection sends
 what the feed gives it, one message at a time; on a websocket it exists only while there is
 something to send.
 """
@@ -36,9 +36,9 @@ from cbhub.http.params import (
     query_int,
     refuse_unknown_fields,
 )
-from cbhub.model import RECEIVED, TERMINAL, Callback, now_ms
-from cbhub.store import DeliveryFilter
-from cbhub.subscriptions import IDLE, NOTHING, End, Feed, Idle, Notice, Reply
+from cbhub.domain.model import RECEIVED, TERMINAL, Callback, now_ms
+from cbhub.domain.filters import DeliveryFilter
+from cbhub.waiting.subscriptions import IDLE, NOTHING, End, Feed, Idle, Notice, Reply
 
 log = logging.getLogger(__name__)
 

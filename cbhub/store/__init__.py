@@ -4,13 +4,10 @@ from typing import Callable
 
 from cbhub.config import Config
 from cbhub.errors import StoreError
-from cbhub.store.base import CallbackFilter, CallbackPage, DeliveryFilter, Guard, IngestResult, Store
+from cbhub.store.base import CallbackPage, IngestResult, Store
 
 __all__ = [
-    "CallbackFilter",
     "CallbackPage",
-    "DeliveryFilter",
-    "Guard",
     "IngestResult",
     "Store",
     "create_store",
@@ -24,11 +21,11 @@ def create_store(config: Config, on_commit: Callable[[int, float], None] | None 
     if config.storage.backend == "postgres":
         # Imported only when chosen: asyncpg is an extra, needed only by those who choose it.
         try:
-            from cbhub.store.postgres import PostgresStore
+            from cbhub.store.postgres.store import PostgresStore
         except ImportError as exc:
             raise StoreError(f"storage.backend = postgres needs asyncpg: pip install 'cbhub[postgres]' ({exc})") from exc
 
         return PostgresStore(config.storage.dsn, pool_size=config.storage.pool_size, on_commit=on_commit)
-    from cbhub.store.sqlite import SQLiteStore
+    from cbhub.store.sqlite.store import SQLiteStore
 
     return SQLiteStore(config.storage.path, synchronous=config.storage.synchronous, on_commit=on_commit)

@@ -6,14 +6,13 @@ import abc
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from cbhub.model import CREATED, Callback, Delivery, Event, Incoming, MintSpec
+from cbhub.domain.filters import CallbackFilter, DeliveryFilter
+from cbhub.domain.guards import Guard
+from cbhub.domain.model import Callback, Delivery, Event, Incoming, MintSpec
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 
 
-# Run by `Store.ingest` on the callback a request is for, before anything is written; raises
-# DeliveryRefused. It gets plain data only, so any backend can run it inside its transaction.
-Guard = Callable[[Callback], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,60 +20,6 @@ class IngestResult:
     delivery: Delivery
     callback: Callback  # after this delivery, with `result` set
     duplicate: bool  # a sender's retry of a message already stored
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryFilter:
-    """Filters combined with AND; all None means every delivery. `tokens` is a set of tokens
-    any of which matches (a subscription over many callbacks)."""
-
-    token: str | None = None
-    group: str | None = None
-    correlation_id: str | None = None
-    tokens: frozenset[str] | None = None
-    # Only callbacks minted by this API key name; None: whoever minted them.
-    owner: str | None = None
-    # Only late deliveries (True), only on-time ones (False), or both (None).
-    late: bool | None = None
-
-    def accepts(self, event: Event, created: bool = False) -> bool:
-        """Whether a waiter with these filters cares about `event`. A status change (no
-        delivery) concerns the filters on the callback: its token and its group. A creation
-        concerns only those who ask for creations (`created`), and never a correlation id,
-        which belongs to deliveries."""
-        if self.owner is not None and event.callback.created_by != self.owner:
-            return False
-        if event.delivery is not None:
-            return self.matches(event.delivery)
-        if event.kind == CREATED and (not created or self.correlation_id is not None):
-            return False
-        return (
-            (self.token is None or event.token == self.token)
-            and (self.tokens is None or event.token in self.tokens)
-            and (self.group is None or event.group == self.group)
-        )
-
-    def matches(self, delivery: Delivery) -> bool:
-        return (
-            (self.token is None or delivery.token == self.token)
-            and (self.tokens is None or delivery.token in self.tokens)
-            and (self.group is None or delivery.group == self.group)
-            and (self.correlation_id is None or delivery.correlation_id == self.correlation_id)
-            and (self.late is None or delivery.late == self.late)
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class CallbackFilter:
-    """Which callbacks a listing shows: filters combined with AND, None matches all. A
-    callback matches `correlation_id` when one of its deliveries carries it."""
-
-    group: str | None = None
-    label: str | None = None
-    status: str | None = None
-    correlation_id: str | None = None
-    # Only callbacks minted by this API key name; None: whoever minted them.
-    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generic, Iterable, TypeVar
 
-from cbhub.model import CREATED, Callback, Event
+from cbhub.domain.model import CREATED, Callback, Event
 from cbhub.errors import StoreUnavailable
 from cbhub.store.base import IngestResult
 

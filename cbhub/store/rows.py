@@ -9,11 +9,11 @@ from typing import Any, Callable, Sequence
 
 import orjson
 
-from cbhub.bodies import parse_form
-from cbhub.model import EXPIRED, PENDING, RECEIVED, STATUSES, TERMINAL, Callback, Delivery, Incoming, MintSpec
-from cbhub.signatures import VerifySpec
+from cbhub.domain.bodies import parse_form
+from cbhub.domain.model import EXPIRED, PENDING, RECEIVED, STATUSES, TERMINAL, Callback, Delivery, Incoming, MintSpec
+from cbhub.domain.signatures import VerifySpec
 from cbhub.errors import CallbackClosed
-from cbhub.store.base import CallbackFilter, DeliveryFilter
+from cbhub.domain.filters import CallbackFilter, DeliveryFilter
 
 # Both schemas name their columns alike; the row mappers below read them in this order.
 CALLBACK_COLUMNS = (

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Final
 
 from cbhub.config import RealtimeConfig
-from cbhub.model import CREATED, TERMINAL, Callback, Delivery, Event
+from cbhub.domain.model import CREATED, TERMINAL, Callback, Delivery, Event
 from cbhub.errors import CallbackNotFound, ShuttingDown, SubscribeRefused
-from cbhub.registry import Key, Registry, keys_for
-from cbhub.store import DeliveryFilter, Store
+from cbhub.waiting.registry import Key, Registry, keys_for
+from cbhub.domain.filters import DeliveryFilter
+from cbhub.store import Store
 
 # Stored deliveries read per query while replaying.
 REPLAY_PAGE = 200

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from cbhub.bodies import ParsedBody, parse_body
+from cbhub.domain.bodies import ParsedBody, parse_body
 
 if TYPE_CHECKING:
-    from cbhub.signatures import VerifySpec
+    from cbhub.domain.signatures import VerifySpec
 
 PENDING = "pending"
 RECEIVED = "received"

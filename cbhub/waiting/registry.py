@@ -12,8 +12,8 @@ import asyncio
 from typing import Iterator, Protocol
 
 from cbhub.errors import ShuttingDown
-from cbhub.model import Event
-from cbhub.store.base import DeliveryFilter
+from cbhub.domain.model import Event
+from cbhub.domain.filters import DeliveryFilter
 
 Key = tuple[str, str | None]
 ALL: Key = ("all", None)

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import orjson
 
 from cbhub.config import Config
-from cbhub.guards import check_address, delivery_guard
-from cbhub.model import PENDING, Callback, Delivery, Incoming, MintSpec, now_ms, short_token
-from cbhub.registry import Registry, Waiter
+from cbhub.domain.guards import check_address, delivery_guard
+from cbhub.domain.model import PENDING, Callback, Delivery, Incoming, MintSpec, now_ms, short_token
+from cbhub.waiting.registry import Registry, Waiter
 from cbhub.errors import (
     CallbackNotFound,
     DeliveryNotFound,
@@ -32,9 +32,10 @@ from cbhub.errors import (
     SignatureInvalid,
     StoreUnavailable,
 )
-from cbhub.store import CallbackFilter, CallbackPage, DeliveryFilter, IngestResult, Store
+from cbhub.domain.filters import CallbackFilter, DeliveryFilter
+from cbhub.store import CallbackPage, IngestResult, Store
 
-log = logging.getLogger("cbhub.hub")
+log = logging.getLogger("cbhub.waiting.hub")
 
 # How often the expiry sweep looks for callbacks past their expiry ("within a second"); an
 # unwritable store is probed as often, so it is seen healthy again as soon as it is.

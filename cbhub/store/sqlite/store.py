@@ -4,7 +4,7 @@ Writes go through one writer connection on its own thread. Every write that arri
 previous commit is running joins the next transaction (group commit), so a burst of callbacks
 costs one fsync per batch, not one per request, and one thread hop per batch. Reads go through
 aiosqlite on separate connections and never wait for the writer; the WAL is copied back into
-the database by a checkpointer of its own (sqlite_checkpoint), never inside a commit.
+the database by a checkpointer of its own (checkpoint.py), never inside a commit.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import aiosqlite
 import orjson
 
-from cbhub.model import (
+from cbhub.domain.model import (
     CANCELLED,
     EXPIRED,
     PENDING,
@@ -40,10 +40,12 @@ from cbhub.errors import (
     StoreError,
     StoreUnavailable,
 )
-from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackFilter, CallbackPage, DeliveryFilter, Guard, IngestResult, Store
+from cbhub.domain.filters import CallbackFilter, DeliveryFilter
+from cbhub.domain.guards import Guard
+from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage, IngestResult, Store
 from cbhub.store.group_commit import GroupCommit, OpFailed, cancelled, expired, ingested, minted
-from cbhub.store.migrations import MIGRATIONS
-from cbhub.store.sqlite_checkpoint import WRITER_SAFETY_NET_PAGES, Checkpointer
+from cbhub.store.sqlite.migrations import MIGRATIONS
+from cbhub.store.sqlite.checkpoint import WRITER_SAFETY_NET_PAGES, Checkpointer
 from cbhub.store.rows import (
     CALLBACK_COLUMNS,
     DELIVERY_COLUMNS,

@@ -13,7 +13,7 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from cbhub.model import HIDDEN_HEADERS
+from cbhub.domain.model import HIDDEN_HEADERS
 
 STANDARD_WEBHOOKS = "standard-webhooks"
 HMAC_SHA256 = "hmac-sha256"

@@ -6,11 +6,16 @@ store can run them inside its write transaction, on the row it loads anyway.
 
 from __future__ import annotations
 
-from cbhub import networks, signatures
-from cbhub.model import Callback, Incoming
-from cbhub.signatures import VerifySpec
+from typing import Callable
+
+from cbhub.domain import networks, signatures
+from cbhub.domain.model import Callback, Incoming
+from cbhub.domain.signatures import VerifySpec
 from cbhub.errors import AddressNotAllowed, SignatureInvalid
-from cbhub.store.base import Guard
+
+# Run by `Store.ingest` on the callback a request is for, before anything is written; raises
+# DeliveryRefused. It gets plain data only, so any backend can run it inside its transaction.
+Guard = Callable[[Callback], None]
 
 
 def check_address(allow_ips: tuple[str, ...], remote_addr: str | None, whose: str) -> None:

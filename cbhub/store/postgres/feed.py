@@ -26,7 +26,7 @@ from typing import AsyncContextManager, Awaitable, Callable
 
 import asyncpg
 
-from cbhub.model import Event
+from cbhub.domain.model import Event
 
 log = logging.getLogger("cbhub.store")
 

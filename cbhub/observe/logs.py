@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from cbhub.model import short_token
+from cbhub.domain.model import short_token
 
 # A path segment this long may be a token (they are 43 characters), even on an unknown route.
 LONG_SEGMENT = 16

@@ -6,7 +6,7 @@ write that arrives while a commit runs joins the next transaction. Reads go thro
 Cursors stay gap-free across instances. A sequence alone would not do it: a transaction that
 took id 7 may commit after one that took id 8, and a reader that saw 8 would never see 7. So
 every transaction that takes delivery ids, or creation or closing positions (what the other
-instances follow, see postgres_feed.py), first takes one transaction-scoped advisory lock
+instances follow, see feed.py), first takes one transaction-scoped advisory lock
 (ORDER_LOCK) and holds it until it commits: numbers are handed out in commit order, and a reader
 at any moment sees every number up to the highest it sees. Group commit takes the lock once per
 batch, so its cost is shared by the batch. Retention and the write probe never take it, and a
@@ -23,7 +23,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 import asyncpg
 import orjson
 
-from cbhub.model import CANCELLED, CREATED, EXPIRED, PENDING, TERMINAL, Callback, Delivery, Event, Incoming, MintSpec
+from cbhub.domain.model import CANCELLED, CREATED, EXPIRED, PENDING, TERMINAL, Callback, Delivery, Event, Incoming, MintSpec
 from cbhub.errors import (
     CallbackNotFound,
     CbhubError,
@@ -31,10 +31,12 @@ from cbhub.errors import (
     SchemaTooNew,
     StoreUnavailable,
 )
-from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackFilter, CallbackPage, DeliveryFilter, Guard, IngestResult, Store
+from cbhub.domain.filters import CallbackFilter, DeliveryFilter
+from cbhub.domain.guards import Guard
+from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage, IngestResult, Store
 from cbhub.store.group_commit import Announce, GroupCommit, OpFailed, cancelled, expired, ingested, minted, no_events
-from cbhub.store.postgres_feed import CHANNEL, EventFeed, Position
-from cbhub.store.postgres_schema import MIGRATIONS
+from cbhub.store.postgres.feed import CHANNEL, EventFeed, Position
+from cbhub.store.postgres.schema import MIGRATIONS
 from cbhub.store.rows import (
     CALLBACK_COLUMNS,
     CALLBACK_WIDTH,
