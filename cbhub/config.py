@@ -286,7 +286,7 @@ def _api_keys_from_text(text: str) -> dict[str, str]:
             continue
         name, sep, key = item.partition(":")
         if not sep:
-            raise ConfigError(f"invalid value for auth.api_keys: an item has no ':' (expected name:key, ...)")
+            raise ConfigError("invalid value for auth.api_keys: an item has no ':' (expected name:key, ...)")
         keys[name.strip()] = key.strip()
     return keys
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from cbhub.app import create_app
 from cbhub.config import ConfigError, load_config
 from cbhub.http.keys import CALLER
-from conftest import assert_error, bearer, mint, post_callback, registry_size, start_waiting, start_watching, woken_with
+from helpers import assert_error, bearer, mint, post_callback, registry_size, start_waiting, start_watching, woken_with
 
 # Every test here runs on SQLite and on PostgreSQL.
 ALL_BACKENDS = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from conftest import MARKETING_CLOUD_FIELDS, mint, post_callback, registry_size, start_waiting
+from helpers import MARKETING_CLOUD_FIELDS, mint, post_callback, registry_size, start_waiting
 
 # Every test here runs on SQLite and on PostgreSQL.
 ALL_BACKENDS = True

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from conftest import MARKETING_CLOUD_FIELDS, eventually, mint, post_callback, registry_size
+from helpers import MARKETING_CLOUD_FIELDS, eventually, mint, post_callback, registry_size
 
 BIN = Path(sys.executable).parent
 CBHUB = str(BIN / "cbhub")

@@ -11,7 +11,7 @@ from typing import Any, AsyncGenerator
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import MARKETING_CLOUD_FIELDS, eventually, post_callback, registry_size, waiters
+from helpers import MARKETING_CLOUD_FIELDS, eventually, post_callback, registry_size, waiters
 
 from cbhub.app import create_app
 from cbhub.client import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from conftest import MARKETING_CLOUD_FIELDS, eventually, post_callback, registry_size
+from helpers import MARKETING_CLOUD_FIELDS, eventually, post_callback, registry_size
 
 # A fresh interpreter where importing any server module, or the server's own dependencies,
 # fails. The client and the command line's client commands are all it may load.

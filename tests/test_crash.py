@@ -10,7 +10,7 @@ import time
 import aiohttp
 import orjson
 
-from conftest import eventually, post_acknowledged
+from helpers import eventually, post_acknowledged
 
 # Load from one address is what these tests make: the per-address rate limit is not under test.
 UNLIMITED = {"CBHUB_INGEST_RATE_PER_IP": "0"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
-from conftest import mint
+from helpers import mint
 
 from cbhub import errors
 from cbhub.errors import CbhubError

@@ -7,7 +7,7 @@ import random
 
 import aiohttp
 
-from conftest import eventually, post_callback, registry_size, start_waiting
+from helpers import eventually, post_callback, registry_size, start_waiting
 
 # Every test here runs on SQLite and on PostgreSQL.
 ALL_BACKENDS = True

@@ -18,7 +18,7 @@ import pytest
 import trustme
 from standardwebhooks import Webhook
 
-from conftest import mint, post_callback
+from helpers import mint, post_callback
 
 
 def _call(url: str, data: bytes | None = None, headers: dict | None = None, context=None, method=None):

@@ -14,7 +14,7 @@ import pytest
 from cbhub.app import create_app
 from cbhub.http.keys import HUB
 from cbhub.http.ratelimit import RateLimiter
-from conftest import assert_error, mint, post_callback, registry_size, start_watching, woken_with
+from helpers import assert_error, mint, post_callback, registry_size, start_watching, woken_with
 
 # Every test here runs on SQLite and on PostgreSQL.
 ALL_BACKENDS = True

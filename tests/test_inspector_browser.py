@@ -24,7 +24,7 @@ from browser import (
     post_form,
     post_raw,
 )
-from conftest import MARKETING_CLOUD_FIELDS
+from helpers import MARKETING_CLOUD_FIELDS
 
 # Skipped only on a machine without chromium (a developer's); CI installs it and sets
 # CBHUB_REQUIRE_BROWSER, so there a missing browser fails instead.

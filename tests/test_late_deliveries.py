@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-from conftest import assert_error, eventually, mint, post_callback, registry_size, start_watching, woken_with
-from test_realtime import read_event
+from helpers import assert_error, eventually, mint, post_callback, registry_size, start_watching
+from helpers import read_event
 
 # Every test here runs on SQLite and on PostgreSQL.
 ALL_BACKENDS = True

@@ -7,8 +7,8 @@ import sqlite3
 
 import orjson
 import pytest
-from conftest import MARKETING_CLOUD_FIELDS, mint, post_callback
-from test_realtime import read_event
+from helpers import MARKETING_CLOUD_FIELDS, mint, post_callback
+from helpers import read_event
 
 from cbhub.store.sqlite.migrations import MIGRATIONS
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cbhub.observe.logs import BatchingStreamHandler, TextFormatter
-from conftest import eventually_sync
+from helpers import eventually_sync
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

@@ -13,7 +13,7 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
-from conftest import eventually, has_waiters, post_acknowledged, terminate_listeners, waiters
+from helpers import eventually, has_waiters, post_acknowledged, terminate_listeners, waiters
 
 TIMEOUT = aiohttp.ClientTimeout(total=30)
 

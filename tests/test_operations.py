@@ -8,7 +8,7 @@ import sqlite3
 from cbhub.http.ingest import INGESTS
 from cbhub.http.keys import HUB
 from cbhub.domain.model import now_ms
-from conftest import eventually, mint, post_callback
+from helpers import eventually, mint, post_callback
 
 
 async def test_a_locked_store_answers_503_never_200_and_recovers_by_itself(client, db_path):

@@ -13,13 +13,13 @@ from cbhub.domain.model import Event, now_ms
 from cbhub.errors import SchemaTooNew
 from cbhub.domain.filters import DeliveryFilter
 from cbhub.store.postgres.store import PostgresStore
-from conftest import eventually, terminate_listeners
+from helpers import eventually, terminate_listeners
 from test_operations import (  # noqa: F401  (run here again, on PostgreSQL)
     test_metrics_show_deliveries_callbacks_waiters_and_commits,
     test_retention_zero_keeps_everything,
 )
 from test_restart import test_data_and_cursors_survive_a_restart  # noqa: F401  (on PostgreSQL)
-from test_store_contract import incoming, spec, written
+from helpers import incoming, spec, written
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
-from conftest import eventually, has_waiters, mint, post_callback, registry_size
+from helpers import eventually, has_waiters, mint, post_callback, read_event, registry_size
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -338,22 +338,6 @@ async def test_the_callback_socket_of_an_unknown_token_is_404_before_upgrading(c
 
 
 # Server-Sent Events
-
-
-async def read_event(response: Any) -> dict[str, str] | None:
-    """The next event's fields, comments skipped; None when the stream ends."""
-    fields: dict[str, str] = {}
-    while True:
-        line = (await asyncio.wait_for(response.content.readline(), 5)).decode()
-        if not line:
-            return None
-        line = line.rstrip("\n")
-        if not line:
-            if fields:
-                return fields
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            fields[name] = value.removeprefix(" ")
 
 
 async def test_sse_streams_deliveries_and_resumes_from_last_event_id(client):

@@ -8,7 +8,7 @@ import pytest
 
 from cbhub.errors import SchemaTooNew
 from cbhub.store.sqlite.store import SQLiteStore
-from conftest import mint, post_callback
+from helpers import mint, post_callback
 
 
 async def test_data_and_cursors_survive_a_restart(start_hub, config):

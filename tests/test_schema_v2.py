@@ -7,7 +7,7 @@ import sqlite3
 
 from cbhub.domain.model import now_ms
 from cbhub.store.sqlite.migrations import MIGRATIONS
-from conftest import bearer, mint, post_callback
+from helpers import bearer, mint, post_callback
 
 KEYS = {"billing": "billing-key-5f0c2a9d7e1b", "ops": "ops-key-2d7f9e4a6c1b35"}
 

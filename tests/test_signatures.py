@@ -18,7 +18,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from cbhub.http.keys import HUB
-from conftest import assert_error, mint, post_callback, start_watching, woken_with
+from helpers import assert_error, mint, post_callback, start_watching, woken_with
 
 # Every test here runs on SQLite and on PostgreSQL.
 ALL_BACKENDS = True

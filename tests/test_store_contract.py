@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
+from helpers import HOUR, incoming, spec, written
 
-from cbhub.domain.bodies import parse_body
-from cbhub.domain.model import Callback, Event, Incoming, MintSpec, now_ms
+from cbhub.domain.model import Callback, Event, MintSpec, now_ms
 from cbhub.domain.signatures import VerifySpec
 from cbhub.errors import AddressNotAllowed, CallbackClosed, CallbackNotFound, IdempotencyConflict
 from cbhub.domain.filters import DeliveryFilter
@@ -16,41 +15,6 @@ from cbhub.store.base import IDEMPOTENCY_WINDOW_MS
 
 # Every test here runs on SQLite and on PostgreSQL.
 ALL_BACKENDS = True
-
-HOUR = 3600
-
-
-def spec(ttl: int = HOUR, label: str | None = None, group: str | None = None, **metadata: Any) -> MintSpec:
-    return MintSpec(ttl=ttl, label=label, group=group, metadata=metadata)
-
-
-def written(events: list[Event]) -> list[Event]:
-    """The events of deliveries and closings, without creations."""
-    return [event for event in events if event.kind != "created"]
-
-
-def incoming(
-    token: str,
-    raw: bytes = b"a=1",
-    content_type: str | None = "application/x-www-form-urlencoded",
-    dedupe_key: str | None = None,
-    correlation_id: str | None = None,
-    query_string: str = "",
-    received_at: int | None = None,
-) -> Incoming:
-    return Incoming(
-        token=token,
-        received_at=now_ms() if received_at is None else received_at,
-        method="POST",
-        content_type=content_type,
-        remote_addr="127.0.0.1",
-        headers={"Content-Type": content_type or "", "X-Trace": "t-1"},
-        query_string=query_string,
-        raw=raw,
-        correlation_id=correlation_id,
-        parsed=parse_body(raw, content_type),
-        dedupe_key=dedupe_key,
-    )
 
 
 async def test_minting_gives_pending_callbacks_in_order(make_store):

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from cbhub.client import Expired, NotFound, SyncCbHub
-from conftest import eventually_sync, waiters_sync
+from helpers import eventually_sync, waiters_sync
 
 
 def third_party_post(url: str, body: dict) -> None:

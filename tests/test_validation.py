@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import mint
+from helpers import mint
 
 # Every test here runs on SQLite and on PostgreSQL.
 ALL_BACKENDS = True

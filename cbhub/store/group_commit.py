@@ -54,7 +54,8 @@ def expired(result: list[Callback]) -> Iterable[Event]:
 
 class OpFailed(Exception):
     """One op of a batch failed other than by refusing (a CbhubError, raised before the op
-    writes): the backend rolls the batch back and runs it again without that op."""
+    writes): the backend rolls the batch back, and group commit runs it again without that op,
+    which fails alone. `index` is the op's place in the list the backend was given."""
 
     def __init__(self, index: int, error: Exception) -> None:
         super().__init__(index, error)
@@ -73,9 +74,10 @@ class _Write(Generic[Op]):
 class GroupCommit(Generic[Op]):
     """One writer loop: each batch is every op submitted since the previous batch began.
 
-    `run_batch(ops)` commits them in one transaction and returns one result per op (an
-    exception object for an op that failed alone); it raises StoreUnavailable when nothing
-    could be committed. `announce(events)` is awaited after each commit with the events of the
+    `run_batch(ops)` commits them in one transaction and returns one result per op (the
+    CbhubError of an op that refused); it raises OpFailed, after rolling back, when one op
+    failed otherwise (a bug: the batch is run again without it), and StoreUnavailable when
+    nothing could be committed. `announce(events)` is awaited after each commit with the events of the
     batch, in op order.
 
     `writable` turns False when a batch cannot be committed, and True again only when a batch
@@ -135,7 +137,7 @@ class GroupCommit(Generic[Op]):
     async def _commit(self, batch: list[_Write[Op]]) -> None:
         started = time.perf_counter()
         try:
-            results = await self._run_batch([write.op for write in batch])
+            results = await self._run_without_failures([write.op for write in batch])
         except Exception as exc:
             # Nothing of the batch was committed: every writer in it is told so, and the
             # loop goes on to the next batch.
@@ -171,3 +173,20 @@ class GroupCommit(Generic[Op]):
                 write.future.set_exception(result)
             else:
                 write.future.set_result(result)
+
+    async def _run_without_failures(self, ops: list[Op]) -> list[Any]:
+        """One result per op: an op that fails other than by refusing rolls its batch back, and
+        the batch runs again without it (a savepoint per op would cost every write, for a bug
+        that may never happen)."""
+        failed: dict[int, Exception] = {}
+        while True:
+            live = [index for index in range(len(ops)) if index not in failed]
+            try:
+                results = await self._run_batch([ops[index] for index in live]) if live else []
+            except OpFailed as exc:
+                failed[live[exc.index]] = exc.error
+                continue
+            merged: list[Any] = [failed.get(index) for index in range(len(ops))]
+            for index, result in zip(live, results):
+                merged[index] = result
+            return merged

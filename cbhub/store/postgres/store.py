@@ -296,18 +296,15 @@ class PostgresStore(Store):
     async def _commit(self, ops: list[_Write]) -> list[Any]:
         """One transaction for the batch, without a savepoint per op (two round trips each).
         An op refuses (a CbhubError) only before it writes, so a refusal leaves the transaction
-        as it was; any other failure of one op rolls the batch back, and the batch is run again
-        without that op, which fails alone. A failure of the connection or the server fails the
+        as it was; any other failure of one op rolls the batch back (OpFailed: group commit runs
+        it again without that op). A failure of the connection or the server fails the
         batch: nothing of it was committed, unless the connection was lost during the COMMIT
         itself, which no client can tell apart (the writers are answered 503; a sender's retry
         with a message id is then deduplicated)."""
-        failed: dict[int, Exception] = {}
         retried = False
         while True:
             try:
-                return await self._run_batch(ops, failed)
-            except OpFailed as exc:
-                failed[exc.index] = exc.error
+                return await self._run_batch(ops)
             except _LostBeforeCommit as exc:
                 # The writer's connection had died while idle (a database restart, a failover,
                 # a terminated backend): nothing was committed, so once more on a new one.
@@ -315,8 +312,8 @@ class PostgresStore(Store):
                     raise exc.unavailable from exc.__cause__
                 retried = True
 
-    async def _run_batch(self, ops: list[_Write], failed: dict[int, Exception]) -> list[Any]:
-        ordered = any(op.ordered for index, op in enumerate(ops) if index not in failed)
+    async def _run_batch(self, ops: list[_Write]) -> list[Any]:
+        ordered = any(op.ordered for op in ops)
         held = committing = False
         start = end = Position()
         try:
@@ -329,9 +326,6 @@ class PostgresStore(Store):
                     held = True
                 results: list[Any] = []
                 for index, op in enumerate(ops):
-                    if index in failed:
-                        results.append(failed[index])
-                        continue
                     try:
                         results.append(await op.run(conn))
                     except CbhubError as exc:

@@ -213,30 +213,16 @@ class SQLiteStore(Store):
         """One transaction for the whole batch, without a savepoint per op (they cost a fifth
         of an ingest's writer time). An op refuses (a CbhubError) only before it writes, so a
         refusal leaves the transaction as it was; any other failure of one op (a bug) rolls the
-        batch back, and the batch runs again without that op, which fails alone. An SQLite
-        error (disk full, I/O) fails the whole batch, of which nothing is then committed."""
-        failed: dict[int, Exception] = {}
-        started = time.perf_counter()
-        while True:
-            try:
-                results = self._run_transaction(ops, failed)
-                break
-            except OpFailed as exc:
-                failed[exc.index] = exc.error
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("committed %d writes in %.2f ms", len(ops), (time.perf_counter() - started) * 1000)
-        return results
-
-    def _run_transaction(self, ops: list[WriteOp], failed: dict[int, Exception]) -> list[Any]:
+        batch back (OpFailed: group commit runs it again without that op). An SQLite error
+        (disk full, I/O) fails the whole batch, of which nothing is then committed."""
         conn = self._writer_conn
-        assert conn is not None
+        if conn is None:
+            raise StoreUnavailable("the store is not open")
+        started = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
         try:
             results: list[Any] = []
             for index, op in enumerate(ops):
-                if index in failed:
-                    results.append(failed[index])
-                    continue
                 try:
                     results.append(op(conn))
                 except CbhubError as exc:
@@ -250,6 +236,8 @@ class SQLiteStore(Store):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("committed %d writes in %.2f ms", len(ops), (time.perf_counter() - started) * 1000)
         return results
 
     # Writes (each op runs on the writer thread)
