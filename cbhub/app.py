@@ -14,13 +14,12 @@ from cbhub.http.auth import Authenticator, auth_middleware
 from cbhub.http.errors import error_middleware
 from cbhub.http.ingest import INGESTS
 from cbhub.http.keys import CONFIG, HUB, LIMITER, METRICS, REFUSAL_LIMITER, STREAMS
-from cbhub.waiting.hub import Hub
-from cbhub.observe.metrics import Metrics
 from cbhub.http.ratelimit import RateLimiter
-from cbhub.waiting.registry import Registry
+from cbhub.observe.metrics import Metrics
 from cbhub.store import Store, create_store
+from cbhub.waiting.hub import Hub
+from cbhub.waiting.registry import Registry
 from cbhub.waiting.subscriptions import Streams
-
 
 log = logging.getLogger("cbhub")
 

@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from cbhub.cli.progress import Spinner
 from cbhub.client import CallbackClosed, CbHub, CbHubError, Delivery
 from cbhub.client.hub import API_KEY_ENV, DEFAULT_URL, URL_ENV
-from cbhub.cli.progress import Spinner
 
 # `cbhub wait` exit codes.
 EXIT_OK = 0

@@ -15,14 +15,20 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from cbhub import __version__
-from cbhub.cli import eventloop
 from cbhub.app import create_app, stop_gracefully
-from cbhub.config import Config, ConfigError, StorageConfig, exposure_problem, load_config
+from cbhub.cli import eventloop
+from cbhub.config import (
+    Config,
+    ConfigError,
+    StorageConfig,
+    exposure_problem,
+    load_config,
+)
+from cbhub.errors import CbhubError, StoreError
+from cbhub.http.access import AccessLogger
 from cbhub.http.deadline import DeadlineAppRunner
 from cbhub.http.keys import METRICS
-from cbhub.http.access import AccessLogger
 from cbhub.observe.logs import setup_logging
-from cbhub.errors import CbhubError, StoreError
 from cbhub.store.sqlite.store import backup_database
 
 log = logging.getLogger("cbhub")

@@ -22,7 +22,15 @@ from cbhub.client.errors import (
     unreachable,
 )
 from cbhub.client.models import CANCELLED, Callback, Delivery, DeliveryPage, GroupStatus
-from cbhub.client.streaming import POLL_SECONDS, Auto, Backoff, LongPoll, Transport, WebSocket, resume
+from cbhub.client.streaming import (
+    POLL_SECONDS,
+    Auto,
+    Backoff,
+    LongPoll,
+    Transport,
+    WebSocket,
+    resume,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 URL_ENV = "CBHUB_URL"

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any, AsyncGenerator, Mapping, Protocol
 import aiohttp
 import orjson
 
-from cbhub.client.errors import CbHubError, NoWebSocket, Unavailable, from_response, unreachable
+from cbhub.client.errors import (
+    CbHubError,
+    NoWebSocket,
+    Unavailable,
+    from_response,
+    unreachable,
+)
 from cbhub.client.models import Delivery
 
 if TYPE_CHECKING:

@@ -6,6 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
+from cbhub.domain.filters import CallbackFilter
+from cbhub.domain.model import STATUSES, Callback, Delivery, MintSpec
 from cbhub.errors import DeliveryNotFound, InvalidField, InvalidHeader, InvalidParameter
 from cbhub.http.errors import json_response
 from cbhub.http.keys import CONFIG, HUB, base_url, caller
@@ -21,8 +23,6 @@ from cbhub.http.params import (
     query_seconds,
     query_text,
 )
-from cbhub.domain.model import STATUSES, Callback, Delivery, MintSpec
-from cbhub.domain.filters import CallbackFilter
 
 MINT_FIELDS = frozenset({"ttl", "label", "group", "metadata", "allow_ips", "verify"})
 BATCH_FIELDS = MINT_FIELDS | {"count"}

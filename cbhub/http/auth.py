@@ -18,8 +18,8 @@ from aiohttp.typedefs import Middleware
 
 from cbhub.errors import InvalidApiKey, MissingApiKey
 from cbhub.http.errors import Handler
-from cbhub.observe.logs import loggable_path
 from cbhub.http.keys import ANONYMOUS, CALLER, Caller
+from cbhub.observe.logs import loggable_path
 
 log = logging.getLogger("cbhub.http")
 

@@ -12,6 +12,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from cbhub.domain.bodies import correlation_of
+from cbhub.domain.model import HIDDEN_HEADERS, Incoming, now_ms
 from cbhub.errors import (
     CallbackClosed,
     CallbackNotFound,
@@ -23,7 +24,6 @@ from cbhub.errors import (
 from cbhub.http.errors import json_response
 from cbhub.http.forwarded import client_address
 from cbhub.http.keys import CONFIG, HUB, LIMITER, METRICS, REFUSAL_LIMITER
-from cbhub.domain.model import HIDDEN_HEADERS, Incoming, now_ms
 from cbhub.http.ratelimit import RateLimiter
 from cbhub.store import IngestResult
 

@@ -14,7 +14,6 @@ from aiohttp import web
 
 from cbhub.errors import NotFound
 
-
 TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",

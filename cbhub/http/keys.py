@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from cbhub.config import Config
-from cbhub.waiting.hub import Hub
-from cbhub.observe.metrics import Metrics
-from cbhub.waiting.subscriptions import Streams
 from cbhub.http.ratelimit import RateLimiter
+from cbhub.observe.metrics import Metrics
+from cbhub.waiting.hub import Hub
+from cbhub.waiting.subscriptions import Streams
 
 # The idempotency scope of requests made without keys.
 ANONYMOUS_SCOPE = ""

@@ -9,9 +9,16 @@ import orjson
 from aiohttp import web
 
 from cbhub.domain import networks
-from cbhub.errors import BadRequest, InvalidBody, InvalidField, InvalidJson, InvalidParameter, UnknownField
 from cbhub.domain.filters import DeliveryFilter
 from cbhub.domain.signatures import SpecError, VerifySpec, parse_spec
+from cbhub.errors import (
+    BadRequest,
+    InvalidBody,
+    InvalidField,
+    InvalidJson,
+    InvalidParameter,
+    UnknownField,
+)
 
 MAX_NAME_LENGTH = 200
 MAX_METADATA_BYTES = 16 * 1024

@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from cbhub.http.api import MAX_CURSOR
+from cbhub.domain.filters import DeliveryFilter
+from cbhub.domain.model import RECEIVED, TERMINAL, Callback, now_ms
 from cbhub.errors import (
     CbhubError,
     InvalidField,
@@ -26,6 +27,7 @@ from cbhub.errors import (
     SubscriptionNotFound,
     WebsocketRequired,
 )
+from cbhub.http.api import MAX_CURSOR
 from cbhub.http.errors import error_frame
 from cbhub.http.keys import CONFIG, HUB, STREAMS, base_url, caller
 from cbhub.http.params import (
@@ -36,8 +38,6 @@ from cbhub.http.params import (
     query_int,
     refuse_unknown_fields,
 )
-from cbhub.domain.model import RECEIVED, TERMINAL, Callback, now_ms
-from cbhub.domain.filters import DeliveryFilter
 from cbhub.waiting.subscriptions import IDLE, NOTHING, End, Feed, Idle, Notice, Reply
 
 log = logging.getLogger(__name__)

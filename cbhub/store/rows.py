@@ -10,10 +10,21 @@ from typing import Any, Callable, Sequence
 import orjson
 
 from cbhub.domain.bodies import parse_form
-from cbhub.domain.model import EXPIRED, PENDING, RECEIVED, STATUSES, TERMINAL, Callback, Delivery, Incoming, MintSpec
+from cbhub.domain.filters import CallbackFilter, DeliveryFilter
+from cbhub.domain.model import (
+    EXPIRED,
+    PENDING,
+    RECEIVED,
+    STATUSES,
+    TERMINAL,
+    Callback,
+    Delivery,
+    Incoming,
+    MintSpec,
+)
 from cbhub.domain.signatures import VerifySpec
 from cbhub.errors import CallbackClosed
-from cbhub.domain.filters import CallbackFilter, DeliveryFilter
+from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage
 
 # Both schemas name their columns alike; the row mappers below read them in this order.
 CALLBACK_COLUMNS = (
@@ -71,6 +82,14 @@ def delivery_from_row(row: Sequence[Any], text: Text = _same) -> Delivery:
         group=text(row[10]),
         late=bool(row[11]),
     )
+
+
+def listing_page(rows: Sequence[Sequence[Any]], limit: int, text: Text = _same) -> CallbackPage:
+    """A listing's page from a query that asked for one row more than `limit`: that row, if it
+    came, tells that an older page exists."""
+    kept = rows[:limit]
+    next_before = kept[-1][CALLBACK_ID] if len(rows) > limit else None
+    return CallbackPage([callback_from_row(row, text) for row in kept], next_before)
 
 
 def new_token() -> str:
@@ -164,6 +183,42 @@ def callback_where(
     if where.correlation_id is not None:
         clauses.append(f"id IN (SELECT callback_id FROM deliveries WHERE correlation_id = {bind(name(where.correlation_id))})")
     return " AND ".join(clauses) or "TRUE"
+
+
+def delivery_values(incoming: Incoming, name: Callable[[str | None], Any] = _same) -> tuple[Any, ...]:
+    """A delivery's stored columns from received_at to dedupe_key, in the order both schemas
+    insert them (after callback_id and group_name)."""
+    return (
+        incoming.received_at,
+        incoming.method,
+        incoming.content_type,
+        incoming.remote_addr,
+        orjson.dumps(incoming.headers),
+        name(incoming.query_string),
+        incoming.raw,
+        name(incoming.correlation_id),
+        name(incoming.dedupe_key),
+    )
+
+
+def callback_values(spec: MintSpec, now: int, name: Callable[[str | None], Any] = _same) -> tuple[Any, ...]:
+    """A new callback's columns: token, expires_at, label, group_name, metadata, created_by,
+    allow_ips, verify."""
+    return (
+        new_token(),
+        now + spec.ttl * 1000,
+        name(spec.label),
+        name(spec.group),
+        orjson.dumps(spec.metadata).decode(),
+        *guard_columns(spec),
+    )
+
+
+def purge_order(deliveries: str, callbacks: str, keys: str, expired_before: int, now: int) -> list[tuple[str, int]]:
+    """Retention's statements in the order every backend runs them, each with its cutoff:
+    deliveries of callbacks that expired before the cutoff first (a bounded number at a time),
+    then those callbacks once they have none, then idempotency keys past their window."""
+    return [(deliveries, expired_before), (callbacks, expired_before), (keys, now - IDEMPOTENCY_WINDOW_MS)]
 
 
 def guard_columns(spec: MintSpec) -> tuple[str | None, str | None, str | None]:

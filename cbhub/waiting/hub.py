@@ -21,9 +21,17 @@ from dataclasses import dataclass
 import orjson
 
 from cbhub.config import Config
+from cbhub.domain.filters import CallbackFilter, DeliveryFilter
 from cbhub.domain.guards import check_address, delivery_guard
-from cbhub.domain.model import PENDING, Callback, Delivery, Incoming, MintSpec, now_ms, short_token
-from cbhub.waiting.registry import Registry, Waiter
+from cbhub.domain.model import (
+    PENDING,
+    Callback,
+    Delivery,
+    Incoming,
+    MintSpec,
+    now_ms,
+    short_token,
+)
 from cbhub.errors import (
     CallbackNotFound,
     DeliveryNotFound,
@@ -32,8 +40,8 @@ from cbhub.errors import (
     SignatureInvalid,
     StoreUnavailable,
 )
-from cbhub.domain.filters import CallbackFilter, DeliveryFilter
 from cbhub.store import CallbackPage, IngestResult, Store
+from cbhub.waiting.registry import Registry, Waiter
 
 log = logging.getLogger("cbhub.waiting.hub")
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 from typing import Iterator, Protocol
 
-from cbhub.errors import ShuttingDown
-from cbhub.domain.model import Event
 from cbhub.domain.filters import DeliveryFilter
+from cbhub.domain.model import Event
+from cbhub.errors import ShuttingDown
 
 Key = tuple[str, str | None]
 ALL: Key = ("all", None)

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Final
 
 from cbhub.config import RealtimeConfig
+from cbhub.domain.filters import DeliveryFilter
 from cbhub.domain.model import CREATED, TERMINAL, Callback, Delivery, Event
 from cbhub.errors import CallbackNotFound, ShuttingDown, SubscribeRefused
-from cbhub.waiting.registry import Key, Registry, keys_for
-from cbhub.domain.filters import DeliveryFilter
 from cbhub.store import Store
+from cbhub.waiting.registry import Key, Registry, keys_for
 
 # Stored deliveries read per query while replaying.
 REPLAY_PAGE = 200

@@ -23,22 +23,41 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 import asyncpg
 import orjson
 
-from cbhub.domain.model import CANCELLED, CREATED, EXPIRED, PENDING, TERMINAL, Callback, Delivery, Event, Incoming, MintSpec
+from cbhub.domain.filters import CallbackFilter, DeliveryFilter
+from cbhub.domain.guards import Guard
+from cbhub.domain.model import (
+    CANCELLED,
+    CREATED,
+    EXPIRED,
+    PENDING,
+    Callback,
+    Delivery,
+    Event,
+    Incoming,
+    MintSpec,
+)
 from cbhub.errors import (
-    CallbackNotFound,
     CbhubError,
-    IdempotencyConflict,
     SchemaTooNew,
     StoreUnavailable,
 )
-from cbhub.domain.filters import CallbackFilter, DeliveryFilter
-from cbhub.domain.guards import Guard
+from cbhub.store import decisions
 from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage, IngestResult, Store
-from cbhub.store.group_commit import Announce, GroupCommit, OpFailed, cancelled, expired, ingested, minted, no_events
+from cbhub.store.group_commit import (
+    Announce,
+    GroupCommit,
+    OpFailed,
+    cancelled,
+    expired,
+    ingested,
+    minted,
+    no_events,
+)
 from cbhub.store.postgres.feed import CHANNEL, EventFeed, Position
 from cbhub.store.postgres.schema import MIGRATIONS
 from cbhub.store.rows import (
     CALLBACK_COLUMNS,
+    CALLBACK_ID,
     CALLBACK_WIDTH,
     DELIVERY_COLUMNS,
     DELIVERY_FROM,
@@ -46,13 +65,13 @@ from cbhub.store.rows import (
     LAST_DELIVERY_ID,
     by_status,
     callback_from_row,
+    callback_values,
     callback_where,
-    arrives_late,
     delivery_from_row,
+    delivery_values,
     delivery_where,
-    guard_columns,
-    new_delivery,
-    new_token,
+    listing_page,
+    purge_order,
 )
 
 log = logging.getLogger("cbhub.store")
@@ -109,13 +128,22 @@ _INSERT_DELIVERY = (
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {late}) RETURNING id)"
 )
 INSERT_DELIVERY = _INSERT_DELIVERY.format(late="false") + (
-    " UPDATE callbacks SET status = $12, deliveries = deliveries + 1, last_delivery_id = (SELECT id FROM d)"
-    " WHERE id = $1 RETURNING last_delivery_id"
+    " UPDATE callbacks SET status = COALESCE($12, status), deliveries = deliveries + 1,"
+    " last_delivery_id = (SELECT id FROM d) WHERE id = $1 RETURNING last_delivery_id"
 )
 # A late one only counts on its callback: status and result stay as they were.
 INSERT_LATE_DELIVERY = _INSERT_DELIVERY.format(late="true") + (
     " UPDATE callbacks SET late_deliveries = late_deliveries + 1 WHERE id = $1 RETURNING (SELECT id FROM d)"
 )
+SELECT_CALLBACK_FOR_UPDATE = f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = $1 FOR UPDATE"
+SELECT_CALLBACK_BY_TOKEN = f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = $1"
+SELECT_CALLBACK_BY_ID = f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id = $1"
+SELECT_DELIVERY_BY_ID = f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.id = $1"
+SELECT_DUPLICATE = f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.callback_id = $1 AND d.dedupe_key = $2"
+MARK_CANCELLED = f"UPDATE callbacks SET status = '{CANCELLED}', closed_seq = nextval('closing_seq') WHERE id = $1"
+SELECT_KEY = "SELECT fingerprint, callback_ids FROM idempotency_keys WHERE scope = $1 AND key = $2"
+RECORD_KEY = "UPDATE idempotency_keys SET callback_ids = $3 WHERE scope = $1 AND key = $2"
+WRITE_PROBE = "INSERT INTO write_probe (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at"
 EXPIRE_DUE = (
     "UPDATE callbacks SET status = $1, closed_seq = nextval('closing_seq') WHERE id IN"
     " (SELECT id FROM callbacks WHERE status = $2 AND expires_at <= $3 ORDER BY expires_at LIMIT $4"
@@ -374,7 +402,8 @@ class PostgresStore(Store):
     ) -> Any:
         return await self._writes.submit(_Write(run, ordered), announce, probe)
 
-    # Writes
+    # Writes. The decisions are store.decisions'; the answers to their steps, in PostgreSQL's
+    # SQL, are _answer's.
 
     async def mint(
         self,
@@ -382,114 +411,22 @@ class PostgresStore(Store):
         now: int,
         idempotency: tuple[str, str, str] | None = None,
     ) -> tuple[list[Callback], bool]:
-        async def op(conn: asyncpg.Connection) -> tuple[list[Callback], bool]:
-            if idempotency is not None:
-                scope, key, fingerprint = idempotency
-                claimed = await conn.fetchval(CLAIM_KEY, scope, key, fingerprint, now, now - IDEMPOTENCY_WINDOW_MS)
-                if claimed is None:
-                    # Live, perhaps minted by another instance a moment ago: the unique key
-                    # made this insert wait for that one's commit.
-                    row = await conn.fetchrow(
-                        "SELECT fingerprint, callback_ids FROM idempotency_keys WHERE scope = $1 AND key = $2",
-                        scope,
-                        key,
-                    )
-                    if row[0] != fingerprint:
-                        raise IdempotencyConflict(key)
-                    return [await self._load_callback(conn, cid) for cid in orjson.loads(row[1])], False
-            tokens = [new_token() for _ in specs]
-            guards = [guard_columns(spec) for spec in specs]
-            rows = await conn.fetch(
-                INSERT_CALLBACKS,
-                tokens,
-                now,
-                [now + spec.ttl * 1000 for spec in specs],
-                [_name(spec.label) for spec in specs],
-                [_name(spec.group) for spec in specs],
-                [orjson.dumps(spec.metadata).decode() for spec in specs],
-                *(list(column) for column in zip(*guards)),
-            )
-            by_token = {row[1]: row for row in rows}
-            ordered_rows = [by_token[token] for token in tokens]
-            if idempotency is not None:
-                await conn.execute(
-                    "UPDATE idempotency_keys SET callback_ids = $3 WHERE scope = $1 AND key = $2",
-                    idempotency[0],
-                    idempotency[1],
-                    orjson.dumps([row[0] for row in ordered_rows]).decode(),
-                )
-            return [_callback(row) for row in ordered_rows], True
-
         # Ordered: creations take positions too, for the other instances' inspectors.
-        return await self._submit(op, ordered=True, announce=minted)
+        return await self._decide(lambda: decisions.mint(specs, now, idempotency), minted)
 
     async def ingest(self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True) -> IngestResult:
-        async def op(conn: asyncpg.Connection) -> IngestResult:
-            if _no_such_token(incoming.token):
-                raise CallbackNotFound(incoming.token)
-            # Locked: ingests of one callback from any instance count one after the other.
-            row = await conn.fetchrow(
-                f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = $1 FOR UPDATE", incoming.token
-            )
-            if row is None:
-                raise CallbackNotFound(incoming.token)
-            callback = _callback(row)
-            if guard is not None:
-                # Before the closed and duplicate checks, as on SQLite (see there).
-                guard(callback)
-            late = arrives_late(callback, incoming.received_at, keep_late)
-            callback_id = row[0]
-            dedupe_key = _name(incoming.dedupe_key)
-            if dedupe_key is not None:
-                first = await conn.fetchrow(
-                    f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.callback_id = $1 AND d.dedupe_key = $2",
-                    callback_id,
-                    dedupe_key,
-                )
-                if first is not None:
-                    callback.result = await self._load_delivery(conn, row[LAST_DELIVERY_ID])
-                    return IngestResult(_delivery(first), callback, duplicate=True)
-            values = (
-                callback_id,
-                _name(callback.group),
-                incoming.received_at,
-                incoming.method,
-                incoming.content_type,
-                incoming.remote_addr,
-                orjson.dumps(incoming.headers),
-                _name(incoming.query_string),
-                incoming.raw,
-                _name(incoming.correlation_id),
-                dedupe_key,
-            )
-            if late:
-                delivery_id = await conn.fetchval(INSERT_LATE_DELIVERY, *values)
-                callback.result = await self._load_delivery(conn, row[LAST_DELIVERY_ID])
-                return IngestResult(new_delivery(incoming, delivery_id, callback, late=True), callback, duplicate=False)
-            status = callback.status if callback.status != PENDING else "received"
-            delivery_id = await conn.fetchval(INSERT_DELIVERY, *values, status)
-            return IngestResult(new_delivery(incoming, delivery_id, callback), callback, duplicate=False)
-
-        return await self._submit(op, ordered=True, announce=ingested)
+        return await self._decide(lambda: decisions.ingest(incoming, guard, keep_late), ingested)
 
     async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
-        async def op(conn: asyncpg.Connection) -> tuple[Callback, bool]:
-            if _no_such_token(token):
-                raise CallbackNotFound(token)
-            row = await conn.fetchrow(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = $1 FOR UPDATE", token)
-            if row is None:
-                raise CallbackNotFound(token)
-            callback = _callback(row)
-            callback.result = await self._load_delivery(conn, row[LAST_DELIVERY_ID])
-            if callback.status in TERMINAL:
-                return callback, False
-            await conn.execute(
-                "UPDATE callbacks SET status = $1, closed_seq = nextval('closing_seq') WHERE id = $2", CANCELLED, row[0]
-            )
-            callback.status = CANCELLED
-            return callback, True
+        return await self._decide(lambda: decisions.cancel(token), cancelled)
 
-        return await self._submit(op, ordered=True, announce=cancelled)
+    async def _decide(self, steps: Callable[[], decisions.Steps[Any]], announce: Announce) -> Any:
+        """Submit a decision as an ordered write, answering its steps on the writer's connection."""
+
+        async def run(conn: asyncpg.Connection) -> Any:
+            return await decisions.run_async(steps(), lambda step: _answer(conn, step))
+
+        return await self._submit(run, ordered=True, announce=announce)
 
     async def expire_due(self, now: int, limit: int = 500) -> list[Callback]:
         async def op(conn: asyncpg.Connection) -> list[Callback]:
@@ -500,21 +437,14 @@ class PostgresStore(Store):
 
     async def probe_write(self, now: int) -> None:
         async def op(conn: asyncpg.Connection) -> None:
-            await conn.execute(
-                "INSERT INTO write_probe (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at", now
-            )
+            await conn.execute(WRITE_PROBE, now)
 
         await self._submit(op, ordered=False, probe=True)
 
     async def purge(self, expired_before: int, now: int, batch: int = 500) -> int:
         async def op(conn: asyncpg.Connection) -> int:
-            # Deliveries first, a bounded number at a time, as on SQLite; autovacuum gives the
-            # space back.
-            for sql, since in (
-                (PURGE_DELIVERIES, expired_before),
-                (PURGE_CALLBACKS, expired_before),
-                (PURGE_KEYS, now - IDEMPOTENCY_WINDOW_MS),
-            ):
+            # Autovacuum gives the space back.
+            for sql, since in purge_order(PURGE_DELIVERIES, PURGE_CALLBACKS, PURGE_KEYS, expired_before, now):
                 status = await conn.execute(sql, since, batch)
                 gone = int(status.split()[-1])
                 if gone:
@@ -522,19 +452,6 @@ class PostgresStore(Store):
             return 0
 
         return await self._submit(op, ordered=False)
-
-    async def _load_callback(self, conn: asyncpg.Connection, callback_id: int) -> Callback:
-        row = await conn.fetchrow(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id = $1", callback_id)
-        callback = _callback(row)
-        callback.result = await self._load_delivery(conn, row[LAST_DELIVERY_ID])
-        return callback
-
-    @staticmethod
-    async def _load_delivery(conn: asyncpg.Connection, delivery_id: int | None) -> Delivery | None:
-        if delivery_id is None:
-            return None
-        row = await conn.fetchrow(f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.id = $1", delivery_id)
-        return _delivery(row) if row is not None else None
 
     # What the other instances committed, for the feed
 
@@ -559,7 +476,7 @@ class PostgresStore(Store):
             callback = _callback(row[DELIVERY_WIDTH:])
             # A late delivery is not its callback's result (rare: one more read for it).
             late_result = row[DELIVERY_WIDTH + LAST_DELIVERY_ID]
-            callback.result = await PostgresStore._load_delivery(conn, late_result) if delivery.late else delivery
+            callback.result = await _load_delivery(conn, late_result) if delivery.late else delivery
             events.append((delivery.id, Event("delivery", callback, delivery)))
         return events
 
@@ -627,14 +544,11 @@ class PostgresStore(Store):
     async def list_callbacks(self, where: CallbackFilter, before: int | None, limit: int) -> CallbackPage:
         params = _Params()
         clause = callback_where(where, before, params.bind, _name)
-        # One row more than asked tells whether an older page exists.
         rows = await self._fetch(
             f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE {clause} ORDER BY id DESC LIMIT {params.bind(limit + 1)}",
             *params,
         )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return CallbackPage([_callback(row) for row in rows], rows[-1][0] if more else None)
+        return listing_page(rows, limit, _text)
 
     async def callback_statuses(self, tokens: Sequence[str], owner: str | None = None) -> dict[str, str]:
         wanted = [token for token in tokens if not _no_such_token(token)]
@@ -664,3 +578,63 @@ class PostgresStore(Store):
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1")
+
+
+async def _answer(conn: asyncpg.Connection, step: decisions.Step) -> Any:
+    """A decision's step, answered in PostgreSQL's SQL on the writer's connection. A callback is
+    read FOR UPDATE: writes to one callback from any instance are counted one after the other."""
+    match step:
+        case decisions.LoadCallback(token):
+            if _no_such_token(token):
+                return None
+            return _found(await conn.fetchrow(SELECT_CALLBACK_FOR_UPDATE, token))
+        case decisions.LoadDelivery(delivery_id):
+            return await _load_delivery(conn, delivery_id)
+        case decisions.FindDuplicate(callback_id, dedupe_key):
+            row = await conn.fetchrow(SELECT_DUPLICATE, callback_id, _name(dedupe_key))
+            return _delivery(row) if row is not None else None
+        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status):
+            values = (callback_id, _name(group), *delivery_values(incoming, _name))
+            if late:
+                return await conn.fetchval(INSERT_LATE_DELIVERY, *values)
+            return await conn.fetchval(INSERT_DELIVERY, *values, new_status)
+        case decisions.MarkCancelled(callback_id):
+            await conn.execute(MARK_CANCELLED, callback_id)
+            return None
+        case decisions.ClaimKey(scope, key, fingerprint, now):
+            claimed = await conn.fetchval(CLAIM_KEY, scope, key, fingerprint, now, now - IDEMPOTENCY_WINDOW_MS)
+            if claimed is not None:
+                return None
+            # Live, perhaps claimed by another instance a moment ago: the unique key made this
+            # insert wait for that one's commit.
+            row = await conn.fetchrow(SELECT_KEY, scope, key)
+            return row[0], orjson.loads(row[1])
+        case decisions.InsertCallbacks(specs, now):
+            rows = [callback_values(spec, now, _name) for spec in specs]
+            created = await conn.fetch(INSERT_CALLBACKS, [r[0] for r in rows], now, *(list(c) for c in list(zip(*rows))[1:]))
+            by_token = {row[1]: row for row in created}
+            return [_found(by_token[row[0]]) for row in rows]
+        case decisions.RecordKey(scope, key, callback_ids):
+            await conn.execute(RECORD_KEY, scope, key, orjson.dumps(callback_ids).decode())
+            return None
+        case decisions.LoadCallbacks(callback_ids):
+            return [await _load_callback(conn, callback_id) for callback_id in callback_ids]
+    raise AssertionError(f"no answer to {step!r}")
+
+
+def _found(row: Sequence[Any] | None) -> decisions.Found | None:
+    return None if row is None else decisions.Found(row[CALLBACK_ID], _callback(row), row[LAST_DELIVERY_ID])
+
+
+async def _load_callback(conn: asyncpg.Connection, callback_id: int) -> Callback:
+    row = await conn.fetchrow(SELECT_CALLBACK_BY_ID, callback_id)
+    callback = _callback(row)
+    callback.result = await _load_delivery(conn, row[LAST_DELIVERY_ID])
+    return callback
+
+
+async def _load_delivery(conn: asyncpg.Connection, delivery_id: int | None) -> Delivery | None:
+    if delivery_id is None:
+        return None
+    row = await conn.fetchrow(SELECT_DELIVERY_BY_ID, delivery_id)
+    return _delivery(row) if row is not None else None

@@ -21,11 +21,12 @@ from typing import Any, Callable, Sequence
 import aiosqlite
 import orjson
 
+from cbhub.domain.filters import CallbackFilter, DeliveryFilter
+from cbhub.domain.guards import Guard
 from cbhub.domain.model import (
     CANCELLED,
     EXPIRED,
     PENDING,
-    TERMINAL,
     Callback,
     Delivery,
     Event,
@@ -33,34 +34,39 @@ from cbhub.domain.model import (
     MintSpec,
 )
 from cbhub.errors import (
-    CallbackNotFound,
     CbhubError,
-    IdempotencyConflict,
     SchemaTooNew,
     StoreError,
     StoreUnavailable,
 )
-from cbhub.domain.filters import CallbackFilter, DeliveryFilter
-from cbhub.domain.guards import Guard
+from cbhub.store import decisions
 from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage, IngestResult, Store
-from cbhub.store.group_commit import GroupCommit, OpFailed, cancelled, expired, ingested, minted
-from cbhub.store.sqlite.migrations import MIGRATIONS
-from cbhub.store.sqlite.checkpoint import WRITER_SAFETY_NET_PAGES, Checkpointer
+from cbhub.store.group_commit import (
+    GroupCommit,
+    OpFailed,
+    cancelled,
+    expired,
+    ingested,
+    minted,
+)
 from cbhub.store.rows import (
     CALLBACK_COLUMNS,
+    CALLBACK_ID,
     DELIVERY_COLUMNS,
     DELIVERY_FROM,
     LAST_DELIVERY_ID,
     by_status,
     callback_from_row,
+    callback_values,
     callback_where,
-    arrives_late,
     delivery_from_row,
+    delivery_values,
     delivery_where,
-    guard_columns,
-    new_delivery,
-    new_token,
+    listing_page,
+    purge_order,
 )
+from cbhub.store.sqlite.checkpoint import WRITER_SAFETY_NET_PAGES, Checkpointer
+from cbhub.store.sqlite.migrations import MIGRATIONS
 
 log = logging.getLogger("cbhub.store")
 
@@ -68,6 +74,59 @@ WriteOp = Callable[[sqlite3.Connection], Any]
 
 # Tokens per statement when looking many callbacks up (SQLite allows at least 999 parameters).
 STATUS_CHUNK = 500
+
+# Every statement, by what it does. A write's decisions are in store/decisions.py; these are
+# SQLite's answers to their steps, and its reads.
+SELECT_CALLBACK_BY_TOKEN = f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = ?"
+SELECT_CALLBACK_BY_ID = f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id = ?"
+SELECT_DELIVERY_BY_ID = f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.id = ?"
+SELECT_DUPLICATE = f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.callback_id = ? AND d.dedupe_key = ?"
+INSERT_DELIVERY = (
+    "INSERT INTO deliveries (callback_id, group_name, received_at, method, content_type, remote_addr,"
+    " headers, query, body, correlation_id, dedupe_key, late) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+COUNT_ON_TIME_WITH_STATUS = (
+    "UPDATE callbacks SET status = ?, deliveries = deliveries + 1, last_delivery_id = ? WHERE id = ?"
+)
+# Without the status, SQLite leaves the three indexes that hold it alone.
+COUNT_ON_TIME = "UPDATE callbacks SET deliveries = deliveries + 1, last_delivery_id = ? WHERE id = ?"
+COUNT_LATE = "UPDATE callbacks SET late_deliveries = late_deliveries + 1 WHERE id = ?"
+MARK_CANCELLED = f"UPDATE callbacks SET status = '{CANCELLED}' WHERE id = ?"
+SELECT_KEY = "SELECT fingerprint, created_at, callback_ids FROM idempotency_keys WHERE scope = ? AND key = ?"
+CLAIM_KEY = (
+    "INSERT OR REPLACE INTO idempotency_keys (scope, key, fingerprint, created_at, callback_ids)"
+    " VALUES (?, ?, ?, ?, '[]')"
+)
+RECORD_KEY = "UPDATE idempotency_keys SET callback_ids = ? WHERE scope = ? AND key = ?"
+INSERT_CALLBACK = (
+    "INSERT INTO callbacks (token, expires_at, label, group_name, metadata, created_by, allow_ips, verify,"
+    f" created_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{PENDING}') RETURNING {CALLBACK_COLUMNS}"
+)
+EXPIRE_DUE = (
+    f"UPDATE callbacks SET status = '{EXPIRED}' WHERE id IN"
+    f" (SELECT id FROM callbacks WHERE status = '{PENDING}' AND expires_at <= ? ORDER BY expires_at LIMIT ?)"
+    f" RETURNING {CALLBACK_COLUMNS}"
+)
+WRITE_PROBE = "INSERT INTO write_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at"
+# Retention: deliveries first, a bounded number at a time, so no transaction grows long however
+# many deliveries one old callback has; then the callbacks left without any; then stale keys.
+PURGE_DELIVERIES = (
+    "DELETE FROM deliveries WHERE id IN (SELECT d.id FROM deliveries d WHERE d.callback_id IN"
+    " (SELECT id FROM callbacks WHERE expires_at < ? ORDER BY expires_at LIMIT 50) LIMIT ?)"
+)
+PURGE_CALLBACKS = (
+    "DELETE FROM callbacks WHERE id IN (SELECT c.id FROM callbacks c WHERE c.expires_at < ?"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.callback_id = c.id) ORDER BY c.expires_at LIMIT ?)"
+)
+PURGE_KEYS = (
+    "DELETE FROM idempotency_keys WHERE (scope, key) IN"
+    " (SELECT scope, key FROM idempotency_keys WHERE created_at < ? LIMIT ?)"
+)
+GIVE_PAGES_BACK = "PRAGMA incremental_vacuum(2000)"
+HAS_DUE = f"SELECT 1 FROM callbacks WHERE status = '{PENDING}' AND expires_at <= ? LIMIT 1"
+GROUP_COUNTS = "SELECT status, COUNT(*) FROM callbacks WHERE group_name = ? GROUP BY status"
+OWNED_GROUP_COUNTS = "SELECT status, COUNT(*) FROM callbacks WHERE group_name = ? AND created_by = ? GROUP BY status"
+STATUS_COUNTS = "SELECT status, COUNT(*) FROM callbacks GROUP BY status"
 
 
 def backup_database(source: str | os.PathLike, dest: str | os.PathLike, pages_per_step: int = 1024) -> int:
@@ -240,7 +299,8 @@ class SQLiteStore(Store):
             log.debug("committed %d writes in %.2f ms", len(ops), (time.perf_counter() - started) * 1000)
         return results
 
-    # Writes (each op runs on the writer thread)
+    # Writes (each op runs on the writer thread). The decisions are store.decisions'; the
+    # answers to their steps, in SQLite's SQL, are here.
 
     async def mint(
         self,
@@ -248,183 +308,40 @@ class SQLiteStore(Store):
         now: int,
         idempotency: tuple[str, str, str] | None = None,
     ) -> tuple[list[Callback], bool]:
-        def op(conn: sqlite3.Connection) -> tuple[list[Callback], bool]:
-            if idempotency is not None:
-                scope, key, fingerprint = idempotency
-                row = conn.execute(
-                    "SELECT fingerprint, created_at, callback_ids FROM idempotency_keys WHERE scope = ? AND key = ?",
-                    (scope, key),
-                ).fetchone()
-                if row is not None and row[1] > now - IDEMPOTENCY_WINDOW_MS:
-                    if row[0] != fingerprint:
-                        raise IdempotencyConflict(key)
-                    return [self._load_callback_by_id(conn, cid) for cid in orjson.loads(row[2])], False
-            ids = []
-            for spec in specs:
-                cursor = conn.execute(
-                    "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata,"
-                    " created_by, allow_ips, verify) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        new_token(),
-                        PENDING,
-                        now,
-                        now + spec.ttl * 1000,
-                        spec.label,
-                        spec.group,
-                        orjson.dumps(spec.metadata).decode(),
-                        *guard_columns(spec),
-                    ),
-                )
-                ids.append(cursor.lastrowid)
-            if idempotency is not None:
-                conn.execute(
-                    "INSERT OR REPLACE INTO idempotency_keys (scope, key, fingerprint, created_at, callback_ids)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (*idempotency, now, orjson.dumps(ids).decode()),
-                )
-            return [self._load_callback_by_id(conn, cid) for cid in ids], True
-
-        return await self._writes.submit(op, minted)
+        return await self._writes.submit(self._deciding(lambda: decisions.mint(specs, now, idempotency)), minted)
 
     async def ingest(self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True) -> IngestResult:
-        def op(conn: sqlite3.Connection) -> IngestResult:
-            row = conn.execute(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = ?", (incoming.token,)).fetchone()
-            if row is None:
-                raise CallbackNotFound(incoming.token)
-            callback = callback_from_row(row)
-            if guard is not None:
-                # On the row this op loads anyway: guards cost no extra read. Before the closed
-                # check, so a refused sender learns nothing of the callback's state; before the
-                # duplicate check, so a forgery reusing a real message id is refused too.
-                guard(callback)
-            late = arrives_late(callback, incoming.received_at, keep_late)
-            callback_id = row[0]
-            if incoming.dedupe_key is not None:
-                first = conn.execute(
-                    f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.callback_id = ? AND d.dedupe_key = ?",
-                    (callback_id, incoming.dedupe_key),
-                ).fetchone()
-                if first is not None:
-                    callback.result = self._load_delivery(conn, row[LAST_DELIVERY_ID])
-                    return IngestResult(delivery_from_row(first), callback, duplicate=True)
-            cursor = conn.execute(
-                "INSERT INTO deliveries (callback_id, group_name, received_at, method, content_type, remote_addr,"
-                " headers, query, body, correlation_id, dedupe_key, late) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    callback_id,
-                    callback.group,
-                    incoming.received_at,
-                    incoming.method,
-                    incoming.content_type,
-                    incoming.remote_addr,
-                    orjson.dumps(incoming.headers),
-                    incoming.query_string,
-                    incoming.raw,
-                    incoming.correlation_id,
-                    incoming.dedupe_key,
-                    late,
-                ),
-            )
-            if late:
-                # Its result stays what it was: the waiters of a late delivery are shown it.
-                callback.result = self._load_delivery(conn, row[LAST_DELIVERY_ID])
-                delivery = new_delivery(incoming, cursor.lastrowid, callback, late=True)
-                conn.execute(
-                    "UPDATE callbacks SET late_deliveries = ? WHERE id = ?", (callback.late_deliveries, callback_id)
-                )
-                return IngestResult(delivery, callback, duplicate=False)
-            status_before = callback.status
-            delivery = new_delivery(incoming, cursor.lastrowid, callback)
-            if callback.status != status_before:
-                conn.execute(
-                    "UPDATE callbacks SET status = ?, deliveries = ?, last_delivery_id = ? WHERE id = ?",
-                    (callback.status, callback.deliveries, delivery.id, callback_id),
-                )
-            else:
-                # Without the status, SQLite leaves the three indexes that hold it alone.
-                conn.execute(
-                    "UPDATE callbacks SET deliveries = ?, last_delivery_id = ? WHERE id = ?",
-                    (callback.deliveries, delivery.id, callback_id),
-                )
-            return IngestResult(delivery, callback, duplicate=False)
-
-        return await self._writes.submit(op, ingested)
+        return await self._writes.submit(self._deciding(lambda: decisions.ingest(incoming, guard, keep_late)), ingested)
 
     async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
-        def op(conn: sqlite3.Connection) -> tuple[Callback, bool]:
-            row = conn.execute(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = ?", (token,)).fetchone()
-            if row is None:
-                raise CallbackNotFound(token)
-            callback = callback_from_row(row)
-            callback.result = self._load_delivery(conn, row[LAST_DELIVERY_ID])
-            if callback.status in TERMINAL:
-                return callback, False
-            conn.execute("UPDATE callbacks SET status = ? WHERE id = ?", (CANCELLED, row[0]))
-            callback.status = CANCELLED
-            return callback, True
+        return await self._writes.submit(self._deciding(lambda: decisions.cancel(token)), cancelled)
 
-        return await self._writes.submit(op, cancelled)
+    def _deciding(self, steps: Callable[[], decisions.Steps[Any]]) -> WriteOp:
+        """A write op that runs a decision, answering its steps on the writer's connection."""
+        return lambda conn: decisions.run(steps(), lambda step: _answer(conn, step))
 
     async def expire_due(self, now: int, limit: int = 500) -> list[Callback]:
         def op(conn: sqlite3.Connection) -> list[Callback]:
-            rows = conn.execute(
-                f"UPDATE callbacks SET status = ? WHERE id IN"
-                f" (SELECT id FROM callbacks WHERE status = ? AND expires_at <= ? ORDER BY expires_at LIMIT ?)"
-                f" RETURNING {CALLBACK_COLUMNS}",
-                (EXPIRED, PENDING, now, limit),
-            ).fetchall()
-            return [callback_from_row(row) for row in rows]
+            return [callback_from_row(row) for row in conn.execute(EXPIRE_DUE, (now, limit)).fetchall()]
 
         return await self._writes.submit(op, expired)
 
     async def probe_write(self, now: int) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO write_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at", (now,)
-            )
+            conn.execute(WRITE_PROBE, (now,))
 
         await self._writes.submit(op, probe=True)
 
     async def purge(self, expired_before: int, now: int, batch: int = 500) -> int:
         def op(conn: sqlite3.Connection) -> int:
-            # Deliveries first, a bounded number at a time, so no transaction grows long
-            # however many deliveries one old callback has.
-            gone = conn.execute(
-                "DELETE FROM deliveries WHERE id IN (SELECT d.id FROM deliveries d WHERE d.callback_id IN"
-                " (SELECT id FROM callbacks WHERE expires_at < ? ORDER BY expires_at LIMIT 50) LIMIT ?)",
-                (expired_before, batch),
-            ).rowcount
-            if gone == 0:
-                gone = conn.execute(
-                    "DELETE FROM callbacks WHERE id IN (SELECT c.id FROM callbacks c WHERE c.expires_at < ?"
-                    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.callback_id = c.id)"
-                    " ORDER BY c.expires_at LIMIT ?)",
-                    (expired_before, batch),
-                ).rowcount
-            if gone == 0:
-                gone = conn.execute(
-                    "DELETE FROM idempotency_keys WHERE (scope, key) IN"
-                    " (SELECT scope, key FROM idempotency_keys WHERE created_at < ? LIMIT ?)",
-                    (now - IDEMPOTENCY_WINDOW_MS, batch),
-                ).rowcount
-            if gone == 0:
-                conn.execute("PRAGMA incremental_vacuum(2000)").fetchall()
-            return gone
+            for sql, since in purge_order(PURGE_DELIVERIES, PURGE_CALLBACKS, PURGE_KEYS, expired_before, now):
+                gone = conn.execute(sql, (since, batch)).rowcount
+                if gone:
+                    return gone
+            conn.execute(GIVE_PAGES_BACK).fetchall()  # nothing left to delete: free pages go back
+            return 0
 
         return await self._writes.submit(op)
-
-    def _load_callback_by_id(self, conn: sqlite3.Connection, callback_id: int) -> Callback:
-        row = conn.execute(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id = ?", (callback_id,)).fetchone()
-        callback = callback_from_row(row)
-        callback.result = self._load_delivery(conn, row[LAST_DELIVERY_ID])
-        return callback
-
-    @staticmethod
-    def _load_delivery(conn: sqlite3.Connection, delivery_id: int | None) -> Delivery | None:
-        if delivery_id is None:
-            return None
-        row = conn.execute(f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.id = ?", (delivery_id,)).fetchone()
-        return delivery_from_row(row) if row is not None else None
 
     # Reads
 
@@ -442,13 +359,11 @@ class SQLiteStore(Store):
             return list(await cursor.fetchall())
 
     async def has_due(self, now: int) -> bool:
-        row = await self._fetchone(
-            "SELECT 1 FROM callbacks WHERE status = ? AND expires_at <= ? LIMIT 1", (PENDING, now)
-        )
+        row = await self._fetchone(HAS_DUE, (now,))
         return row is not None
 
     async def get_callback(self, token: str) -> Callback | None:
-        row = await self._fetchone(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = ?", (token,))
+        row = await self._fetchone(SELECT_CALLBACK_BY_TOKEN, (token,))
         if row is None:
             return None
         callback = callback_from_row(row)
@@ -459,13 +374,10 @@ class SQLiteStore(Store):
     async def list_callbacks(self, where: CallbackFilter, before: int | None, limit: int) -> CallbackPage:
         params: list[Any] = []
         clause = callback_where(where, before, lambda value: params.append(value) or "?")
-        # One row more than asked tells whether an older page exists.
         rows = await self._fetchall(
             f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE {clause} ORDER BY id DESC LIMIT ?", [*params, limit + 1]
         )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return CallbackPage([callback_from_row(row) for row in rows], rows[-1][0] if more else None)
+        return listing_page(rows, limit)
 
     async def find_deliveries(self, where: DeliveryFilter, after: int, limit: int) -> list[Delivery]:
         params: list[Any] = []
@@ -490,19 +402,72 @@ class SQLiteStore(Store):
         return statuses
 
     async def get_delivery(self, delivery_id: int) -> Delivery | None:
-        row = await self._fetchone(f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.id = ?", (delivery_id,))
+        row = await self._fetchone(SELECT_DELIVERY_BY_ID, (delivery_id,))
         return delivery_from_row(row) if row is not None else None
 
     async def group_counts(self, group: str, owner: str | None = None) -> dict[str, int]:
         if owner is None:
-            sql, params = "SELECT status, COUNT(*) FROM callbacks WHERE group_name = ? GROUP BY status", (group,)
-        else:
-            sql = "SELECT status, COUNT(*) FROM callbacks WHERE group_name = ? AND created_by = ? GROUP BY status"
-            params = (group, owner)
-        return by_status(await self._fetchall(sql, params))
+            return by_status(await self._fetchall(GROUP_COUNTS, (group,)))
+        return by_status(await self._fetchall(OWNED_GROUP_COUNTS, (group, owner)))
 
     async def status_counts(self) -> dict[str, int]:
-        return by_status(await self._fetchall("SELECT status, COUNT(*) FROM callbacks GROUP BY status", ()))
+        return by_status(await self._fetchall(STATUS_COUNTS, ()))
 
     async def ping(self) -> None:
         await self._fetchone("SELECT 1", ())
+
+
+def _answer(conn: sqlite3.Connection, step: decisions.Step) -> Any:
+    """A decision's step, answered in SQLite's SQL on the writer's connection. The writer is
+    alone, so a callback read here is locked against other writes until the commit."""
+    match step:
+        case decisions.LoadCallback(token):
+            return _found(conn.execute(SELECT_CALLBACK_BY_TOKEN, (token,)).fetchone())
+        case decisions.LoadDelivery(delivery_id):
+            return _delivery(conn, delivery_id)
+        case decisions.FindDuplicate(callback_id, dedupe_key):
+            row = conn.execute(SELECT_DUPLICATE, (callback_id, dedupe_key)).fetchone()
+            return delivery_from_row(row) if row is not None else None
+        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status):
+            delivery_id = conn.execute(INSERT_DELIVERY, (callback_id, group, *delivery_values(incoming), late)).lastrowid
+            if late:
+                conn.execute(COUNT_LATE, (callback_id,))
+            elif new_status is not None:
+                conn.execute(COUNT_ON_TIME_WITH_STATUS, (new_status, delivery_id, callback_id))
+            else:
+                conn.execute(COUNT_ON_TIME, (delivery_id, callback_id))
+            return delivery_id
+        case decisions.MarkCancelled(callback_id):
+            conn.execute(MARK_CANCELLED, (callback_id,))
+            return None
+        case decisions.ClaimKey(scope, key, fingerprint, now):
+            row = conn.execute(SELECT_KEY, (scope, key)).fetchone()
+            if row is not None and row[1] > now - IDEMPOTENCY_WINDOW_MS:
+                return row[0], orjson.loads(row[2])
+            conn.execute(CLAIM_KEY, (scope, key, fingerprint, now))
+            return None
+        case decisions.InsertCallbacks(specs, now):
+            return [_found(conn.execute(INSERT_CALLBACK, (*callback_values(spec, now), now)).fetchone()) for spec in specs]
+        case decisions.RecordKey(scope, key, callback_ids):
+            conn.execute(RECORD_KEY, (orjson.dumps(callback_ids).decode(), scope, key))
+            return None
+        case decisions.LoadCallbacks(callback_ids):
+            return [_with_result(conn, conn.execute(SELECT_CALLBACK_BY_ID, (i,)).fetchone()) for i in callback_ids]
+    raise AssertionError(f"no answer to {step!r}")
+
+
+def _found(row: Sequence[Any] | None) -> decisions.Found | None:
+    return None if row is None else decisions.Found(row[CALLBACK_ID], callback_from_row(row), row[LAST_DELIVERY_ID])
+
+
+def _delivery(conn: sqlite3.Connection, delivery_id: int | None) -> Delivery | None:
+    if delivery_id is None:
+        return None
+    row = conn.execute(SELECT_DELIVERY_BY_ID, (delivery_id,)).fetchone()
+    return delivery_from_row(row) if row is not None else None
+
+
+def _with_result(conn: sqlite3.Connection, row: Sequence[Any]) -> Callback:
+    callback = callback_from_row(row)
+    callback.result = _delivery(conn, row[LAST_DELIVERY_ID])
+    return callback
