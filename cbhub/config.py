@@ -192,7 +192,7 @@ class Config:
 
 
 def _positive(value: Any) -> bool:
-    return value > 0
+    return bool(value > 0)
 
 
 def _port(value: int) -> bool:
@@ -212,7 +212,7 @@ def _cidrs(value: tuple[str, ...]) -> bool:
 
 
 def _non_negative(value: Any) -> bool:
-    return value >= 0
+    return bool(value >= 0)
 
 
 def _public_url(value: str) -> bool:
@@ -347,10 +347,10 @@ def _convert(dotted: str, kind: Any, raw: Any, from_text: bool) -> Any:
     raise AssertionError(f"no converter for {kind}")
 
 
-def _nested(fld: dataclasses.Field) -> type | None:
+def _nested(fld: dataclasses.Field[Any]) -> type | None:
     """The dataclass a field holds as a nested table ([section] or [section.table]), if any."""
     factory = fld.default_factory
-    return factory if isinstance(factory, type) and dataclasses.is_dataclass(factory) else None  # type: ignore[return-value]
+    return factory if isinstance(factory, type) and dataclasses.is_dataclass(factory) else None
 
 
 def _load_table(
@@ -389,7 +389,7 @@ def _load_table(
 
 
 def load_config(
-    path: str | os.PathLike | None = None,
+    path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:

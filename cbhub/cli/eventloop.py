@@ -29,5 +29,6 @@ def loop_factory(choice: str) -> LoopFactory:
     if resolve(choice) == "uvloop":
         import uvloop
 
-        return uvloop.new_event_loop
+        factory: LoopFactory = uvloop.new_event_loop
+        return factory
     return asyncio.new_event_loop

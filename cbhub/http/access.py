@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -21,7 +22,9 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         path = loggable_path(request)
-        remote = client_address(request, request.app[CONFIG].server.trusted_proxies)  # type: ignore[arg-type]
+        # aiohttp gives its access logger the web.Request it served, typed as its base.
+        request = cast(web.Request, request)
+        remote = client_address(request, request.app[CONFIG].server.trusted_proxies)
         self.logger.info(
             "%s %s %d %.1fms %s",
             request.method,

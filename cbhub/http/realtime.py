@@ -115,7 +115,7 @@ class _Writer:
         self._ws = ws
         self._feed = feed
         self._once = once
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         feed.on_ready = self._start
         self._start()
 
@@ -339,7 +339,11 @@ async def _stream_events(
                     idle = until.idle(keepalive)
                     if item is IDLE and idle < keepalive:
                         continue  # woken early to close at the expiry
-                await response.write(SSE_KEEPALIVE if item is IDLE else _render_event(item, base))
+                if item is IDLE:
+                    await response.write(SSE_KEEPALIVE)
+                    continue
+                assert isinstance(item, Notice)  # an event stream queues no replies of its own
+                await response.write(_render_event(item, base))
             await response.write_eof()
         except ConnectionError:
             pass  # the client went away

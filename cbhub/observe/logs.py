@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 from aiohttp import web
@@ -49,7 +49,7 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-class BatchingStreamHandler(logging.StreamHandler):
+class BatchingStreamHandler(logging.StreamHandler[TextIO]):
     """Writes what is logged in batches: one write for many lines when they come fast (the
     access log under load: a write per line cost more than a quarter of a callback's time),
     each line at once when they come slowly. Warnings and errors are written at once, with
@@ -120,10 +120,14 @@ def setup_logging(level: str, fmt: str) -> None:
     # Neither format shows where a line was logged from, nor its thread or process: don't
     # look them up for every record (the logging HOWTO's "Optimization" section). The access
     # log writes one record per request, so this is on the hot path.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+
+
+# logging.Formatter's own default_msec_format, which its type leaves optional.
+MSEC_FORMAT = "%s,%03d"
 
 
 class TextFormatter(logging.Formatter):
@@ -140,4 +144,4 @@ class TextFormatter(logging.Formatter):
         if second != self._second:
             self._second_text = time.strftime(self.default_time_format, self.converter(second))
             self._second = second
-        return self.default_msec_format % (self._second_text, record.msecs)
+        return MSEC_FORMAT % (self._second_text, record.msecs)

@@ -183,7 +183,8 @@ def run(steps: Steps[T], answer: Callable[[Step], Any]) -> T:
         while True:
             reply = answer(steps.send(reply))
     except StopIteration as done:
-        return done.value
+        result: T = done.value
+        return result
 
 
 async def run_async(steps: Steps[T], answer: Callable[[Step], Awaitable[Any]]) -> T:
@@ -193,4 +194,5 @@ async def run_async(steps: Steps[T], answer: Callable[[Step], Awaitable[Any]]) -
         while True:
             reply = await answer(steps.send(reply))
     except StopIteration as done:
-        return done.value
+        result: T = done.value
+        return result

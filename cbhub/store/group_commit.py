@@ -66,7 +66,7 @@ class OpFailed(Exception):
 @dataclass(slots=True)
 class _Write(Generic[Op]):
     op: Op
-    future: asyncio.Future
+    future: asyncio.Future[Any]
     announce: Announce
     probe: bool
 
@@ -97,7 +97,7 @@ class GroupCommit(Generic[Op]):
         self._on_commit = on_commit
         self._pending: list[_Write[Op]] = []
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.writable = True
 

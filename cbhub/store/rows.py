@@ -44,6 +44,19 @@ DELIVERY_WIDTH = len(DELIVERY_COLUMNS.split(","))
 Text = Callable[[Any], str | None]
 
 
+class Params(list[Any]):
+    """A statement's parameters, each bound as it is named: `bind(value)` records it and gives
+    its placeholder ("?" for SQLite, "$n" for PostgreSQL)."""
+
+    def __init__(self, numbered: bool = False) -> None:
+        super().__init__()
+        self._numbered = numbered
+
+    def bind(self, value: Any) -> str:
+        self.append(value)
+        return f"${len(self)}" if self._numbered else "?"
+
+
 def _same(value: Any) -> Any:
     return value
 

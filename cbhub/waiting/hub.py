@@ -69,8 +69,8 @@ class Hub:
         # The store tells every committed delivery and closing, ours and (over a shared
         # database) other instances', in commit order: the registry wakes whoever waits.
         store.announce_to(self.registry.publish)
-        self._expiry_task: asyncio.Task | None = None
-        self._retention_task: asyncio.Task | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
+        self._retention_task: asyncio.Task[None] | None = None
         self._default_verify = config.ingest.verify.spec()
         # Deliveries refused by a guard since the start, by kind ("address", "signature").
         self.refused: Counter[str] = Counter()

@@ -54,7 +54,10 @@ class Subscriber(Protocol):
         """Where it is filed; must not change while it is registered."""
         ...
 
-    kind: str  # for metrics: "long_poll", "websocket", "sse"
+    @property
+    def kind(self) -> str:
+        """For metrics: "long_poll", "websocket", "sse"."""
+        ...
 
     def push(self, event: Event) -> None: ...
 

@@ -53,7 +53,7 @@ class Position:
     delivery: int = 0
     closing: int = 0
 
-    def __le__(self, other: Position) -> bool:  # type: ignore[override]
+    def __le__(self, other: Position) -> bool:
         return all(getattr(self, kind) <= getattr(other, kind) for kind in KINDS)
 
     def max(self, other: Position) -> Position:
@@ -88,7 +88,7 @@ class EventFeed:
         self._stopped = False
         self._mutex = asyncio.Lock()
         self._wanted = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self.listening = asyncio.Event()
 
     async def start(self, cursor: Position) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, replace
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 import asyncpg
 import orjson
@@ -63,6 +63,7 @@ from cbhub.store.rows import (
     DELIVERY_FROM,
     DELIVERY_WIDTH,
     LAST_DELIVERY_ID,
+    Params,
     by_status,
     callback_from_row,
     callback_values,
@@ -75,6 +76,7 @@ from cbhub.store.rows import (
 )
 
 log = logging.getLogger("cbhub.store")
+T = TypeVar("T")
 
 # Arbitrary, fixed keys of cbhub's advisory locks (one keyspace per database).
 ORDER_LOCK = 0x6362_6875_625F_6F72  # "cbhub_or"
@@ -206,14 +208,6 @@ CONNECTION_ERRORS = (
 
 def _unavailable(exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"PostgreSQL is unavailable: {exc or type(exc).__name__}")
-
-
-class _Params(list):
-    """A statement's parameters, each bound as it is named: `bind(value)` gives "$n"."""
-
-    def bind(self, value: Any) -> str:
-        self.append(value)
-        return f"${len(self)}"
 
 
 class _LostBeforeCommit(Exception):
@@ -420,20 +414,22 @@ class PostgresStore(Store):
     async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
         return await self._decide(lambda: decisions.cancel(token), cancelled)
 
-    async def _decide(self, steps: Callable[[], decisions.Steps[Any]], announce: Announce) -> Any:
+    async def _decide(self, steps: Callable[[], decisions.Steps[T]], announce: Announce) -> T:
         """Submit a decision as an ordered write, answering its steps on the writer's connection."""
 
-        async def run(conn: asyncpg.Connection) -> Any:
+        async def run(conn: asyncpg.Connection) -> T:
             return await decisions.run_async(steps(), lambda step: _answer(conn, step))
 
-        return await self._submit(run, ordered=True, announce=announce)
+        result: T = await self._submit(run, ordered=True, announce=announce)
+        return result
 
     async def expire_due(self, now: int, limit: int = 500) -> list[Callback]:
         async def op(conn: asyncpg.Connection) -> list[Callback]:
             rows = await conn.fetch(EXPIRE_DUE, EXPIRED, PENDING, now, limit)
             return [_callback(row) for row in rows]
 
-        return await self._submit(op, ordered=True, announce=expired)
+        result: list[Callback] = await self._submit(op, ordered=True, announce=expired)
+        return result
 
     async def probe_write(self, now: int) -> None:
         async def op(conn: asyncpg.Connection) -> None:
@@ -451,7 +447,8 @@ class PostgresStore(Store):
                     return gone
             return 0
 
-        return await self._submit(op, ordered=False)
+        result: int = await self._submit(op, ordered=False)
+        return result
 
     # What the other instances committed, for the feed
 
@@ -492,7 +489,7 @@ class PostgresStore(Store):
 
     # Reads
 
-    async def _fetch(self, sql: str, *args: Any) -> list[tuple]:
+    async def _fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         if self._pool is None:
             raise StoreUnavailable("the store is not open")
         try:
@@ -504,7 +501,7 @@ class PostgresStore(Store):
         except CONNECTION_ERRORS as exc:
             raise _unavailable(exc) from exc
 
-    async def _fetchone(self, sql: str, *args: Any) -> tuple | None:
+    async def _fetchone(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
         rows = await self._fetch(sql, *args)
         return rows[0] if rows else None
 
@@ -533,7 +530,7 @@ class PostgresStore(Store):
             where = replace(where, tokens=frozenset(token for token in where.tokens if not _no_such_token(token)))
             if not where.tokens:
                 return []
-        params = _Params()
+        params = Params(numbered=True)
         clause = delivery_where(where, after, params.bind, _name)
         rows = await self._fetch(
             f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE {clause} ORDER BY d.id LIMIT {params.bind(limit)}",
@@ -542,7 +539,7 @@ class PostgresStore(Store):
         return [_delivery(row) for row in rows]
 
     async def list_callbacks(self, where: CallbackFilter, before: int | None, limit: int) -> CallbackPage:
-        params = _Params()
+        params = Params(numbered=True)
         clause = callback_where(where, before, params.bind, _name)
         rows = await self._fetch(
             f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE {clause} ORDER BY id DESC LIMIT {params.bind(limit + 1)}",

@@ -35,7 +35,7 @@ class Checkpointer:
         self.synchronous = synchronous
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbhub-checkpoint")
         self._conn: sqlite3.Connection | None = None
-        self._running: asyncio.Future | None = None
+        self._running: asyncio.Future[int] | None = None
         self._commits = 0
         self._every = MIN_COMMITS
         self._last = time.monotonic()
@@ -67,9 +67,9 @@ class Checkpointer:
         """Copies what the WAL holds into the database; how many pages the WAL held."""
         assert self._conn is not None
         _busy, wal_pages, _copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return wal_pages
+        return int(wal_pages)
 
-    def _finished(self, future: asyncio.Future) -> None:
+    def _finished(self, future: asyncio.Future[int]) -> None:
         self._running = None
         if future.cancelled():
             return

@@ -55,6 +55,7 @@ from cbhub.store.rows import (
     DELIVERY_COLUMNS,
     DELIVERY_FROM,
     LAST_DELIVERY_ID,
+    Params,
     by_status,
     callback_from_row,
     callback_values,
@@ -71,6 +72,8 @@ from cbhub.store.sqlite.migrations import MIGRATIONS
 log = logging.getLogger("cbhub.store")
 
 WriteOp = Callable[[sqlite3.Connection], Any]
+# A row as sqlite3 returns it (a tuple: no row factory is set).
+Row = Any
 
 # Tokens per statement when looking many callbacks up (SQLite allows at least 999 parameters).
 STATUS_CHUNK = 500
@@ -129,7 +132,7 @@ OWNED_GROUP_COUNTS = "SELECT status, COUNT(*) FROM callbacks WHERE group_name = 
 STATUS_COUNTS = "SELECT status, COUNT(*) FROM callbacks GROUP BY status"
 
 
-def backup_database(source: str | os.PathLike, dest: str | os.PathLike, pages_per_step: int = 1024) -> int:
+def backup_database(source: str | os.PathLike[str], dest: str | os.PathLike[str], pages_per_step: int = 1024) -> int:
     """Copy a live database with SQLite's online backup API; returns the pages copied.
 
     Steps of `pages_per_step` pages let the server's writer commit between them; a step that
@@ -154,13 +157,13 @@ def backup_database(source: str | os.PathLike, dest: str | os.PathLike, pages_pe
     finally:
         src.close()
     partial.replace(dest_path)  # the backup appears whole or not at all
-    return pages
+    return int(pages)
 
 
 class SQLiteStore(Store):
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         synchronous: str = "FULL",
         on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
@@ -308,13 +311,16 @@ class SQLiteStore(Store):
         now: int,
         idempotency: tuple[str, str, str] | None = None,
     ) -> tuple[list[Callback], bool]:
-        return await self._writes.submit(self._deciding(lambda: decisions.mint(specs, now, idempotency)), minted)
+        result: tuple[list[Callback], bool] = await self._writes.submit(self._deciding(lambda: decisions.mint(specs, now, idempotency)), minted)
+        return result
 
     async def ingest(self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True) -> IngestResult:
-        return await self._writes.submit(self._deciding(lambda: decisions.ingest(incoming, guard, keep_late)), ingested)
+        result: IngestResult = await self._writes.submit(self._deciding(lambda: decisions.ingest(incoming, guard, keep_late)), ingested)
+        return result
 
     async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
-        return await self._writes.submit(self._deciding(lambda: decisions.cancel(token)), cancelled)
+        result: tuple[Callback, bool] = await self._writes.submit(self._deciding(lambda: decisions.cancel(token)), cancelled)
+        return result
 
     def _deciding(self, steps: Callable[[], decisions.Steps[Any]]) -> WriteOp:
         """A write op that runs a decision, answering its steps on the writer's connection."""
@@ -324,7 +330,8 @@ class SQLiteStore(Store):
         def op(conn: sqlite3.Connection) -> list[Callback]:
             return [callback_from_row(row) for row in conn.execute(EXPIRE_DUE, (now, limit)).fetchall()]
 
-        return await self._writes.submit(op, expired)
+        result: list[Callback] = await self._writes.submit(op, expired)
+        return result
 
     async def probe_write(self, now: int) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -341,7 +348,8 @@ class SQLiteStore(Store):
             conn.execute(GIVE_PAGES_BACK).fetchall()  # nothing left to delete: free pages go back
             return 0
 
-        return await self._writes.submit(op)
+        result: int = await self._writes.submit(op)
+        return result
 
     # Reads
 
@@ -350,11 +358,11 @@ class SQLiteStore(Store):
             raise StoreUnavailable("the store is not open")
         return self._reader
 
-    async def _fetchone(self, sql: str, params: tuple | list) -> tuple | None:
+    async def _fetchone(self, sql: str, params: Sequence[Any]) -> Row | None:
         async with self._open_reader().execute(sql, params) as cursor:
             return await cursor.fetchone()
 
-    async def _fetchall(self, sql: str, params: tuple | list) -> list[tuple]:
+    async def _fetchall(self, sql: str, params: Sequence[Any]) -> list[Row]:
         async with self._open_reader().execute(sql, params) as cursor:
             return list(await cursor.fetchall())
 
@@ -372,16 +380,16 @@ class SQLiteStore(Store):
         return callback
 
     async def list_callbacks(self, where: CallbackFilter, before: int | None, limit: int) -> CallbackPage:
-        params: list[Any] = []
-        clause = callback_where(where, before, lambda value: params.append(value) or "?")
+        params = Params()
+        clause = callback_where(where, before, params.bind)
         rows = await self._fetchall(
             f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE {clause} ORDER BY id DESC LIMIT ?", [*params, limit + 1]
         )
         return listing_page(rows, limit)
 
     async def find_deliveries(self, where: DeliveryFilter, after: int, limit: int) -> list[Delivery]:
-        params: list[Any] = []
-        clause = delivery_where(where, after, lambda value: params.append(value) or "?")
+        params = Params()
+        clause = delivery_where(where, after, params.bind)
         rows = await self._fetchall(
             f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE {clause} ORDER BY d.id LIMIT ?",
             [*params, limit],
