@@ -22,7 +22,7 @@ from cbhub.domain.model import (
     Incoming,
     MintSpec,
 )
-from cbhub.errors import CallbackNotFound, IdempotencyConflict
+from cbhub.errors import CallbackNotFound, IdempotencyConflict, SchemaTooNew
 from cbhub.store.base import IngestResult
 from cbhub.store.rows import arrives_late, new_delivery
 
@@ -174,6 +174,17 @@ def mint(specs: list[MintSpec], now: int, idempotency: tuple[str, str, str] | No
     if idempotency is not None:
         yield RecordKey(idempotency[0], idempotency[1], [found.id for found in minted])
     return [found.callback for found in minted], True
+
+
+def migrations_due(version: int, latest: int, where: str) -> range:
+    """Which schema steps a database at `version` needs, by index; none when it is current.
+    A database written by a newer cbhub is refused (SchemaTooNew) and left untouched."""
+    if version > latest:
+        raise SchemaTooNew(
+            f"{where} has schema version {version}, newer than this cbhub knows ({latest}); "
+            "upgrade cbhub or use another database"
+        )
+    return range(version, latest)
 
 
 def run(steps: Steps[T], answer: Callable[[Step], Any]) -> T:

@@ -38,7 +38,6 @@ from cbhub.domain.model import (
 )
 from cbhub.errors import (
     CbhubError,
-    SchemaTooNew,
     StoreUnavailable,
 )
 from cbhub.store import decisions
@@ -274,15 +273,11 @@ class PostgresStore(Store):
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
             exists = await conn.fetchval("SELECT to_regclass('cbhub_schema') IS NOT NULL")
             version = await conn.fetchval("SELECT version FROM cbhub_schema") if exists else 0
-            if version > latest:
-                raise SchemaTooNew(
-                    f"the database has schema version {version}, newer than this cbhub knows ({latest}); "
-                    "upgrade cbhub or use another database"
-                )
-            if version == latest:
+            due = decisions.migrations_due(version, latest, "the database")
+            if not due:
                 return
-            for step in MIGRATIONS[version:]:
-                for statement in step:
+            for index in due:
+                for statement in MIGRATIONS[index]:
                     await conn.execute(statement)
             if not exists:
                 await conn.execute("CREATE TABLE cbhub_schema (version INTEGER NOT NULL)")

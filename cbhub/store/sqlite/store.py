@@ -35,7 +35,6 @@ from cbhub.domain.model import (
 )
 from cbhub.errors import (
     CbhubError,
-    SchemaTooNew,
     StoreError,
     StoreUnavailable,
 )
@@ -219,20 +218,16 @@ class SQLiteStore(Store):
     def _migrate(self, conn: sqlite3.Connection) -> None:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         latest = len(MIGRATIONS)
-        if version > latest:
-            raise SchemaTooNew(
-                f"{self.path} has schema version {version}, newer than this cbhub knows ({latest}); "
-                "upgrade cbhub or use another database file"
-            )
-        if version == latest:
+        due = decisions.migrations_due(version, latest, str(self.path))
+        if not due:
             return
         if version == 0:
             # Only possible before the first table exists: lets retention give pages back.
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for step in MIGRATIONS[version:]:
-                step(conn)
+            for index in due:
+                MIGRATIONS[index](conn)
             conn.execute(f"PRAGMA user_version = {latest}")
             conn.execute("COMMIT")
         except BaseException:
