@@ -83,6 +83,8 @@ MIGRATION_LOCK = 0x6362_6875_625F_6D69  # "cbhub_mi"
 
 # Held from here to the commit by every transaction that takes delivery ids or closing positions.
 TAKE_ORDER_LOCK = "SELECT pg_advisory_xact_lock($1)"
+# Held by the instance that migrates the schema, while it does.
+TAKE_MIGRATION_LOCK = "SELECT pg_advisory_xact_lock($1)"
 C_CALLBACK_COLUMNS = ", ".join(f"c.{column}" for column in CALLBACK_COLUMNS.split(", "))
 # The last number each sequence handed out (a Position: creation, delivery, closing).
 _LAST_VALUES = ", ".join(
@@ -145,6 +147,21 @@ MARK_CANCELLED = f"UPDATE callbacks SET status = '{CANCELLED}', closed_seq = nex
 SELECT_KEY = "SELECT fingerprint, callback_ids FROM idempotency_keys WHERE scope = $1 AND key = $2"
 RECORD_KEY = "UPDATE idempotency_keys SET callback_ids = $3 WHERE scope = $1 AND key = $2"
 WRITE_PROBE = "INSERT INTO write_probe (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at"
+HAS_DUE = f"SELECT 1 FROM callbacks WHERE status = '{PENDING}' AND expires_at <= $1 LIMIT 1"
+CALLBACK_STATUSES = (
+    "SELECT token, status FROM callbacks WHERE token = ANY($1::text[]) AND ($2::text IS NULL OR created_by = $2)"
+)
+GROUP_COUNTS = (
+    "SELECT status, COUNT(*) FROM callbacks WHERE group_name = $1 AND ($2::text IS NULL OR created_by = $2)"
+    " GROUP BY status"
+)
+STATUS_COUNTS = "SELECT status, COUNT(*) FROM callbacks GROUP BY status"
+PING = "SELECT 1"
+HAS_SCHEMA_TABLE = "SELECT to_regclass('cbhub_schema') IS NOT NULL"
+SCHEMA_VERSION = "SELECT version FROM cbhub_schema"
+CREATE_SCHEMA_TABLE = "CREATE TABLE cbhub_schema (version INTEGER NOT NULL)"
+INSERT_SCHEMA_VERSION = "INSERT INTO cbhub_schema (version) VALUES ($1)"
+SET_SCHEMA_VERSION = "UPDATE cbhub_schema SET version = $1"
 EXPIRE_DUE = (
     "UPDATE callbacks SET status = $1, closed_seq = nextval('closing_seq') WHERE id IN"
     " (SELECT id FROM callbacks WHERE status = $2 AND expires_at <= $3 ORDER BY expires_at LIMIT $4"
@@ -270,9 +287,9 @@ class PostgresStore(Store):
         latest = len(MIGRATIONS)
         async with conn.transaction():
             # Instances starting together migrate one at a time; the others then find it done.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-            exists = await conn.fetchval("SELECT to_regclass('cbhub_schema') IS NOT NULL")
-            version = await conn.fetchval("SELECT version FROM cbhub_schema") if exists else 0
+            await conn.execute(TAKE_MIGRATION_LOCK, MIGRATION_LOCK)
+            exists = await conn.fetchval(HAS_SCHEMA_TABLE)
+            version = await conn.fetchval(SCHEMA_VERSION) if exists else 0
             due = decisions.migrations_due(version, latest, "the database")
             if not due:
                 return
@@ -280,10 +297,10 @@ class PostgresStore(Store):
                 for statement in MIGRATIONS[index]:
                     await conn.execute(statement)
             if not exists:
-                await conn.execute("CREATE TABLE cbhub_schema (version INTEGER NOT NULL)")
-                await conn.execute("INSERT INTO cbhub_schema (version) VALUES ($1)", latest)
+                await conn.execute(CREATE_SCHEMA_TABLE)
+                await conn.execute(INSERT_SCHEMA_VERSION, latest)
             else:
-                await conn.execute("UPDATE cbhub_schema SET version = $1", latest)
+                await conn.execute(SET_SCHEMA_VERSION, latest)
         log.info("database migrated from schema version %d to %d", version, latest)
 
     async def close(self) -> None:
@@ -502,14 +519,14 @@ class PostgresStore(Store):
 
     async def has_due(self, now: int) -> bool:
         row = await self._fetchone(
-            "SELECT 1 FROM callbacks WHERE status = $1 AND expires_at <= $2 LIMIT 1", PENDING, now
+            HAS_DUE, now
         )
         return row is not None
 
     async def get_callback(self, token: str) -> Callback | None:
         if _no_such_token(token):
             return None
-        row = await self._fetchone(f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = $1", token)
+        row = await self._fetchone(SELECT_CALLBACK_BY_TOKEN, token)
         if row is None:
             return None
         callback = _callback(row)
@@ -545,31 +562,30 @@ class PostgresStore(Store):
     async def callback_statuses(self, tokens: Sequence[str], owner: str | None = None) -> dict[str, str]:
         wanted = [token for token in tokens if not _no_such_token(token)]
         rows = await self._fetch(
-            "SELECT token, status FROM callbacks WHERE token = ANY($1::text[]) AND ($2::text IS NULL OR created_by = $2)",
+            CALLBACK_STATUSES,
             wanted,
             owner,
         )
         return dict(rows)
 
     async def get_delivery(self, delivery_id: int) -> Delivery | None:
-        row = await self._fetchone(f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.id = $1", delivery_id)
+        row = await self._fetchone(SELECT_DELIVERY_BY_ID, delivery_id)
         return _delivery(row) if row is not None else None
 
     async def group_counts(self, group: str, owner: str | None = None) -> dict[str, int]:
         return by_status(
             await self._fetch(
-                "SELECT status, COUNT(*) FROM callbacks WHERE group_name = $1 AND ($2::text IS NULL OR created_by = $2)"
-                " GROUP BY status",
+                GROUP_COUNTS,
                 _name(group),
                 owner,
             )
         )
 
     async def status_counts(self) -> dict[str, int]:
-        return by_status(await self._fetch("SELECT status, COUNT(*) FROM callbacks GROUP BY status"))
+        return by_status(await self._fetch(STATUS_COUNTS))
 
     async def ping(self) -> None:
-        await self._fetch("SELECT 1")
+        await self._fetch(PING)
 
 
 async def _answer(conn: asyncpg.Connection, step: decisions.Step) -> Any:
