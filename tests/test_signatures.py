@@ -214,6 +214,17 @@ async def test_a_bad_verify_at_mint_is_400_naming_the_field_not_the_secret(clien
     assert (await client.get("/v1/groups/bad")).status == 404
 
 
+@pytest.mark.parametrize("value", [False, 0, [], {}])
+@pytest.mark.parametrize("field", ["encoding", "prefix"])
+async def test_an_encoding_or_prefix_is_its_default_only_when_absent_null_or_empty(client, field, value):
+    hmac_spec = {"scheme": "hmac-sha256", "secret": "s3cret-value", "header": "X-Sig"}
+    response = await client.post("/v1/callbacks", json={"verify": {**hmac_spec, field: value}})
+    error = await assert_error(response, 400, "invalid_field")
+    assert error["message"].startswith(f"verify.{field}:")
+    for default in (None, ""):
+        await mint(client, verify={**hmac_spec, field: default})
+
+
 def test_a_bad_default_scheme_stops_the_start_naming_the_key():
     from cbhub.config import ConfigError, load_config
 

@@ -76,10 +76,13 @@ def parse_spec(value: Any, where: str = "verify") -> VerifySpec:
         raise SpecError(f"{where}.header: required for {HMAC_SHA256}, the name of the signature header")
     if header.strip().lower() in HIDDEN_HEADERS:
         raise SpecError(f"{where}.header: {header.strip()!r} is not kept by cbhub; use another header")
-    encoding = value.get("encoding") or "hex"
+    # Absent, null and "" are the default; any other value must be one (false and 0 are not).
+    encoding = value.get("encoding")
+    encoding = "hex" if encoding in (None, "") else encoding
     if encoding not in ENCODINGS:
         raise SpecError(f"{where}.encoding: must be one of {', '.join(ENCODINGS)}")
-    prefix = value.get("prefix") or ""
+    prefix = value.get("prefix")
+    prefix = "" if prefix is None else prefix
     if not isinstance(prefix, str) or len(prefix) > MAX_PREFIX_LENGTH:
         raise SpecError(f"{where}.prefix: must be a string of at most {MAX_PREFIX_LENGTH} characters")
     return VerifySpec(scheme, secret, header.strip(), encoding, prefix)
