@@ -270,7 +270,8 @@ def _resume_point(request: web.Request, default: int | None) -> int | None:
     """Where a stream starts: Last-Event-ID (an EventSource reconnecting) beats ?after=."""
     header = request.headers.get("Last-Event-ID", "").strip()
     if header:
-        if not header.isdigit() or int(header) > MAX_CURSOR:
+        # isdigit alone also takes "²", which int() refuses.
+        if not (header.isascii() and header.isdigit()) or int(header) > MAX_CURSOR:
             raise InvalidHeader("Last-Event-ID", f"must be a delivery id, got {header[:40]!r}")
         return int(header)
     if request.query.get("after"):
