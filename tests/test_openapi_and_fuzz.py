@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cbhub.domain.bodies import parse_body
+from helpers import assert_error
 
 # Every test here runs on SQLite and on PostgreSQL.
 ALL_BACKENDS = True
@@ -39,6 +40,18 @@ async def test_the_document_describes_exactly_the_real_routes(client):
             assert operation["responses"], (method, path)
             for name in re.findall(r"{(\w+)}", path):
                 assert any(p["name"] == name and p["in"] == "path" for p in operation["parameters"]), (path, name)
+
+
+async def test_a_wrong_method_on_the_batch_route_names_only_post(client):
+    # /v1/callbacks/{token} must not claim "batch": aiohttp would add its GET and DELETE.
+    for method in ("OPTIONS", "GET", "DELETE", "PUT"):
+        response = await client.request(method, "/v1/callbacks/batch")
+        await assert_error(response, 405, "method_not_allowed")
+        assert response.headers["Allow"] == "POST", method
+    response = await client.put("/v1/callbacks/some-token")
+    await assert_error(response, 405, "method_not_allowed")
+    assert set(response.headers["Allow"].split(",")) == {"GET", "DELETE"}
+    assert (await client.get("/v1/callbacks/some-token")).status == 404
 
 
 def test_schemathesis_finds_no_server_error_and_only_documented_statuses(serve_process, tmp_path):

@@ -184,13 +184,20 @@ def _group_json(group: str, counts: dict[str, int]) -> dict[str, Any]:
     return {"group": group, "total": sum(counts.values()), **counts}
 
 
+# A token is never "batch" (tokens are 43 characters): /v1/callbacks/batch is the batch route's
+# alone. aiohttp answers a wrong method on a path with the methods of every resource matching it,
+# so a {token} resource matching "batch" too would make it advertise GET and DELETE, and would
+# answer GET /v1/callbacks/batch as a callback lookup instead of 405.
+CALLBACK_PATH = r"/v1/callbacks/{token:(?!batch\Z)[^{}/]+}"
+
+
 def add_routes(app: web.Application) -> None:
     router = app.router
     router.add_post("/v1/callbacks", create_callback)
     router.add_get("/v1/callbacks", list_callbacks, allow_head=False)
     router.add_post("/v1/callbacks/batch", create_batch)
-    router.add_get("/v1/callbacks/{token}", get_callback, allow_head=False)
-    router.add_delete("/v1/callbacks/{token}", cancel_callback)
+    router.add_get(CALLBACK_PATH, get_callback, allow_head=False)
+    router.add_delete(CALLBACK_PATH, cancel_callback)
     router.add_get("/v1/callbacks/{token}/wait", wait_callback, allow_head=False)
     router.add_get("/v1/deliveries", list_deliveries, allow_head=False)
     router.add_get("/v1/deliveries/{id}/body", delivery_body, allow_head=False)
