@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -23,6 +24,11 @@ SPEC_FIELDS = frozenset({"scheme", "secret", "header", "encoding", "prefix"})
 # Fields only the generic scheme has: Standard Webhooks fixes its headers and encoding.
 HMAC_ONLY_FIELDS = ("header", "encoding", "prefix")
 WHSEC_PREFIX = "whsec_"
+# The key of a whsec_ secret: base64, its padding optional, not empty. Said here, not left to
+# base64.b64decode, which on Python 3.11 and 3.12 also takes padding past a whole group
+# ("AAAA=") where 3.13 refuses it. The OpenAPI document publishes this same pattern.
+WHSEC_KEY_PATTERN = "(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}(?:==?)?|[A-Za-z0-9+/]{3}=?)"
+_WHSEC_KEY = re.compile(WHSEC_KEY_PATTERN)
 MAX_SECRET_LENGTH = 1024
 MAX_HEADER_LENGTH = 100
 MAX_PREFIX_LENGTH = 100
@@ -70,6 +76,8 @@ def parse_spec(value: Any, where: str = "verify") -> VerifySpec:
                 raise SpecError(f"{where}.{name}: only for the {HMAC_SHA256} scheme")
         spec = VerifySpec(scheme, secret)
         _standard_webhooks_key(spec, where)
+        if not _WHSEC_KEY.fullmatch(secret[len(WHSEC_PREFIX) :]):
+            raise SpecError(f"{where}.secret: after {WHSEC_PREFIX}, the secret must be base64")
         return spec
     header = value.get("header")
     if not isinstance(header, str) or not header.strip() or len(header) > MAX_HEADER_LENGTH:
