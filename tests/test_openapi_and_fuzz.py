@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -229,8 +230,18 @@ def test_the_allow_ips_pattern_describes_the_usual_notations_and_nothing_refused
 TESTS = Path(__file__).parent
 
 
-def test_schemathesis_with_every_check_finds_nothing(serve_process, tmp_path):
-    server = serve_process("--port", "0", env={"CBHUB_CALLBACKS_MAX_WAIT": "0.2"})
+FUZZER_KEY = "fuzzer-key-0123456789abcdef"
+
+
+@pytest.mark.parametrize("api_keys", [False, True], ids=["open", "api_keys"])
+def test_schemathesis_with_every_check_finds_nothing(serve_process, tmp_path, api_keys):
+    server_env = {"CBHUB_CALLBACKS_MAX_WAIT": "0.2"}
+    authorization: list[str] = []
+    if api_keys:
+        # Every request carries the key; ignored_auth checks that /v1 refuses one without it.
+        server_env["CBHUB_API_KEYS"] = f"fuzzer:{FUZZER_KEY}"
+        authorization = ["--header", f"Authorization: Bearer {FUZZER_KEY}"]
+    server = serve_process("--port", "0", env=server_env)
     url = server.wait_until_serving()
     # Every check (tests/schemathesis.toml, which says why the few exceptions are made), with
     # the hooks that keep Schemathesis itself reading what cbhub deliberately serves.
@@ -248,9 +259,10 @@ def test_schemathesis_with_every_check_finds_nothing(serve_process, tmp_path):
             str(TESTS / "schemathesis.toml"),
             "run",
             f"{url}/v1/openapi.json",
-            # Bounded for CI on 2 cores: about 20 s, the same requests every run.
+            *authorization,
+            # Bounded for CI on 2 cores: about 20 s a run, the same requests every time.
             "--max-examples",
-            "25",
+            "20",
             "--seed",
             "1",
             "--request-timeout",
