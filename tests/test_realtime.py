@@ -401,6 +401,15 @@ async def test_sse_refusals_are_json_errors(client):
     assert registry_size(client) == 0 and len(client.app[STREAMS]) == 0
 
 
+async def test_a_last_event_id_in_other_digits_is_refused_not_a_server_error(client):
+    # "²".isdigit() holds, and int("²") fails: the header must be ASCII digits.
+    for header in ("²", "١٢", str(2**63)):
+        response = await client.get("/v1/events?group=g", headers={"Last-Event-ID": header})
+        assert response.status == 400, header
+        assert (await response.json())["error"]["code"] == "invalid_header"
+    assert registry_size(client) == 0 and len(client.app[STREAMS]) == 0
+
+
 # Shutdown
 
 

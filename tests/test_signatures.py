@@ -214,6 +214,28 @@ async def test_a_bad_verify_at_mint_is_400_naming_the_field_not_the_secret(clien
     assert (await client.get("/v1/groups/bad")).status == 404
 
 
+@pytest.mark.parametrize("padding", ["=", "==", "===="])
+async def test_a_whsec_secret_padded_past_a_whole_group_is_refused_on_every_python(client, padding):
+    # 24 bytes of key: 32 base64 characters, no padding due (Python 3.11 and 3.12 took any).
+    secret = "whsec_" + base64.b64encode(b"a 24-byte signing key...").decode()
+    await mint(client, verify={"scheme": "standard-webhooks", "secret": secret})
+    padded = {"scheme": "standard-webhooks", "secret": secret + padding}
+    response = await client.post("/v1/callbacks", json={"verify": padded})
+    error = await assert_error(response, 400, "invalid_field")
+    assert error["message"] == "verify.secret: after whsec_, the secret must be base64"
+
+
+@pytest.mark.parametrize("value", [False, 0, [], {}])
+@pytest.mark.parametrize("field", ["encoding", "prefix"])
+async def test_an_encoding_or_prefix_is_its_default_only_when_absent_null_or_empty(client, field, value):
+    hmac_spec = {"scheme": "hmac-sha256", "secret": "s3cret-value", "header": "X-Sig"}
+    response = await client.post("/v1/callbacks", json={"verify": {**hmac_spec, field: value}})
+    error = await assert_error(response, 400, "invalid_field")
+    assert error["message"].startswith(f"verify.{field}:")
+    for default in (None, ""):
+        await mint(client, verify={**hmac_spec, field: default})
+
+
 def test_a_bad_default_scheme_stops_the_start_naming_the_key():
     from cbhub.config import ConfigError, load_config
 

@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -23,6 +24,11 @@ SPEC_FIELDS = frozenset({"scheme", "secret", "header", "encoding", "prefix"})
 # Fields only the generic scheme has: Standard Webhooks fixes its headers and encoding.
 HMAC_ONLY_FIELDS = ("header", "encoding", "prefix")
 WHSEC_PREFIX = "whsec_"
+# The key of a whsec_ secret: base64, its padding optional, not empty. Said here, not left to
+# base64.b64decode, which on Python 3.11 and 3.12 also takes padding past a whole group
+# ("AAAA=") where 3.13 refuses it. The OpenAPI document publishes this same pattern.
+WHSEC_KEY_PATTERN = "(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}(?:==?)?|[A-Za-z0-9+/]{3}=?)"
+_WHSEC_KEY = re.compile(WHSEC_KEY_PATTERN)
 MAX_SECRET_LENGTH = 1024
 MAX_HEADER_LENGTH = 100
 MAX_PREFIX_LENGTH = 100
@@ -70,16 +76,21 @@ def parse_spec(value: Any, where: str = "verify") -> VerifySpec:
                 raise SpecError(f"{where}.{name}: only for the {HMAC_SHA256} scheme")
         spec = VerifySpec(scheme, secret)
         _standard_webhooks_key(spec, where)
+        if not _WHSEC_KEY.fullmatch(secret[len(WHSEC_PREFIX) :]):
+            raise SpecError(f"{where}.secret: after {WHSEC_PREFIX}, the secret must be base64")
         return spec
     header = value.get("header")
     if not isinstance(header, str) or not header.strip() or len(header) > MAX_HEADER_LENGTH:
         raise SpecError(f"{where}.header: required for {HMAC_SHA256}, the name of the signature header")
     if header.strip().lower() in HIDDEN_HEADERS:
         raise SpecError(f"{where}.header: {header.strip()!r} is not kept by cbhub; use another header")
-    encoding = value.get("encoding") or "hex"
+    # Absent, null and "" are the default; any other value must be one (false and 0 are not).
+    encoding = value.get("encoding")
+    encoding = "hex" if encoding in (None, "") else encoding
     if encoding not in ENCODINGS:
         raise SpecError(f"{where}.encoding: must be one of {', '.join(ENCODINGS)}")
-    prefix = value.get("prefix") or ""
+    prefix = value.get("prefix")
+    prefix = "" if prefix is None else prefix
     if not isinstance(prefix, str) or len(prefix) > MAX_PREFIX_LENGTH:
         raise SpecError(f"{where}.prefix: must be a string of at most {MAX_PREFIX_LENGTH} characters")
     return VerifySpec(scheme, secret, header.strip(), encoding, prefix)

@@ -6,31 +6,72 @@ from typing import Any
 
 from aiohttp import web
 
+from cbhub.config import CallbacksConfig
 from cbhub.domain.filters import CallbackFilter
 from cbhub.domain.model import STATUSES, Callback, Delivery, MintSpec
-from cbhub.errors import DeliveryNotFound, InvalidField, InvalidHeader, InvalidParameter
+from cbhub.errors import DeliveryNotFound, InvalidHeader
 from cbhub.http.errors import json_response
 from cbhub.http.keys import CONFIG, HUB, base_url, caller
 from cbhub.http.params import (
-    field_int,
-    field_metadata,
-    field_name,
-    field_networks,
-    field_verify,
-    json_object,
+    AFTER,
+    DELIVERY_FILTERS,
+    MAX_CURSOR,
+    IntField,
+    IntParam,
+    JsonBody,
+    NameField,
+    NetworksField,
+    ObjectField,
+    SecondsParam,
+    TextParam,
+    VerifyField,
     query_filter,
-    query_int,
-    query_seconds,
-    query_text,
 )
 
-MINT_FIELDS = frozenset({"ttl", "label", "group", "metadata", "allow_ips", "verify"})
-BATCH_FIELDS = MINT_FIELDS | {"count"}
 MAX_BATCH = 1000
-DEFAULT_WAIT = 30.0
-MAX_CURSOR = 2**63 - 1
-DEFAULT_PAGE, MAX_PAGE = 100, 1000
-DEFAULT_LISTING, MAX_LISTING = 50, 500
+
+# What each route reads, declared once: the handlers parse with these and /v1/openapi.json
+# publishes them (cbhub.http.openapi).
+
+LABEL = NameField("label", "a name for people, such as the job that waits")
+GROUP = NameField("group", "callbacks awaited together: /v1/groups/{group}")
+METADATA = ObjectField("metadata", "kept with the callback, returned as it is")
+ALLOW_IPS = NetworksField(
+    "allow_ips", "IP addresses or CIDRs the callback URL accepts requests from (403 otherwise)"
+)
+VERIFY = VerifyField("verify", "signature check of every request: docs/security.md")
+COUNT = IntField("count", 1, 1, MAX_BATCH, "how many callbacks to mint", required=True)
+
+
+def ttl_field(limits: CallbacksConfig) -> IntField:
+    """Its default and maximum are this server's configuration."""
+    return IntField("ttl", limits.default_ttl, 1, limits.max_ttl, "lifetime in seconds")
+
+
+def mint_body(limits: CallbacksConfig) -> JsonBody:
+    return JsonBody((ttl_field(limits), LABEL, GROUP, METADATA, ALLOW_IPS, VERIFY))
+
+
+def batch_body(limits: CallbacksConfig) -> JsonBody:
+    return JsonBody((COUNT, *mint_body(limits).fields))
+
+
+# GET /v1/callbacks
+LISTED_GROUP = TextParam("group", "only this group's")
+LISTED_LABEL = TextParam("label", "only those with this label")
+LISTED_STATUS = TextParam("status", "only those with this status", choices=STATUSES)
+LISTED_CORRELATION = TextParam("correlation_id", "only those that received a delivery with this correlation id")
+LISTING_LIMIT = IntParam("limit", 50, 1, 500, "page size")
+BEFORE = IntParam("before", MAX_CURSOR, 1, MAX_CURSOR, "the next_before of the previous page")
+LISTING_PARAMS = (LISTED_GROUP, LISTED_LABEL, LISTED_STATUS, LISTED_CORRELATION, LISTING_LIMIT, BEFORE)
+# GET /v1/callbacks/{token}/wait and /v1/groups/{group}/wait
+TIMEOUT = SecondsParam("timeout", 30.0, "seconds to hold the request (capped at callbacks.max_wait)")
+WAIT_CALLBACK_PARAMS = (TIMEOUT, AFTER)
+WAIT_GROUP_PARAMS = (TIMEOUT,)
+# GET /v1/deliveries
+PAGE_LIMIT = IntParam("limit", 100, 1, 1000, "page size")
+WAIT = SecondsParam("wait", 0.0, "seconds to long-poll while nothing matches (capped at callbacks.max_wait)")
+DELIVERIES_PARAMS = (*DELIVERY_FILTERS, AFTER, PAGE_LIMIT, WAIT)
 RAW_BODY_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox"}
 
 
@@ -43,15 +84,14 @@ def _deliveries_json(deliveries: list[Delivery]) -> list[dict[str, Any]]:
 
 
 def _mint_spec(request: web.Request, body: dict[str, Any]) -> MintSpec:
-    limits = request.app[CONFIG].callbacks
     return MintSpec(
-        ttl=field_int(body, "ttl", limits.default_ttl, 1, limits.max_ttl),
-        label=field_name(body, "label"),
-        group=field_name(body, "group"),
-        metadata=field_metadata(body),
+        ttl=ttl_field(request.app[CONFIG].callbacks).parse(body),
+        label=LABEL.parse(body),
+        group=GROUP.parse(body),
+        metadata=METADATA.parse(body),
         created_by=caller(request).name,
-        allow_ips=field_networks(body, "allow_ips"),
-        verify=field_verify(body),
+        allow_ips=ALLOW_IPS.parse(body),
+        verify=VERIFY.parse(body),
     )
 
 
@@ -66,16 +106,15 @@ def _idempotency(request: web.Request) -> tuple[str, str] | None:
 
 
 async def create_callback(request: web.Request) -> web.Response:
-    spec = _mint_spec(request, await json_object(request, MINT_FIELDS))
+    body = await mint_body(request.app[CONFIG].callbacks).read(request)
+    spec = _mint_spec(request, body)
     callbacks, created = await request.app[HUB].mint(spec, idempotency=_idempotency(request))
     return json_response(_callback_json(request, callbacks[0]), status=201 if created else 200)
 
 
 async def create_batch(request: web.Request) -> web.Response:
-    body = await json_object(request, BATCH_FIELDS)
-    if "count" not in body:
-        raise InvalidField("count", f"required, a whole number from 1 to {MAX_BATCH}")
-    count = field_int(body, "count", 1, 1, MAX_BATCH)
+    body = await batch_body(request.app[CONFIG].callbacks).read(request)
+    count = COUNT.parse(body)
     spec = _mint_spec(request, body)
     callbacks, created = await request.app[HUB].mint(spec, count, batch=True, idempotency=_idempotency(request))
     payload = {"callbacks": [_callback_json(request, callback) for callback in callbacks]}
@@ -84,18 +123,16 @@ async def create_batch(request: web.Request) -> web.Response:
 
 async def list_callbacks(request: web.Request) -> web.Response:
     query = request.query
-    status = query_text(query, "status")
-    if status is not None and status not in STATUSES:
-        raise InvalidParameter("status", f"must be one of {', '.join(STATUSES)}, got {status[:40]!r}")
+    status = LISTED_STATUS.parse(query)
     where = CallbackFilter(
         owner=caller(request).owner,
-        group=query_text(query, "group"),
-        label=query_text(query, "label"),
+        group=LISTED_GROUP.parse(query),
+        label=LISTED_LABEL.parse(query),
         status=status,
-        correlation_id=query_text(query, "correlation_id"),
+        correlation_id=LISTED_CORRELATION.parse(query),
     )
-    before = query_int(query, "before", MAX_CURSOR, 1, MAX_CURSOR)
-    limit = query_int(query, "limit", DEFAULT_LISTING, 1, MAX_LISTING)
+    before = BEFORE.parse(query)
+    limit = LISTING_LIMIT.parse(query)
     page = await request.app[HUB].list_callbacks(where, before, limit)
     base = base_url(request)
     # Without `result`: a page of 500 latest bodies could weigh hundreds of megabytes.
@@ -114,9 +151,8 @@ async def cancel_callback(request: web.Request) -> web.Response:
 
 
 async def wait_callback(request: web.Request) -> web.StreamResponse:
-    config = request.app[CONFIG]
-    timeout = query_seconds(request.query, "timeout", DEFAULT_WAIT, config.callbacks.max_wait)
-    after = query_int(request.query, "after", 0, 0, MAX_CURSOR)
+    timeout = TIMEOUT.parse(request.query, request.app[CONFIG].callbacks.max_wait)
+    after = AFTER.parse(request.query)
     update = await request.app[HUB].wait_for_callback(
         request.match_info["token"], after, timeout, caller(request).owner
     )
@@ -130,9 +166,9 @@ async def wait_callback(request: web.Request) -> web.StreamResponse:
 async def list_deliveries(request: web.Request) -> web.Response:
     query = request.query
     where = query_filter(query, owner=caller(request).owner)
-    after = query_int(query, "after", 0, 0, MAX_CURSOR)
-    limit = query_int(query, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
-    wait = query_seconds(query, "wait", 0, request.app[CONFIG].callbacks.max_wait)
+    after = AFTER.parse(query)
+    limit = PAGE_LIMIT.parse(query)
+    wait = WAIT.parse(query, request.app[CONFIG].callbacks.max_wait)
     deliveries = await request.app[HUB].wait_for_deliveries(where, after, limit, wait)
     next_after = deliveries[-1].id if deliveries else after
     return json_response({"deliveries": _deliveries_json(deliveries), "next_after": next_after})
@@ -172,8 +208,7 @@ async def group_status(request: web.Request) -> web.Response:
 
 async def wait_group(request: web.Request) -> web.StreamResponse:
     group = request.match_info["group"]
-    config = request.app[CONFIG]
-    timeout = query_seconds(request.query, "timeout", DEFAULT_WAIT, config.callbacks.max_wait)
+    timeout = TIMEOUT.parse(request.query, request.app[CONFIG].callbacks.max_wait)
     counts = await request.app[HUB].wait_for_group(group, timeout, caller(request).owner)
     if counts is None:
         return web.Response(status=204)
@@ -184,13 +219,20 @@ def _group_json(group: str, counts: dict[str, int]) -> dict[str, Any]:
     return {"group": group, "total": sum(counts.values()), **counts}
 
 
+# A token is never "batch" (tokens are 43 characters): /v1/callbacks/batch is the batch route's
+# alone. aiohttp answers a wrong method on a path with the methods of every resource matching it,
+# so a {token} resource matching "batch" too would make it advertise GET and DELETE, and would
+# answer GET /v1/callbacks/batch as a callback lookup instead of 405.
+CALLBACK_PATH = r"/v1/callbacks/{token:(?!batch\Z)[^{}/]+}"
+
+
 def add_routes(app: web.Application) -> None:
     router = app.router
     router.add_post("/v1/callbacks", create_callback)
     router.add_get("/v1/callbacks", list_callbacks, allow_head=False)
     router.add_post("/v1/callbacks/batch", create_batch)
-    router.add_get("/v1/callbacks/{token}", get_callback, allow_head=False)
-    router.add_delete("/v1/callbacks/{token}", cancel_callback)
+    router.add_get(CALLBACK_PATH, get_callback, allow_head=False)
+    router.add_delete(CALLBACK_PATH, cancel_callback)
     router.add_get("/v1/callbacks/{token}/wait", wait_callback, allow_head=False)
     router.add_get("/v1/deliveries", list_deliveries, allow_head=False)
     router.add_get("/v1/deliveries/{id}/body", delivery_body, allow_head=False)

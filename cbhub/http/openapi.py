@@ -1,20 +1,26 @@
 """The OpenAPI 3 description of cbhub's HTTP API, served at /v1/openapi.json.
 
-Kept beside the routes it describes; a test checks that every route is described and every
-description is a route, and a fuzzer checks the answers against it.
+Query parameters and request bodies are not written here: they come from the declarations the
+handlers parse with (cbhub.http.params, declared in api.py and realtime.py), so the document
+accepts exactly what the server does. Routes, summaries and responses are written here; a test
+checks that every route is described and every description is a route, and a fuzzer checks the
+server against the document.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
 from cbhub import __version__
-from cbhub.config import Config
+from cbhub.config import CallbacksConfig, Config
+from cbhub.domain.model import STATUSES
+from cbhub.http import api, realtime
 from cbhub.http.errors import json_response
 from cbhub.http.keys import CONFIG
+from cbhub.http.params import MAX_CURSOR, JsonBody, QueryParam
 
 JSON = "application/json"
 
@@ -31,8 +37,19 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+def _query(params: tuple[QueryParam, ...]) -> list[dict[str, Any]]:
+    # allowEmptyValue: every parameter given empty (`?limit=`) is read as not given.
+    return [
+        {
+            "name": param.name,
+            "in": "query",
+            "required": False,
+            "allowEmptyValue": True,
+            "schema": param.schema(),
+            "description": param.description,
+        }
+        for param in params
+    ]
 
 
 def _path(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -40,38 +57,10 @@ def _path(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 NULLABLE_STRING = {"type": "string", "nullable": True}
-SECONDS = {"type": "number", "minimum": 0}
-CURSOR = {"type": "integer", "minimum": 0}
 TOKEN = _path("token", {"type": "string", "minLength": 1})
 BAD_REQUEST = _error("malformed request; the message names the field or parameter")
 NOT_FOUND = _error("unknown token, delivery or group")
 UNAVAILABLE = _error("the store cannot commit, or the server is stopping; see Retry-After")
-
-MINT_PROPERTIES: dict[str, Any] = {
-    "ttl": {"type": "integer", "minimum": 1, "description": "lifetime in seconds"},
-    "label": {"type": "string", "minLength": 1, "maxLength": 200, "nullable": True},
-    "group": {"type": "string", "minLength": 1, "maxLength": 200, "nullable": True},
-    "metadata": {"type": "object", "nullable": True},
-    "allow_ips": {
-        "type": "array",
-        "items": {"type": "string"},
-        "nullable": True,
-        "description": "IP addresses or CIDRs the callback URL accepts requests from (403 otherwise)",
-    },
-    "verify": {
-        "type": "object",
-        "nullable": True,
-        "description": "signature check of every request: docs/security.md",
-        "required": ["scheme", "secret"],
-        "properties": {
-            "scheme": {"type": "string", "enum": ["standard-webhooks", "hmac-sha256"]},
-            "secret": {"type": "string", "minLength": 1},
-            "header": {"type": "string"},
-            "encoding": {"type": "string", "enum": ["hex", "base64"]},
-            "prefix": {"type": "string"},
-        },
-    },
-}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -110,7 +99,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["token", "status", "callback_url", "created_at", "expires_at", "metadata", "deliveries"],
         "properties": {
             "token": {"type": "string"},
-            "status": {"type": "string", "enum": ["pending", "received", "expired", "cancelled"]},
+            "status": {"type": "string", "enum": list(STATUSES)},
             "callback_url": {"type": "string", "format": "uri"},
             "created_at": {"type": "string", "format": "date-time"},
             "expires_at": {"type": "string", "format": "date-time"},
@@ -124,13 +113,6 @@ SCHEMAS: dict[str, Any] = {
             "allow_ips": {"type": "array", "items": {"type": "string"}},
             "verify": {"type": "object", "nullable": True, "description": "its signature check, without the secret"},
         },
-    },
-    "MintRequest": {"type": "object", "additionalProperties": False, "properties": MINT_PROPERTIES},
-    "BatchRequest": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["count"],
-        "properties": {**MINT_PROPERTIES, "count": {"type": "integer", "minimum": 1, "maximum": 1000}},
     },
     "CallbackList": {
         "type": "object",
@@ -187,11 +169,11 @@ IDEMPOTENCY_KEY = {
     "description": "a repeat within 24 h returns what the first request minted (200)",
 }
 
-def _mint_operation(summary: str, request: str, answer: str) -> dict[str, Any]:
+def _mint_operation(summary: str, answer: str) -> dict[str, Any]:
+    # Its requestBody comes in document(): the body's ttl is this server's configuration.
     return {
         "summary": summary,
         "parameters": [IDEMPOTENCY_KEY],
-        "requestBody": {"required": False, "content": {JSON: {"schema": _ref(request)}}},
         "responses": {
             "201": _json(_ref(answer), "minted"),
             "200": _json(_ref(answer), "what this Idempotency-Key minted before"),
@@ -245,7 +227,7 @@ def _sse_operation(
                 "name": "Last-Event-ID",
                 "in": "header",
                 "required": False,
-                "schema": {"type": "string"},
+                "schema": {"type": "integer", "minimum": 0, "maximum": MAX_CURSOR},
                 "description": "resume after this delivery id (an EventSource sends it when reconnecting)",
             },
         ],
@@ -258,25 +240,18 @@ def _sse_operation(
     }
 
 
-NAME = {"type": "string", "maxLength": 200}
-
 PATHS: dict[str, Any] = {
     "/v1/callbacks": {
-        "post": _mint_operation("Mint a callback", "MintRequest", "Callback"),
+        "post": _mint_operation("Mint a callback", "Callback"),
         "get": {
             "summary": "Callbacks matching every filter, newest first (items without result)",
-            "parameters": [
-                _query("group", NAME, "only this group's"),
-                _query("label", NAME, "only those with this label"),
-                _query("status", {"type": "string", "enum": ["pending", "received", "expired", "cancelled"]}, "only those with this status"),
-                _query("correlation_id", NAME, "only those that received a delivery with this correlation id"),
-                _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "page size (default 50)"),
-                _query("before", {"type": "integer", "minimum": 1}, "the next_before of the previous page"),
-            ],
+            "parameters": _query(api.LISTING_PARAMS),
             "responses": {"200": _json(_ref("CallbackListing"), "a page"), "400": BAD_REQUEST, "503": UNAVAILABLE},
         },
     },
-    "/v1/callbacks/batch": {"post": _mint_operation("Mint up to 1000 callbacks at once", "BatchRequest", "CallbackList")},
+    "/v1/callbacks/batch": {
+        "post": _mint_operation(f"Mint up to {api.MAX_BATCH} callbacks at once", "CallbackList")
+    },
     "/v1/callbacks/{token}": {
         "get": {
             "summary": "A callback, with its latest delivery as result",
@@ -292,11 +267,7 @@ PATHS: dict[str, Any] = {
     "/v1/callbacks/{token}/wait": {
         "get": {
             "summary": "Long-poll until the callback has deliveries after the cursor, or is closed",
-            "parameters": [
-                TOKEN,
-                _query("timeout", SECONDS, "seconds to hold (default 30, capped at callbacks.max_wait)"),
-                _query("after", CURSOR, "the last delivery id seen (default 0)"),
-            ],
+            "parameters": [TOKEN, *_query(api.WAIT_CALLBACK_PARAMS)],
             "responses": {
                 "200": _json(_ref("CallbackUpdate"), "new deliveries, or the callback's final status"),
                 "204": {"description": "nothing arrived before the timeout"},
@@ -309,21 +280,14 @@ PATHS: dict[str, Any] = {
     "/v1/deliveries": {
         "get": {
             "summary": "Deliveries matching every filter, oldest first, after a cursor; long-polls with wait",
-            "parameters": [
-                _query("token", {"type": "string", "maxLength": 200}, "only this callback's"),
-                _query("group", {"type": "string", "maxLength": 200}, "only this group's"),
-                _query("correlation_id", {"type": "string", "maxLength": 200}, "e.g. Marketing Cloud's RequestID"),
-                _query("after", CURSOR, "the last delivery id seen (default 0)"),
-                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (default 100)"),
-                _query("wait", SECONDS, "seconds to long-poll when nothing matches yet (default 0)"),
-            ],
+            "parameters": _query(api.DELIVERIES_PARAMS),
             "responses": {"200": _json(_ref("DeliveryPage"), "a page"), "400": BAD_REQUEST, "503": UNAVAILABLE},
         }
     },
     "/v1/deliveries/{id}/body": {
         "get": {
             "summary": "The exact bytes received, with the original Content-Type",
-            "parameters": [_path("id", {"type": "integer", "minimum": 0})],
+            "parameters": [_path("id", {"type": "integer", "minimum": 1, "maximum": MAX_CURSOR})],
             "responses": {
                 "200": {"description": "the raw body", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
                 "404": NOT_FOUND,
@@ -340,7 +304,7 @@ PATHS: dict[str, Any] = {
     "/v1/groups/{group}/wait": {
         "get": {
             "summary": "Long-poll until no callback of the group is pending",
-            "parameters": [_path("group"), _query("timeout", SECONDS, "seconds to hold (default 30)")],
+            "parameters": [_path("group"), *_query(api.WAIT_GROUP_PARAMS)],
             "responses": {
                 "200": _json(_ref("GroupCounts"), "none is pending any more"),
                 "204": {"description": "some are still pending at the timeout"},
@@ -354,28 +318,19 @@ PATHS: dict[str, Any] = {
     "/v1/callbacks/{token}/ws": {
         "get": _websocket_operation(
             "One callback's deliveries over a websocket, replayed from `after` then live",
-            [
-                TOKEN,
-                _query("after", CURSOR, "replay deliveries after this id (default 0)"),
-                _query("once", {"type": "string", "enum": ["0", "1", "true", "false"]}, "close after the first"),
-            ],
+            [TOKEN, *_query(realtime.CALLBACK_WEBSOCKET_PARAMS)],
         )
     },
     "/v1/events": {
         "get": _sse_operation(
             "Server-Sent Events: deliveries, statuses and new callbacks matching the filters (none: everything)",
-            [
-                _query("token", {"type": "string", "maxLength": 200}, "this callback's deliveries"),
-                _query("group", {"type": "string", "maxLength": 200}, "this group's deliveries"),
-                _query("correlation_id", {"type": "string", "maxLength": 200}, "this correlation id's deliveries"),
-                _query("after", CURSOR, "replay deliveries after this id first"),
-            ],
+            _query(realtime.EVENTS_PARAMS),
         )
     },
     "/v1/callbacks/{token}/events": {
         "get": _sse_operation(
             "Server-Sent Events for one callback, replayed from `after` (default 0) then live, until it closes",
-            [TOKEN, _query("after", CURSOR, "replay deliveries after this id (default 0)")],
+            [TOKEN, *_query(realtime.CALLBACK_EVENTS_PARAMS)],
             {"204": {"description": "the callback is closed and there is nothing new to replay: stop reconnecting"}},
         )
     },
@@ -425,6 +380,12 @@ PATHS: dict[str, Any] = {
 }
 
 
+# The JSON bodies, by operation: the schema's name, and the declaration its handler reads it with.
+REQUEST_BODIES: dict[tuple[str, str], tuple[str, Callable[[CallbacksConfig], JsonBody]]] = {
+    ("/v1/callbacks", "post"): ("MintRequest", api.mint_body),
+    ("/v1/callbacks/batch", "post"): ("BatchRequest", api.batch_body),
+}
+
 # Browsers cannot set a header on a websocket or an EventSource: these take the key in the URL.
 STREAM_PATHS = ("/v1/ws", "/v1/callbacks/{token}/ws", "/v1/events", "/v1/callbacks/{token}/events")
 ACCESS_TOKEN = {
@@ -440,8 +401,10 @@ def document(config: Config) -> dict[str, Any]:
     """The document, with the limits this server's configuration sets."""
     paths = copy.deepcopy(PATHS)
     schemas = copy.deepcopy(SCHEMAS)
-    for name in ("MintRequest", "BatchRequest"):
-        schemas[name]["properties"]["ttl"]["maximum"] = config.callbacks.max_ttl
+    for (path, method), (name, body_for) in REQUEST_BODIES.items():
+        body = body_for(config.callbacks)
+        schemas[name] = copy.deepcopy(body.schema())
+        paths[path][method]["requestBody"] = {"required": body.required, "content": {JSON: {"schema": _ref(name)}}}
     if config.auth.api_keys:
         for path, item in paths.items():
             for operation in item.values():

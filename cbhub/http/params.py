@@ -1,16 +1,36 @@
-"""Reading and checking what a client sends: every refusal names the field."""
+"""Reading and checking what a client sends, each query parameter and JSON field declared once.
+
+A declaration holds a parameter's or a field's name, type, bounds, default and description. The
+handler parses with it (`parse`) and /v1/openapi.json publishes it (`schema`), so the document
+states exactly what the parser accepts: the two cannot drift. Every refusal names what it refuses.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Mapping, Protocol, TypeVar
 
 import orjson
 from aiohttp import web
 
 from cbhub.domain import networks
 from cbhub.domain.filters import DeliveryFilter
-from cbhub.domain.signatures import SpecError, VerifySpec, parse_spec
+from cbhub.domain.model import HIDDEN_HEADERS
+from cbhub.domain.signatures import (
+    ENCODINGS,
+    HMAC_ONLY_FIELDS,
+    HMAC_SHA256,
+    MAX_HEADER_LENGTH,
+    MAX_PREFIX_LENGTH,
+    MAX_SECRET_LENGTH,
+    STANDARD_WEBHOOKS,
+    WHSEC_KEY_PATTERN,
+    WHSEC_PREFIX,
+    SpecError,
+    VerifySpec,
+    parse_spec,
+)
 from cbhub.errors import (
     BadRequest,
     InvalidBody,
@@ -22,87 +42,200 @@ from cbhub.errors import (
 
 MAX_NAME_LENGTH = 200
 MAX_METADATA_BYTES = 16 * 1024
+# Callback and delivery ids are signed 64-bit integers in both stores.
+MAX_CURSOR = 2**63 - 1
+
+Schema = dict[str, Any]
+Query = Mapping[str, str]
+Body = Mapping[str, Any]
+D = TypeVar("D", int, None)
 
 
-def query_int(query: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidParameter(name, f"must be a whole number, got {raw[:40]!r}") from None
-    if not minimum <= value <= maximum:
-        raise InvalidParameter(name, f"must be from {minimum} to {maximum}, got {value}")
-    return value
+# Query parameters. Absent and empty are the same: `?limit=` is no limit given.
 
 
-def query_flag(query: Mapping[str, str], name: str) -> bool:
-    """A yes/no parameter: 1 or true, 0 or false; absent or empty is false."""
-    raw = query.get(name, "").lower()
-    if raw in ("", "0", "false"):
-        return False
-    if raw in ("1", "true"):
-        return True
-    raise InvalidParameter(name, f"must be 1 or 0, got {raw[:40]!r}")
+@dataclass(frozen=True, slots=True)
+class IntParam(Generic[D]):
+    """A whole number from `minimum` to `maximum`; absent: `default` (None: "not given")."""
+
+    name: str
+    default: D
+    minimum: int
+    maximum: int
+    description: str
+
+    def parse(self, query: Query) -> int | D:
+        raw = query.get(self.name)
+        if raw is None or raw == "":
+            return self.default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise InvalidParameter(self.name, f"must be a whole number, got {raw[:40]!r}") from None
+        if not self.minimum <= value <= self.maximum:
+            raise InvalidParameter(self.name, f"must be from {self.minimum} to {self.maximum}, got {value}")
+        return value
+
+    def schema(self) -> Schema:
+        schema: Schema = {"type": "integer", "minimum": self.minimum, "maximum": self.maximum}
+        return schema if self.default is None else {**schema, "default": self.default}
 
 
-def query_seconds(query: Mapping[str, str], name: str, default: float, cap: float) -> float:
-    """A duration in seconds, at least 0; values above `cap` are lowered to it."""
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return min(default, cap)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidParameter(name, f"must be a number of seconds, got {raw[:40]!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise InvalidParameter(name, f"must be a number of seconds, 0 or more, got {raw[:40]!r}")
-    return min(value, cap)
+@dataclass(frozen=True, slots=True)
+class SecondsParam:
+    """A duration in seconds, 0 or more. Above the server's cap (callbacks.max_wait) it is lowered
+    to the cap, not refused: a client cannot know the cap, and waiting less is always safe."""
+
+    name: str
+    default: float
+    description: str
+
+    def parse(self, query: Query, cap: float) -> float:
+        raw = query.get(self.name)
+        if raw is None or raw == "":
+            return min(self.default, cap)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InvalidParameter(self.name, f"must be a number of seconds, got {raw[:40]!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise InvalidParameter(self.name, f"must be a number of seconds, 0 or more, got {raw[:40]!r}")
+        return min(value, cap)
+
+    def schema(self) -> Schema:
+        return {"type": "number", "minimum": 0, "default": self.default}
 
 
-def query_text(query: Mapping[str, str], name: str) -> str | None:
-    value = query.get(name)
-    if value is None or value == "":
-        return None
-    if len(value) > MAX_NAME_LENGTH:
-        raise InvalidParameter(name, f"must be at most {MAX_NAME_LENGTH} characters")
-    return value
+FLAG_WORDS = {"": False, "0": False, "false": False, "1": True, "true": True}
 
 
-def query_filter(query: Mapping[str, str], owner: str | None) -> DeliveryFilter:
+@dataclass(frozen=True, slots=True)
+class FlagParam:
+    """Yes or no: 1 or true, 0 or false, in any case; absent is no."""
+
+    name: str
+    description: str
+
+    def parse(self, query: Query) -> bool:
+        raw = query.get(self.name, "").lower()
+        if raw not in FLAG_WORDS:
+            raise InvalidParameter(self.name, f"must be 1 or 0, got {raw[:40]!r}")
+        return FLAG_WORDS[raw]
+
+    def schema(self) -> Schema:
+        return {"type": "string", "pattern": "^(" + "|".join(_caseless(word) for word in FLAG_WORDS) + ")$"}
+
+
+@dataclass(frozen=True, slots=True)
+class TextParam:
+    """A short string (a token, a group, a label...); absent: None. With `choices`, one of them."""
+
+    name: str
+    description: str
+    choices: tuple[str, ...] = ()
+
+    def parse(self, query: Query) -> str | None:
+        value = query.get(self.name)
+        if value is None or value == "":
+            return None
+        if len(value) > MAX_NAME_LENGTH:
+            raise InvalidParameter(self.name, f"must be at most {MAX_NAME_LENGTH} characters")
+        if self.choices and value not in self.choices:
+            raise InvalidParameter(self.name, f"must be one of {', '.join(self.choices)}, got {value[:40]!r}")
+        return value
+
+    def schema(self) -> Schema:
+        if self.choices:
+            return {"type": "string", "enum": list(self.choices)}
+        return {"type": "string", "maxLength": MAX_NAME_LENGTH}
+
+
+class QueryParam(Protocol):
+    name: str
+    description: str
+
+    def schema(self) -> Schema: ...
+
+
+# The filters of deliveries and of event streams, combined with AND.
+TOKEN_FILTER = TextParam("token", "only this callback's deliveries")
+GROUP_FILTER = TextParam("group", "only the deliveries of this group's callbacks")
+CORRELATION_FILTER = TextParam("correlation_id", "only deliveries carrying this correlation id (e.g. a RequestID)")
+DELIVERY_FILTERS = (TOKEN_FILTER, GROUP_FILTER, CORRELATION_FILTER)
+# The cursor of deliveries: whoever has seen id N has seen every delivery below N.
+AFTER = IntParam("after", 0, 0, MAX_CURSOR, "only deliveries after this id: the last one seen")
+
+
+def query_filter(query: Query, owner: str | None) -> DeliveryFilter:
     """The token, group and correlation_id parameters, combined with AND, within what
     `owner` may see (None: everything)."""
     return DeliveryFilter(
-        token=query_text(query, "token"),
-        group=query_text(query, "group"),
-        correlation_id=query_text(query, "correlation_id"),
+        token=TOKEN_FILTER.parse(query),
+        group=GROUP_FILTER.parse(query),
+        correlation_id=CORRELATION_FILTER.parse(query),
         owner=owner,
     )
 
 
-async def json_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
-    """The request body as a JSON object (an empty body is {}); unknown fields are refused."""
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJson(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidBody()
-    refuse_unknown_fields(body, allowed)
-    return body
+# JSON bodies: an object whose fields are all optional unless `required`. A field given as null
+# is a field not given (its default), as JSON clients write absent values either way.
 
 
-def refuse_unknown_fields(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
+class Field(Protocol):
+    name: str
+    required: bool
+
+    def parse(self, body: Body) -> Any: ...
+
+    def schema(self) -> Schema: ...
+
+
+@dataclass(frozen=True, slots=True)
+class JsonBody:
+    """A JSON object body: its fields, in the order a handler checks them; any other is refused."""
+
+    fields: tuple[Field, ...]
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(field.name for field in self.fields)
+
+    @property
+    def required(self) -> bool:
+        """Whether a request needs a body at all: an empty one is {}, which lacks a required field."""
+        return any(field.required for field in self.fields)
+
+    async def read(self, request: web.Request) -> dict[str, Any]:
+        """The body as a JSON object (an empty body is {}); unknown fields are refused."""
+        raw = await request.read()
+        if not raw.strip():
+            return {}
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidJson(f"the body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise InvalidBody()
+        refuse_unknown_fields(body, self.names)
+        return body
+
+    def schema(self) -> Schema:
+        schema: Schema = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {field.name: field.schema() for field in self.fields},
+        }
+        required = [field.name for field in self.fields if field.required]
+        return {**schema, "required": required} if required else schema
+
+
+def refuse_unknown_fields(body: Body, allowed: frozenset[str]) -> None:
     for name in body:
         if name not in allowed:
             raise UnknownField(name, allowed)
 
 
-def field_int(body: Mapping[str, Any], name: str, default: int, minimum: int, maximum: int) -> int:
+def field_int(body: Body, name: str, default: int, minimum: int, maximum: int) -> int:
     value = body.get(name, default)
     if value is None:
         return default
@@ -113,7 +246,7 @@ def field_int(body: Mapping[str, Any], name: str, default: int, minimum: int, ma
     return value
 
 
-def field_name(body: Mapping[str, Any], name: str) -> str | None:
+def field_name(body: Body, name: str) -> str | None:
     """An optional short string such as a label or a group."""
     value = body.get(name)
     if value is None:
@@ -125,36 +258,209 @@ def field_name(body: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
-def field_metadata(body: Mapping[str, Any], name: str = "metadata") -> dict[str, Any]:
-    value = body.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidField(name, "must be a JSON object")
-    if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
-        raise InvalidField(name, f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
-    return value
+@dataclass(frozen=True, slots=True)
+class IntField:
+    """A whole number from `minimum` to `maximum`; absent or null: `default`."""
+
+    name: str
+    default: int
+    minimum: int
+    maximum: int
+    description: str
+    required: bool = False
+
+    def parse(self, body: Body) -> int:
+        if self.required and self.name not in body:
+            raise InvalidField(self.name, f"required, a whole number from {self.minimum} to {self.maximum}")
+        return field_int(body, self.name, self.default, self.minimum, self.maximum)
+
+    def schema(self) -> Schema:
+        return {
+            "type": "integer",
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+            "default": self.default,
+            "nullable": True,
+            "description": self.description,
+        }
 
 
-def field_networks(body: Mapping[str, Any], name: str) -> tuple[str, ...]:
-    """An optional list of IP addresses or CIDRs, as canonical CIDRs."""
-    value = body.get(name)
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise InvalidField(name, "must be a list of IP addresses or CIDRs such as \"203.0.113.0/24\"")
-    try:
-        return networks.normalise(value)
-    except ValueError as exc:
-        raise InvalidField(name, str(exc)) from None
+@dataclass(frozen=True, slots=True)
+class NameField:
+    """A short non-empty string, such as a label or a group; absent or null: None."""
+
+    name: str
+    description: str
+    required = False
+
+    def parse(self, body: Body) -> str | None:
+        return field_name(body, self.name)
+
+    def schema(self) -> Schema:
+        return {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_NAME_LENGTH,
+            "nullable": True,
+            "description": self.description,
+        }
 
 
-def field_verify(body: Mapping[str, Any], name: str = "verify") -> VerifySpec | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    try:
-        return parse_spec(value, name)
-    except SpecError as exc:
-        # The message names the field and never repeats the secret.
-        raise BadRequest(str(exc), code=InvalidField.code) from None
+@dataclass(frozen=True, slots=True)
+class ObjectField:
+    """Any JSON object of at most MAX_METADATA_BYTES (as compact JSON); absent or null: {}."""
+
+    name: str
+    description: str
+    required = False
+
+    def parse(self, body: Body) -> dict[str, Any]:
+        value = body.get(self.name)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise InvalidField(self.name, "must be a JSON object")
+        if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+            raise InvalidField(self.name, f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+        return value
+
+    def schema(self) -> Schema:
+        # JSON Schema cannot bound an object's size in bytes: the description says it.
+        limit = f" (at most {MAX_METADATA_BYTES} bytes as JSON)"
+        return {"type": "object", "nullable": True, "description": self.description + limit}
+
+
+@dataclass(frozen=True, slots=True)
+class NetworksField:
+    """A list of IP addresses or CIDRs, kept as canonical CIDRs; absent or null: none."""
+
+    name: str
+    description: str
+    required = False
+
+    def parse(self, body: Body) -> tuple[str, ...]:
+        value = body.get(self.name)
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise InvalidField(self.name, 'must be a list of IP addresses or CIDRs such as "203.0.113.0/24"')
+        try:
+            return networks.normalise(value)
+        except ValueError as exc:
+            raise InvalidField(self.name, str(exc)) from None
+
+    def schema(self) -> Schema:
+        return {
+            "type": "array",
+            "items": {"type": "string", "pattern": IP_NETWORK_PATTERN},
+            "maxItems": networks.MAX_NETWORKS,
+            "nullable": True,
+            "description": self.description,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyField:
+    """A signature check (cbhub.domain.signatures); absent or null: none."""
+
+    name: str
+    description: str
+    required = False
+
+    def parse(self, body: Body) -> VerifySpec | None:
+        value = body.get(self.name)
+        if value is None:
+            return None
+        try:
+            return parse_spec(value, self.name)
+        except SpecError as exc:
+            # The message names the field and never repeats the secret.
+            raise BadRequest(str(exc), code=InvalidField.code) from None
+
+    def schema(self) -> Schema:
+        # One object per scheme, each with its own required fields: what parse_spec accepts.
+        return {"nullable": True, "description": self.description, "oneOf": [_STANDARD_WEBHOOKS, _HMAC]}
+
+
+# The patterns below say in JSON Schema (ECMAScript regular expressions) what Python accepts,
+# character for character: str.strip's whitespace, str.lower's case folding, ipaddress's syntax.
+
+# What str.isspace calls whitespace (none lies above U+3000): not quite what a pattern's \s means.
+_SPACES = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x3001)) if c.isspace())
+_SPACE, _NOT_SPACE = f"[{_SPACES}]", f"[^{_SPACES}]"
+# str.lower folds one non-ASCII letter onto an ASCII one: the Kelvin sign onto k.
+_LOWERED_ONTO = {"k": "\\u212a"}
+
+
+def _caseless(word: str) -> str:
+    """A pattern of the strings whose .lower() is `word` (an ASCII word)."""
+    return "".join(f"[{c}{c.upper()}{_LOWERED_ONTO.get(c, '')}]" if c.isalpha() else c for c in word)
+
+
+_WHSEC_PATTERN = f"^{WHSEC_PREFIX}{WHSEC_KEY_PATTERN}$"
+_HIDDEN_HEADER_PATTERN = f"^{_SPACE}*(?:{'|'.join(_caseless(name) for name in sorted(HIDDEN_HEADERS))}){_SPACE}*$"
+_EMPTY = {"type": "string", "enum": ["", None], "nullable": True}
+_STANDARD_WEBHOOKS: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["scheme", "secret"],
+    "properties": {
+        "scheme": {"type": "string", "enum": [STANDARD_WEBHOOKS]},
+        "secret": {
+            "type": "string",
+            "maxLength": MAX_SECRET_LENGTH,
+            "pattern": _WHSEC_PATTERN,
+            "description": f"{WHSEC_PREFIX} then the key in base64, as the sender shows it",
+        },
+        # Standard Webhooks fixes its headers and encoding: the generic scheme's fields stay empty.
+        **{name: _EMPTY for name in HMAC_ONLY_FIELDS},
+    },
+}
+_HMAC: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["scheme", "secret", "header"],
+    "properties": {
+        "scheme": {"type": "string", "enum": [HMAC_SHA256]},
+        "secret": {"type": "string", "minLength": 1, "maxLength": MAX_SECRET_LENGTH},
+        "header": {
+            "type": "string",
+            "maxLength": MAX_HEADER_LENGTH,
+            "pattern": _NOT_SPACE,  # not blank
+            "not": {"pattern": _HIDDEN_HEADER_PATTERN},  # cbhub does not keep these headers
+            "description": "the header carrying the signature",
+        },
+        "encoding": {
+            "type": "string",
+            "enum": [*ENCODINGS, "", None],
+            "nullable": True,
+            "description": f"of the digest; empty: {ENCODINGS[0]}",
+        },
+        "prefix": {
+            "type": "string",
+            "maxLength": MAX_PREFIX_LENGTH,
+            "nullable": True,
+            "description": 'before the digest, such as "sha256="',
+        },
+    },
+}
+
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = f"{_OCTET}(?:\\.{_OCTET}){{3}}"
+_HEXTET = "[0-9A-Fa-f]{1,4}"
+# Eight hextets, or fewer around one "::" standing for at least one zero hextet.
+_IPV6 = "|".join(
+    [f"(?:{_HEXTET}:){{7}}{_HEXTET}", f"(?:{_HEXTET}:){{1,7}}:", f":(?::{_HEXTET}){{1,7}}", "::"]
+    + [f"(?:{_HEXTET}:){{1,{left}}}(?::{_HEXTET}){{1,{7 - left}}}" for left in range(1, 7)]
+)
+
+# Prefix lengths, 0 to 32 and 0 to 128, with the leading zeros ipaddress allows.
+_IPV4_PREFIX = "0*(?:[12]?[0-9]|3[0-2])"
+_IPV6_PREFIX = "0*(?:[1-9]?[0-9]|1[01][0-9]|12[0-8])"
+
+
+# An address or a CIDR (host bits allowed), in the usual notations; ipaddress also takes a few rare
+# ones this does not list (a netmask after the slash, IPv6 with a dotted IPv4 tail or a zone).
+IP_NETWORK_PATTERN = (
+    f"^{_SPACE}*(?:{_IPV4}(?:/{_IPV4_PREFIX})?|(?:{_IPV6})(?:/{_IPV6_PREFIX})?){_SPACE}*$"
+)

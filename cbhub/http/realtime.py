@@ -27,15 +27,17 @@ from cbhub.errors import (
     SubscriptionNotFound,
     WebsocketRequired,
 )
-from cbhub.http.api import MAX_CURSOR
 from cbhub.http.errors import error_frame
 from cbhub.http.keys import CONFIG, HUB, STREAMS, base_url, caller
 from cbhub.http.params import (
+    AFTER,
+    DELIVERY_FILTERS,
+    MAX_CURSOR,
+    FlagParam,
+    IntParam,
     field_int,
     field_name,
     query_filter,
-    query_flag,
-    query_int,
     refuse_unknown_fields,
 )
 from cbhub.waiting.subscriptions import IDLE, NOTHING, End, Feed, Idle, Notice, Reply
@@ -52,6 +54,14 @@ SSE_KEEPALIVE = b": keep-alive\n\n"
 # The name of an SSE stream's one subscription (it is never shown).
 SSE_SUBSCRIPTION = "events"
 
+# What each route reads, declared once (published by cbhub.http.openapi).
+ONCE = FlagParam("once", "close after the first delivery")
+CALLBACK_WEBSOCKET_PARAMS = (AFTER, ONCE)
+CALLBACK_EVENTS_PARAMS = (AFTER,)
+# Without `after`, a stream of many callbacks starts with what arrives from now.
+REPLAY_AFTER = IntParam("after", None, 0, MAX_CURSOR, "replay the deliveries after this id first")
+EVENTS_PARAMS = (*DELIVERY_FILTERS, REPLAY_AFTER)
+
 
 # WebSocket
 
@@ -67,8 +77,8 @@ async def callback_websocket(request: web.Request) -> web.StreamResponse:
     """GET /v1/callbacks/{token}/ws: one callback's deliveries, subscribed on connect."""
     _require_upgrade(request)
     token = request.match_info["token"]
-    after = query_int(request.query, "after", 0, 0, MAX_CURSOR)
-    once = query_flag(request.query, "once")
+    after = AFTER.parse(request.query)
+    once = ONCE.parse(request.query)
     feed = request.app[STREAMS].open("websocket")
     # Subscribed before the upgrade, so that an unknown token is a plain 404.
     confirm = {"type": "subscribed", "id": token}
@@ -249,7 +259,7 @@ async def callback_events(request: web.Request) -> web.StreamResponse:
     EventSource to stop reconnecting."""
     token = request.match_info["token"]
     owner = caller(request).owner
-    after = _resume_point(request, default=0) or 0
+    after = _resume_point(request, AFTER) or 0
     followed = await request.app[HUB].follow(token, after, owner)
     if followed is None:
         return web.Response(status=204)
@@ -263,19 +273,18 @@ async def events(request: web.Request) -> web.StreamResponse:
     without a filter, everything the caller's key may see. Callbacks minted within the filters
     come as `created`."""
     where = query_filter(request.query, caller(request).owner)
-    return await _stream_events(request, where, _resume_point(request, default=None), created=True)
+    return await _stream_events(request, where, _resume_point(request, REPLAY_AFTER), created=True)
 
 
-def _resume_point(request: web.Request, default: int | None) -> int | None:
+def _resume_point(request: web.Request, after: IntParam) -> int | None:
     """Where a stream starts: Last-Event-ID (an EventSource reconnecting) beats ?after=."""
     header = request.headers.get("Last-Event-ID", "").strip()
     if header:
-        if not header.isdigit() or int(header) > MAX_CURSOR:
+        # isdigit alone also takes "²", which int() refuses.
+        if not (header.isascii() and header.isdigit()) or int(header) > MAX_CURSOR:
             raise InvalidHeader("Last-Event-ID", f"must be a delivery id, got {header[:40]!r}")
         return int(header)
-    if request.query.get("after"):
-        return query_int(request.query, "after", 0, 0, MAX_CURSOR)
-    return default
+    return after.parse(request.query)
 
 
 class _UntilClosed:
