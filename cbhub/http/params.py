@@ -151,8 +151,12 @@ class TextParam:
 
 
 class QueryParam(Protocol):
-    name: str
-    description: str
+    # Read-only: the declarations are frozen dataclasses.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
 
     def schema(self) -> Schema: ...
 
@@ -182,8 +186,11 @@ def query_filter(query: Query, owner: str | None) -> DeliveryFilter:
 
 
 class Field(Protocol):
-    name: str
-    required: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def required(self) -> bool: ...
 
     def parse(self, body: Body) -> Any: ...
 

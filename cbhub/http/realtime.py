@@ -276,7 +276,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     return await _stream_events(request, where, _resume_point(request, REPLAY_AFTER), created=True)
 
 
-def _resume_point(request: web.Request, after: IntParam) -> int | None:
+def _resume_point(request: web.Request, after: IntParam[Any]) -> int | None:
     """Where a stream starts: Last-Event-ID (an EventSource reconnecting) beats ?after=."""
     header = request.headers.get("Last-Event-ID", "").strip()
     if header:
