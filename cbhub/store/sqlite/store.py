@@ -422,15 +422,11 @@ class SQLiteStore(Store):
 
 def _answer(conn: sqlite3.Connection, step: decisions.Step) -> Any:
     """A decision's step, answered in SQLite's SQL on the writer's connection. The writer is
-    alone, so a callback read here is locked against other writes until the commit."""
+    alone, so a callback read here is locked against other writes until the commit. The two
+    steps of every ingest come first."""
     match step:
         case decisions.LoadCallback(token):
             return _found(conn.execute(SELECT_CALLBACK_BY_TOKEN, (token,)).fetchone())
-        case decisions.LoadDelivery(delivery_id):
-            return _delivery(conn, delivery_id)
-        case decisions.FindDuplicate(callback_id, dedupe_key):
-            row = conn.execute(SELECT_DUPLICATE, (callback_id, dedupe_key)).fetchone()
-            return delivery_from_row(row) if row is not None else None
         case decisions.InsertDelivery(callback_id, group, incoming, late, new_status):
             delivery_id = conn.execute(INSERT_DELIVERY, (callback_id, group, *delivery_values(incoming), late)).lastrowid
             if late:
@@ -440,6 +436,11 @@ def _answer(conn: sqlite3.Connection, step: decisions.Step) -> Any:
             else:
                 conn.execute(COUNT_ON_TIME, (delivery_id, callback_id))
             return delivery_id
+        case decisions.LoadDelivery(delivery_id):
+            return _delivery(conn, delivery_id)
+        case decisions.FindDuplicate(callback_id, dedupe_key):
+            row = conn.execute(SELECT_DUPLICATE, (callback_id, dedupe_key)).fetchone()
+            return delivery_from_row(row) if row is not None else None
         case decisions.MarkCancelled(callback_id):
             conn.execute(MARK_CANCELLED, (callback_id,))
             return None
