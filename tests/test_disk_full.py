@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import inspect
 import os
 import random
 import shutil
@@ -23,6 +22,7 @@ from typing import Any, Callable
 
 import aiohttp
 import pytest
+from helpers import eventually
 
 # CI runs as root and sets this: there the test must run, and a failed mount fails it.
 REQUIRE_ENV = "CBHUB_REQUIRE_ROOT_MOUNT"
@@ -104,16 +104,10 @@ async def _status(session: aiohttp.ClientSession, url: str) -> int:
 
 
 async def _until(condition: Callable[[], Any], timeout: float, what: str) -> float:
-    """Poll `condition` (a bool, or an awaitable of one) until it holds; the seconds it took."""
+    """`eventually`, timed: the seconds `condition` (a bool, or an awaitable of one) took to hold."""
     started = time.monotonic()
-    while True:
-        met = condition()
-        if inspect.isawaitable(met):
-            met = await met
-        if met:
-            return time.monotonic() - started
-        assert time.monotonic() - started < timeout, f"{what}: not within {timeout} s"
-        await asyncio.sleep(0.01)
+    await eventually(condition, timeout, what)
+    return time.monotonic() - started
 
 
 class Readiness:

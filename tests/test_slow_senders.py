@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from helpers import eventually
 
 SLOW_SENDERS = 3000
 TRICKLERS = 100  # of them, sending one more header line every second
@@ -73,11 +74,14 @@ async def _until_metric(
     session: aiohttp.ClientSession, url: str, name: str, holds: Any, timeout: float = 30.0
 ) -> float:
     """The metric's value once `holds(value)`; fails if it does not within `timeout`."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not holds(value := await _metric(session, url, name)):
-        assert asyncio.get_running_loop().time() < deadline, f"{name} stayed at {value}"
-        await asyncio.sleep(0.05)
-    return value
+    seen: list[float] = []
+
+    async def held() -> bool:
+        seen.append(await _metric(session, url, name))
+        return bool(holds(seen[-1]))
+
+    await eventually(held, timeout, f"{name} reaching the value the test expects")
+    return seen[-1]
 
 
 async def _mint(session: aiohttp.ClientSession, url: str) -> str:
