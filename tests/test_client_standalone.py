@@ -37,15 +37,20 @@ with SyncCbHub(sys.argv[1]) as hub:
 """
 
 
-async def test_the_client_works_with_the_server_modules_unimportable(client):
-    program = await asyncio.create_subprocess_exec(
+def run_beside(client, program: str):
+    """`program` in a fresh interpreter, given the server's URL as its argument."""
+    return asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        PROGRAM,
+        program,
         f"http://{client.host}:{client.port}",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def test_the_client_works_with_the_server_modules_unimportable(client):
+    program = await run_beside(client, PROGRAM)
     try:
         line = await asyncio.wait_for(program.stdout.readline(), 30)
         assert line, (await program.stderr.read()).decode()
@@ -62,15 +67,8 @@ async def test_the_client_works_with_the_server_modules_unimportable(client):
 
 
 async def test_cbhub_new_runs_without_the_server_modules(client):
-    program = SERVER_ABSENT + "from cbhub.cli import main\nsys.exit(main(['new', '--url', sys.argv[1], '--label', 'cli']))\n"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        program,
-        f"http://{client.host}:{client.port}",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    new = "from cbhub.cli import main\nsys.exit(main(['new', '--url', sys.argv[1], '--label', 'cli']))\n"
+    process = await run_beside(client, SERVER_ABSENT + new)
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, err.decode()
     url = out.decode().strip()
