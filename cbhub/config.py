@@ -47,7 +47,7 @@ class ServerConfig:
     port: int = 8080
     # Base of every callback_url, e.g. "https://hooks.example.com"; empty means "from the request".
     public_url: str = ""
-    # "auto": uvloop when installed (cbhub[fast]), else asyncio's loop; or "asyncio", "uvloop".
+    # "auto": uvloop when installed (a default dependency on CPython off Windows), else asyncio's loop.
     event_loop: str = "auto"
     shutdown_timeout: float = 10.0
     # Seconds from a request's first byte (a new connection's: from its accept) until its

@@ -1,5 +1,5 @@
-"""Which event loop `cbhub serve` runs on: uvloop when it is installed (`pip install
-'cbhub[fast]'`), else asyncio's own; `server.event_loop` chooses explicitly."""
+"""Which event loop `cbhub serve` runs on: uvloop when it is installed (a default dependency
+wherever it has wheels), else asyncio's own; `server.event_loop` chooses explicitly."""
 
 from __future__ import annotations
 

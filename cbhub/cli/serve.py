@@ -58,7 +58,7 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         factory = eventloop.loop_factory(config.server.event_loop)
     except ImportError:
-        print("cbhub: server.event_loop is uvloop, which is not installed (pip install 'cbhub[fast]')", file=sys.stderr)
+        print("cbhub: server.event_loop is uvloop, which is not installed (pip install uvloop)", file=sys.stderr)
         return 2
     log.info("event loop: %s", eventloop.resolve(config.server.event_loop))
     log.info("open files: up to %s", raise_open_files_limit())
