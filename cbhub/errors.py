@@ -193,6 +193,13 @@ class DeliveryNotFound(NotFound):
     message = "no delivery has this id"
 
 
+class ExpectedIdNotFound(NotFound):
+    """The `after` cursor of a page of missing ids is not an id of the callback's expected set."""
+
+    code = "expected_id_not_found"
+    message = "after: not a correlation id of this callback's expected set"
+
+
 class SubscriptionNotFound(NotFound):
     code = "subscription_not_found"
 
@@ -227,6 +234,26 @@ class IdempotencyConflict(CbhubError):
     status = 422
     code = "idempotency_key_reused"
     message = "this Idempotency-Key was already used with a different request"
+
+
+class ContractViolation(CbhubError):
+    """A delivery that does not fit its callback's contract, which says `reject`: it WAS stored
+    (as invalid); the sender is told so that a sender that retries can."""
+
+    status = 422
+    code = "contract_violation"
+    label = "contract_violation"
+
+    def __init__(self, problems: tuple[str, ...], delivery_id: int) -> None:
+        super().__init__(f"the request does not fit this callback's contract: {'; '.join(problems)}")
+        self.problems = problems
+        self.delivery_id = delivery_id
+
+    def to_json(self) -> dict[str, Any]:
+        body = super().to_json()
+        body["error"]["problems"] = list(self.problems)
+        body["error"]["delivery_id"] = self.delivery_id
+        return body
 
 
 class WebsocketRequired(CbhubError):
