@@ -238,22 +238,19 @@ class IdempotencyConflict(CbhubError):
 
 class ContractViolation(CbhubError):
     """A delivery that does not fit its callback's contract, which says `reject`: it WAS stored
-    (as invalid); the sender is told so that a sender that retries can."""
+    (as invalid, with its problems); the sender is told, so that a sender that retries can. The
+    message names the stored delivery and its problems, in the one error shape."""
 
     status = 422
     code = "contract_violation"
+    message = "the request does not fit this callback's contract; it was stored as invalid"
     label = "contract_violation"
 
-    def __init__(self, problems: tuple[str, ...], delivery_id: int) -> None:
-        super().__init__(f"the request does not fit this callback's contract: {'; '.join(problems)}")
+    def __init__(self, problems: tuple[str, ...] = (), delivery_id: int | None = None) -> None:
+        stored = f"stored as invalid delivery {delivery_id}" if delivery_id is not None else "stored as invalid"
+        super().__init__(f"the request does not fit this callback's contract ({stored}): {'; '.join(problems)}")
         self.problems = problems
         self.delivery_id = delivery_id
-
-    def to_json(self) -> dict[str, Any]:
-        body = super().to_json()
-        body["error"]["problems"] = list(self.problems)
-        body["error"]["delivery_id"] = self.delivery_id
-        return body
 
 
 class WebsocketRequired(CbhubError):
