@@ -526,9 +526,10 @@ class PostgresStore(Store):
         for row in map(tuple, await conn.fetch(DELIVERIES_AFTER, after, upto, limit)):
             delivery = _delivery(row[:DELIVERY_WIDTH])
             callback = _callback(row[DELIVERY_WIDTH:])
-            # A late delivery is not its callback's result (rare: one more read for it).
-            late_result = row[DELIVERY_WIDTH + LAST_DELIVERY_ID]
-            callback.result = await _load_delivery(conn, late_result) if delivery.late else delivery
+            # A late or invalid delivery is not its callback's result (rare: one more read for it).
+            result_id = row[DELIVERY_WIDTH + LAST_DELIVERY_ID]
+            not_result = delivery.late or delivery.problems
+            callback.result = await _load_delivery(conn, result_id) if not_result else delivery
             events.append((delivery.id, Event("delivery", callback, delivery)))
         return events
 
