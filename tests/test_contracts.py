@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import asyncio
 
-from helpers import MARKETING_CLOUD_FIELDS, assert_error, mint, post_callback, start_waiting
+from helpers import (
+    MARKETING_CLOUD_FIELDS,
+    assert_error,
+    mint,
+    post_callback,
+    start_waiting,
+)
 
 # Every test here runs on SQLite and on PostgreSQL.
 ALL_BACKENDS = True
@@ -57,6 +63,13 @@ async def test_a_delivery_that_does_not_fit_the_schema_is_stored_invalid_and_nev
     await post_callback(client, callback, json={"status": 1})
     now = await callback_now(client, token)
     assert now["result"]["id"] == fit["delivery_id"] and now["deliveries"] == 3
+
+
+async def test_a_reference_to_another_document_is_never_fetched_and_says_so(client):
+    callback = await mint(client, contract={"json_schema": {"$ref": "https://schemas.example.com/result.json"}})
+    await post_callback(client, callback, json={"status": "done"})
+    [stored] = await deliveries_of(client, callback["token"])
+    assert len(stored["problems"]) == 1 and stored["problems"][0].startswith("the schema cannot be applied")
 
 
 async def test_form_fields_and_content_types(client):

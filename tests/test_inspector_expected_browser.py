@@ -9,13 +9,21 @@ from browser import HAVE_CHROMIUM, mint, post_form
 from helpers import MARKETING_CLOUD_FIELDS
 
 # The fixtures (a browser, a served hub, a watched page) and the skip without chromium.
-from test_inspector_browser import WITHIN, browser, hub, open_page, pytestmark, row, screenshot  # noqa: F401
+from test_inspector_browser import (  # noqa: F401
+    WITHIN,
+    browser,
+    hub,
+    open_page,
+    pytestmark,
+    row,
+    screenshot,
+)
 
 if HAVE_CHROMIUM:
     from playwright.sync_api import expect
 
 
-def test_an_expected_set_shows_its_progress_its_missing_ids_and_invalid_deliveries(hub, open_page):
+def test_an_expected_set_shows_its_progress_its_missing_ids_and_invalid_deliveries(hub, open_page):  # noqa: F811
     ids = [f"mc-{n:02d}" for n in range(12)]
     callback = mint(
         hub, label="one-url-run", ttl=3600, expect={"correlation_ids": ids}, contract={"form_fields": ["OverallStatusCode"]}

@@ -9,14 +9,16 @@ with its problems, and is never the callback's result. Pure rules: no I/O.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
+from referencing.exceptions import Unresolvable
 
 from cbhub.domain.bodies import ParsedBody, media_type, parse_body
 
@@ -148,7 +150,7 @@ class Contract:
             return []
         try:
             errors = list(islice(self._validator.iter_errors(body), MAX_PROBLEMS))
-        except Exception as exc:  # an unresolvable $ref, found only when a body reaches it
+        except Unresolvable as exc:  # a $ref to another document (never fetched), met by this body
             return [f"the schema cannot be applied: {exc}"]
         return [f"{error.json_path}: {error.message}" for error in errors]
 
@@ -177,7 +179,7 @@ def parse_contract(value: Any) -> Contract:
         raise SpecProblem("must be an object with json_schema, form_fields, content_types, reject")
     unknown = value.keys() - CONTRACT_FIELDS
     if unknown:
-        raise SpecProblem(f"unknown field {sorted(unknown)[0][:40]!r} (allowed: {', '.join(sorted(CONTRACT_FIELDS))})")
+        raise SpecProblem(f"unknown field {min(unknown)[:40]!r} (allowed: {', '.join(sorted(CONTRACT_FIELDS))})")
     if len(orjson.dumps(value)) > MAX_CONTRACT_BYTES:
         raise SpecProblem(f"must be at most {MAX_CONTRACT_BYTES} bytes as JSON")
     reject = value.get("reject", False)
