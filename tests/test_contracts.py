@@ -17,6 +17,8 @@ from helpers import (
     start_waiting,
 )
 
+from cbhub.domain.expectations import parse_contract
+
 # Every test here runs on SQLite and on PostgreSQL.
 ALL_BACKENDS = True
 
@@ -163,3 +165,10 @@ async def test_a_contract_is_checked_at_mint(client):
     batch = await client.post("/v1/callbacks/batch", json={"count": 2, "contract": {"form_fields": ["RequestID"]}})
     assert batch.status == 201
     assert all(c["contract"]["form_fields"] == ["RequestID"] for c in (await batch.json())["callbacks"])
+
+
+def test_a_body_too_deep_to_check_is_kept_as_invalid_never_failing_the_write():
+    nested = parse_contract({"json_schema": {"$defs": {"n": {"items": {"$ref": "#/$defs/n"}}}, "$ref": "#/$defs/n"}})
+    deep = b"[" * 1000 + b"]" * 1000
+    assert nested.problems(deep, "application/json", None) == ("the body is nested too deeply to be checked",)
+    assert nested.problems(b"[[[]]]", "application/json", None) == ()

@@ -152,6 +152,8 @@ class Contract:
             errors = list(islice(self._validator.iter_errors(body), MAX_PROBLEMS))
         except Unresolvable as exc:  # a $ref to another document (never fetched), met by this body
             return [f"the schema cannot be applied: {exc}"]
+        except RecursionError:  # never fail the store's write: the delivery is kept, unchecked
+            return ["the body is nested too deeply to be checked"]
         return [f"{error.json_path}: {error.message}" for error in errors]
 
 
