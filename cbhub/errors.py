@@ -193,6 +193,13 @@ class DeliveryNotFound(NotFound):
     message = "no delivery has this id"
 
 
+class ExpectedIdNotFound(NotFound):
+    """The `after` cursor of a page of missing ids is not an id of the callback's expected set."""
+
+    code = "expected_id_not_found"
+    message = "after: not a correlation id of this callback's expected set"
+
+
 class SubscriptionNotFound(NotFound):
     code = "subscription_not_found"
 
@@ -227,6 +234,23 @@ class IdempotencyConflict(CbhubError):
     status = 422
     code = "idempotency_key_reused"
     message = "this Idempotency-Key was already used with a different request"
+
+
+class ContractViolation(CbhubError):
+    """A delivery that does not fit its callback's contract, which says `reject`: it WAS stored
+    (as invalid, with its problems); the sender is told, so that a sender that retries can. The
+    message names the stored delivery and its problems, in the one error shape."""
+
+    status = 422
+    code = "contract_violation"
+    message = "the request does not fit this callback's contract; it was stored as invalid"
+    label = "contract_violation"
+
+    def __init__(self, problems: tuple[str, ...] = (), delivery_id: int | None = None) -> None:
+        stored = f"stored as invalid delivery {delivery_id}" if delivery_id is not None else "stored as invalid"
+        super().__init__(f"the request does not fit this callback's contract ({stored}): {'; '.join(problems)}")
+        self.problems = problems
+        self.delivery_id = delivery_id
 
 
 class WebsocketRequired(CbhubError):

@@ -21,7 +21,7 @@ from cbhub.client.errors import (
     Unreachable,
 )
 from cbhub.client.hub import CallbackHandle, CbHub
-from cbhub.client.models import Callback, Delivery, DeliveryPage, GroupStatus
+from cbhub.client.models import Callback, Delivery, DeliveryPage, Expected, GroupStatus
 from cbhub.client.streaming import Auto, Backoff, LongPoll, Transport, WebSocket
 from cbhub.client.sync import SyncCallbackHandle, SyncCbHub
 
@@ -36,6 +36,7 @@ __all__ = [
     "CbHubError",
     "Delivery",
     "DeliveryPage",
+    "Expected",
     "Expired",
     "GroupStatus",
     "InvalidRequest",

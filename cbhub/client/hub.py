@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from types import TracebackType
-from typing import Any, AsyncGenerator, Literal, Mapping
+from typing import Any, AsyncGenerator, Literal, Mapping, Sequence
 from urllib.parse import quote
 
 import aiohttp
@@ -75,6 +75,10 @@ class CallbackHandle(HandleBase):
         self.callback = await self.hub.get(self.token)
         return self.callback
 
+    def missing(self, page_size: int = 1000) -> AsyncGenerator[str, None]:
+        """Every id of its expected set that has not arrived; see `CbHub.missing`."""
+        return self.hub.missing(self.token, page_size)
+
     async def cancel(self) -> Callback:
         self.callback = await self.hub.cancel(self.token)
         return self.callback
@@ -126,13 +130,19 @@ class CbHub:
         metadata: Mapping[str, Any] | None = None,
         *,
         idempotency_key: str | None = None,
+        expect: Sequence[str] | int | None = None,
+        contract: Mapping[str, Any] | None = None,
     ) -> CallbackHandle:
         """Mint a callback; `ttl` in seconds (the server's default when None).
 
         With `idempotency_key`, a retry of the same request (e.g. after a lost answer) returns
-        the callback minted the first time instead of a second one.
+        the callback minted the first time instead of a second one. `expect` makes the one URL
+        await many deliveries: a list of correlation ids (each must arrive) or a number of
+        distinct ones; it stays pending, and `wait` waits, until all came. `contract` says what
+        a delivery must look like ({"json_schema": ..., "form_fields": [...], "content_types":
+        [...], "reject": bool}); one that does not fit is stored as invalid, never the result.
         """
-        body = _mint_body(ttl, label, group, metadata)
+        body = {**_mint_body(ttl, label, group, metadata), **_expectations(expect, contract)}
         data = await self._request("POST", "/v1/callbacks", body=body, headers=_idempotency(idempotency_key))
         return CallbackHandle(self, Callback.from_json(data))
 
@@ -145,14 +155,28 @@ class CbHub:
         group: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        contract: Mapping[str, Any] | None = None,
     ) -> list[CallbackHandle]:
         """Mint `count` callbacks (1 to 1000) in one transaction, all alike."""
-        body = {"count": count, **_mint_body(ttl, label, group, metadata)}
+        body = {"count": count, **_mint_body(ttl, label, group, metadata), **_expectations(None, contract)}
         data = await self._request("POST", "/v1/callbacks/batch", body=body, headers=_idempotency(idempotency_key))
         return [CallbackHandle(self, Callback.from_json(item)) for item in data["callbacks"]]
 
     async def get(self, token: str) -> Callback:
         return Callback.from_json(await self._request("GET", f"/v1/callbacks/{_segment(token)}"))
+
+    async def missing(self, token: str, page_size: int = 1000) -> AsyncGenerator[str, None]:
+        """Every id of the callback's expected set that has not arrived, in the order given at
+        mint, read a page (`page_size`, 1 to 1000) at a time. None for a callback without named ids."""
+        path = f"/v1/callbacks/{_segment(token)}/missing"
+        after = ""
+        while True:
+            page = await self._request("GET", path, params={"after": after, "limit": page_size})
+            for correlation_id in page["missing"]:
+                yield correlation_id
+            if page["next_after"] is None:
+                return
+            after = page["next_after"]
 
     async def cancel(self, token: str) -> Callback:
         """Cancel a pending or received callback: it accepts no more deliveries and its waiters
@@ -201,6 +225,12 @@ class CbHub:
             if data is None:
                 continue  # this poll timed out: poll again until the deadline
             callback = Callback.from_json(data["callback"])
+            if callback.expected is not None and not callback.expected.complete:
+                # An expected set answers at completion or closing: closed incomplete, it failed.
+                missing = f"{callback.expected.total - callback.expected.arrived} of its expected ids"
+                if callback.status == CANCELLED:
+                    raise Cancelled(f"callback {token} was cancelled without {missing}", callback)
+                raise Expired(f"callback {token} expired without {missing}", callback)
             if callback.result is not None and callback.result.id > after:
                 return callback.result
             if data["deliveries"]:
@@ -343,6 +373,19 @@ def _mint_body(
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"ttl": ttl, "label": label, "group": group, "metadata": metadata}
     return {name: value for name, value in body.items() if value is not None}
+
+
+def _expectations(expect: Sequence[str] | int | None, contract: Mapping[str, Any] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if isinstance(expect, int):
+        body["expect"] = {"count": expect}
+    elif expect is not None:
+        if isinstance(expect, str):
+            raise TypeError("expect is a list of correlation ids or a count, not one string")
+        body["expect"] = {"correlation_ids": list(expect)}
+    if contract is not None:
+        body["contract"] = dict(contract)
+    return body
 
 
 def _filters(token: str | None, group: str | None, correlation_id: str | None) -> dict[str, str]:

@@ -46,6 +46,13 @@ class Delivery:
     raw: dict[str, Any] = field(repr=False, compare=False)
     # Came after its callback closed: kept, but never its result.
     late: bool = False
+    # Why it does not fit its callback's contract; empty: it fits (or there is none).
+    problems: tuple[str, ...] = ()
+
+    @property
+    def invalid(self) -> bool:
+        """Stored, but it does not fit the callback's contract: never the result."""
+        return bool(self.problems)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Delivery:
@@ -65,6 +72,7 @@ class Delivery:
             correlation_id=data["correlation_id"],
             raw=data,
             late=data.get("late", False),
+            problems=tuple(data.get("problems") or ()),
         )
 
     @property
@@ -86,6 +94,26 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Expected:
+    """A callback's progress through its expected set of correlation ids."""
+
+    total: int
+    arrived: int
+    unexpected: int
+    # The first 100 ids that have not arrived, in mint order (None: a count, or a listing);
+    # `CbHub.missing` pages through all of them.
+    missing: list[str] | None
+
+    @property
+    def complete(self) -> bool:
+        return self.arrived >= self.total
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Expected:
+        return cls(data["total"], data["arrived"], data["unexpected"], data.get("missing"))
+
+
+@dataclass(frozen=True, slots=True)
 class Callback:
     """A minted callback URL and its state when it was read; `result` is its latest delivery."""
 
@@ -102,10 +130,15 @@ class Callback:
     raw: dict[str, Any] = field(repr=False, compare=False)
     # Deliveries kept after it closed (each `Delivery.late`).
     late_deliveries: int = 0
+    # Its expected set, when minted with `expect` (None: the first delivery completes it).
+    expected: Expected | None = None
+    # What its deliveries must look like, as given at mint (None: anything).
+    contract: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Callback:
         result = data.get("result")
+        expected = data.get("expected")
         return cls(
             token=data["token"],
             url=data["callback_url"],
@@ -119,6 +152,8 @@ class Callback:
             result=Delivery.from_json(result) if result is not None else None,
             raw=data,
             late_deliveries=data.get("late_deliveries", 0),
+            expected=Expected.from_json(expected) if expected is not None else None,
+            contract=data.get("contract"),
         )
 
 

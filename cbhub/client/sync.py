@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from types import TracebackType
-from typing import Any, Awaitable, Iterator, Mapping, TypeVar
+from typing import Any, Awaitable, Iterator, Mapping, Sequence, TypeVar
 
 from cbhub.client.hub import CbHub, HandleBase
 from cbhub.client.models import Callback, Delivery, DeliveryPage, GroupStatus
@@ -101,8 +101,14 @@ class SyncCbHub:
         metadata: Mapping[str, Any] | None = None,
         *,
         idempotency_key: str | None = None,
+        expect: Sequence[str] | int | None = None,
+        contract: Mapping[str, Any] | None = None,
     ) -> SyncCallbackHandle:
-        handle = self._run(self.hub.create(ttl, label, group, metadata, idempotency_key=idempotency_key))
+        handle = self._run(
+            self.hub.create(
+                ttl, label, group, metadata, idempotency_key=idempotency_key, expect=expect, contract=contract
+            )
+        )
         return SyncCallbackHandle(self, handle.callback)
 
     def create_batch(self, count: int, **fields: Any) -> list[SyncCallbackHandle]:
@@ -115,6 +121,14 @@ class SyncCbHub:
 
     def cancel(self, token: str) -> Callback:
         return self._run(self.hub.cancel(token))
+
+    def missing(self, token: str, page_size: int = 1000) -> list[str]:
+        """Every id of the callback's expected set that has not arrived, in mint order."""
+
+        async def read() -> list[str]:
+            return [correlation_id async for correlation_id in self.hub.missing(token, page_size)]
+
+        return self._run(read())
 
     def wait(self, token: str, timeout: float | None = None, after: int = 0) -> Delivery:
         return self._run(self.hub.wait(token, timeout=timeout, after=after))

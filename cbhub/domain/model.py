@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from cbhub.domain.bodies import ParsedBody, parse_body
+from cbhub.domain.expectations import Contract, Expect, Expected
 
 if TYPE_CHECKING:
     from cbhub.domain.signatures import VerifySpec
@@ -63,6 +64,9 @@ class Delivery:
     # Arrived after its callback stopped accepting deliveries (expired, cancelled, or received
     # and past its expiry): kept, since most senders never retry, but never the result.
     late: bool = False
+    # What keeps it from fitting its callback's contract (empty: it fits, or there is none).
+    # Such a delivery is "invalid": stored, but never the result and never counted as arrived.
+    problems: tuple[str, ...] = ()
     _parsed: ParsedBody | None = field(default=None, repr=False)
     _json: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -91,6 +95,7 @@ class Delivery:
                 "query": self.query,
                 "correlation_id": self.correlation_id,
                 "late": self.late,
+                "problems": list(self.problems),
             }
         return self._json
 
@@ -115,6 +120,9 @@ class Callback:
     # Guards on its public URL, set at mint: source networks (CIDRs) and a signature scheme.
     allow_ips: tuple[str, ...] = ()
     verify: VerifySpec | None = None
+    # Set at mint: the set of correlation ids it waits for, and what a delivery must look like.
+    expected: Expected | None = None
+    contract: Contract | None = None
 
     def to_json(self, base_url: str) -> dict[str, Any]:
         return {
@@ -132,6 +140,8 @@ class Callback:
             "created_by": self.created_by,
             "allow_ips": list(self.allow_ips),
             "verify": self.verify.describe() if self.verify is not None else None,
+            "expected": self.expected.to_json() if self.expected is not None else None,
+            "contract": self.contract.to_json() if self.contract is not None else None,
         }
 
     def closed(self, at_ms: int) -> bool:
@@ -166,6 +176,8 @@ class MintSpec:
     created_by: str | None = None
     allow_ips: tuple[str, ...] = ()
     verify: VerifySpec | None = None
+    expect: Expect | None = None
+    contract: Contract | None = None
 
 
 @dataclass(frozen=True, slots=True)

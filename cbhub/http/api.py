@@ -16,6 +16,8 @@ from cbhub.http.params import (
     AFTER,
     DELIVERY_FILTERS,
     MAX_CURSOR,
+    ContractField,
+    ExpectField,
     IntField,
     IntParam,
     JsonBody,
@@ -41,6 +43,13 @@ ALLOW_IPS = NetworksField(
 )
 VERIFY = VerifyField("verify", "signature check of every request: docs/security.md")
 COUNT = IntField("count", 1, 1, MAX_BATCH, "how many callbacks to mint", required=True)
+EXPECT = ExpectField(
+    "expect",
+    "the correlation ids this one URL awaits (named, or a count of distinct ones): pending until all arrived",
+)
+CONTRACT = ContractField(
+    "contract", "what a delivery must look like; one that does not fit is stored as invalid, never the result"
+)
 
 
 def ttl_field(limits: CallbacksConfig) -> IntField:
@@ -49,11 +58,12 @@ def ttl_field(limits: CallbacksConfig) -> IntField:
 
 
 def mint_body(limits: CallbacksConfig) -> JsonBody:
-    return JsonBody((ttl_field(limits), LABEL, GROUP, METADATA, ALLOW_IPS, VERIFY))
+    return JsonBody((ttl_field(limits), LABEL, GROUP, METADATA, ALLOW_IPS, VERIFY, EXPECT, CONTRACT))
 
 
 def batch_body(limits: CallbacksConfig) -> JsonBody:
-    return JsonBody((COUNT, *mint_body(limits).fields))
+    # No expected set in a batch: a set is what one URL awaits; a batch is many URLs.
+    return JsonBody((COUNT, *(field for field in mint_body(limits).fields if field is not EXPECT)))
 
 
 # GET /v1/callbacks
@@ -68,6 +78,10 @@ LISTING_PARAMS = (LISTED_GROUP, LISTED_LABEL, LISTED_STATUS, LISTED_CORRELATION,
 TIMEOUT = SecondsParam("timeout", 30.0, "seconds to hold the request (capped at callbacks.max_wait)")
 WAIT_CALLBACK_PARAMS = (TIMEOUT, AFTER)
 WAIT_GROUP_PARAMS = (TIMEOUT,)
+# GET /v1/callbacks/{token}/missing
+MISSING_AFTER = TextParam("after", "the next_after of the previous page: the last id it showed")
+MISSING_LIMIT = IntParam("limit", 100, 1, 1000, "page size")
+MISSING_PARAMS = (MISSING_AFTER, MISSING_LIMIT)
 # GET /v1/deliveries
 PAGE_LIMIT = IntParam("limit", 100, 1, 1000, "page size")
 WAIT = SecondsParam("wait", 0.0, "seconds to long-poll while nothing matches (capped at callbacks.max_wait)")
@@ -92,6 +106,8 @@ def _mint_spec(request: web.Request, body: dict[str, Any]) -> MintSpec:
         created_by=caller(request).name,
         allow_ips=ALLOW_IPS.parse(body),
         verify=VERIFY.parse(body),
+        expect=EXPECT.parse(body),
+        contract=CONTRACT.parse(body),
     )
 
 
@@ -161,6 +177,16 @@ async def wait_callback(request: web.Request) -> web.StreamResponse:
     return json_response(
         {"callback": _callback_json(request, update.callback), "deliveries": _deliveries_json(update.deliveries)}
     )
+
+
+async def missing_ids(request: web.Request) -> web.Response:
+    limit = MISSING_LIMIT.parse(request.query)
+    # One more than asked: whether it comes tells whether a next page exists.
+    found = await request.app[HUB].missing(
+        request.match_info["token"], MISSING_AFTER.parse(request.query), limit + 1, caller(request).owner
+    )
+    page = found[:limit]
+    return json_response({"missing": page, "next_after": page[-1] if len(found) > limit else None})
 
 
 async def list_deliveries(request: web.Request) -> web.Response:
@@ -234,6 +260,7 @@ def add_routes(app: web.Application) -> None:
     router.add_get(CALLBACK_PATH, get_callback, allow_head=False)
     router.add_delete(CALLBACK_PATH, cancel_callback)
     router.add_get("/v1/callbacks/{token}/wait", wait_callback, allow_head=False)
+    router.add_get("/v1/callbacks/{token}/missing", missing_ids, allow_head=False)
     router.add_get("/v1/deliveries", list_deliveries, allow_head=False)
     router.add_get("/v1/deliveries/{id}/body", delivery_body, allow_head=False)
     router.add_get("/v1/groups/{group}", group_status, allow_head=False)

@@ -17,6 +17,7 @@ from cbhub.errors import (
     CallbackClosed,
     CallbackNotFound,
     CbhubError,
+    ContractViolation,
     DeliveryRefused,
     PayloadTooLarge,
     RateLimited,
@@ -143,6 +144,10 @@ async def receive(request: web.Request) -> web.Response:
     delivery = result.delivery
     metrics.count_delivery("duplicate" if result.duplicate else "late" if delivery.late else "stored")
     metrics.ingest_seconds.observe(time.perf_counter() - started)
+    contract = result.callback.contract
+    if delivery.problems and contract is not None and contract.reject:
+        # Stored all the same (and counted so above): a sender that retries on a 4xx is told.
+        raise ContractViolation(delivery.problems, delivery.id)
     return json_response(
         {"ok": True, "delivery_id": delivery.id, "duplicate": result.duplicate, "late": delivery.late}
     )

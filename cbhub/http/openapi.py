@@ -92,6 +92,13 @@ SCHEMAS: dict[str, Any] = {
             "query": {"type": "object"},
             "correlation_id": NULLABLE_STRING,
             "late": {"type": "boolean", "description": "came after its callback closed: kept, never its result"},
+            "problems": {
+                "type": "array",
+                "items": {"type": "string"},
+                "maxItems": 10,
+                "description": "why it does not fit its callback's contract; empty: it fits. Non-empty: invalid,"
+                " stored but never the result",
+            },
         },
     },
     "Callback": {
@@ -112,6 +119,31 @@ SCHEMAS: dict[str, Any] = {
             "created_by": {"type": "string", "nullable": True, "description": "the name of the API key that minted it"},
             "allow_ips": {"type": "array", "items": {"type": "string"}},
             "verify": {"type": "object", "nullable": True, "description": "its signature check, without the secret"},
+            "expected": {
+                "type": "object",
+                "nullable": True,
+                "description": "its expected set (null: none): pending until every id arrived",
+                "required": ["total", "arrived", "unexpected", "missing"],
+                "properties": {
+                    **{name: {"type": "integer"} for name in ("total", "arrived", "unexpected")},
+                    "missing": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "nullable": True,
+                        "description": "the first 100 ids not arrived, in mint order; null for a count,"
+                        " and in listings and stream events",
+                    },
+                },
+            },
+            "contract": {"type": "object", "nullable": True, "description": "what its deliveries must look like"},
+        },
+    },
+    "MissingPage": {
+        "type": "object",
+        "required": ["missing", "next_after"],
+        "properties": {
+            "missing": {"type": "array", "items": {"type": "string"}},
+            "next_after": {"type": "string", "nullable": True, "description": "the next page's after; null: no more"},
         },
     },
     "CallbackList": {
@@ -198,6 +230,7 @@ def _ingest_operation(method: str) -> dict[str, Any]:
             "429": _error("too many refused requests from this address; see Retry-After"),
             "410": _error("the callback accepts no more deliveries (with callbacks.keep_late = false)"),
             "413": _error("body too large"),
+            "422": _error("stored, but it does not fit the callback's contract, which says reject"),
             "503": UNAVAILABLE,
         },
     }
@@ -266,7 +299,8 @@ PATHS: dict[str, Any] = {
     },
     "/v1/callbacks/{token}/wait": {
         "get": {
-            "summary": "Long-poll until the callback has deliveries after the cursor, or is closed",
+            "summary": "Long-poll until the callback has deliveries after the cursor (with an expected set: until"
+            " it is complete), or is closed",
             "parameters": [TOKEN, *_query(api.WAIT_CALLBACK_PARAMS)],
             "responses": {
                 "200": _json(_ref("CallbackUpdate"), "new deliveries, or the callback's final status"),
@@ -274,6 +308,17 @@ PATHS: dict[str, Any] = {
                 "400": BAD_REQUEST,
                 "404": NOT_FOUND,
                 "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/v1/callbacks/{token}/missing": {
+        "get": {
+            "summary": "The ids of the callback's expected set that have not arrived, in mint order, a page at a time",
+            "parameters": [TOKEN, *_query(api.MISSING_PARAMS)],
+            "responses": {
+                "200": _json(_ref("MissingPage"), "a page"),
+                "400": BAD_REQUEST,
+                "404": _error("unknown token, or an after that is not an id of the set"),
             },
         }
     },

@@ -15,6 +15,18 @@ import orjson
 from aiohttp import web
 
 from cbhub.domain import networks
+from cbhub.domain.expectations import (
+    MAX_CONTRACT_BYTES,
+    MAX_CONTRACT_NAMES,
+    MAX_COUNT,
+    MAX_ID_LENGTH,
+    MAX_NAMED_IDS,
+    Contract,
+    Expect,
+    SpecProblem,
+    parse_contract,
+    parse_expect,
+)
 from cbhub.domain.filters import DeliveryFilter
 from cbhub.domain.model import HIDDEN_HEADERS
 from cbhub.domain.signatures import (
@@ -471,3 +483,82 @@ _IPV6_PREFIX = "0*(?:[1-9]?[0-9]|1[01][0-9]|12[0-8])"
 IP_NETWORK_PATTERN = (
     f"^{_SPACE}*(?:{_IPV4}(?:/{_IPV4_PREFIX})?|(?:{_IPV6})(?:/{_IPV6_PREFIX})?){_SPACE}*$"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectField:
+    """An expected set (cbhub.domain.expectations): named correlation ids or a count; absent or
+    null: none (the first delivery completes the callback)."""
+
+    name: str
+    description: str
+    required = False
+
+    def parse(self, body: Body) -> Expect | None:
+        value = body.get(self.name)
+        if value is None:
+            return None
+        try:
+            return parse_expect(value)
+        except SpecProblem as exc:
+            raise InvalidField(self.name, str(exc)) from None
+
+    def schema(self) -> Schema:
+        named = {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_NAMED_IDS,
+            "uniqueItems": True,
+            "items": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
+            "description": "each must arrive once, as a delivery's correlation_id",
+        }
+        return {
+            "nullable": True,
+            "description": self.description,
+            "oneOf": [
+                {"type": "object", "additionalProperties": False, "required": ["correlation_ids"],
+                 "properties": {"correlation_ids": named}},
+                {"type": "object", "additionalProperties": False, "required": ["count"],
+                 "properties": {"count": {"type": "integer", "minimum": 1, "maximum": MAX_COUNT}}},
+            ],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ContractField:
+    """What a delivery must look like (cbhub.domain.expectations.Contract); absent or null: anything."""
+
+    name: str
+    description: str
+    required = False
+
+    def parse(self, body: Body) -> Contract | None:
+        value = body.get(self.name)
+        if value is None:
+            return None
+        try:
+            return parse_contract(value)
+        except SpecProblem as exc:
+            raise InvalidField(self.name, str(exc)) from None
+
+    def schema(self) -> Schema:
+        names = {
+            "type": "array",
+            "maxItems": MAX_CONTRACT_NAMES,
+            "items": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
+            "nullable": True,
+        }
+        # A schema is checked as a JSON Schema 2020-12 by the server; the document cannot say
+        # that, nor that one of the three checks must be given.
+        return {
+            "type": "object",
+            "nullable": True,
+            "additionalProperties": False,
+            "description": self.description + f" (at most {MAX_CONTRACT_BYTES} bytes as JSON)",
+            "properties": {
+                "json_schema": {"type": "object", "nullable": True, "description": "a JSON Schema 2020-12"},
+                "form_fields": {**names, "description": "fields that must be present and non-empty"},
+                "content_types": {**names, "description": "media types accepted, such as application/json"},
+                "reject": {"type": "boolean", "nullable": True, "description": "answer 422 to a delivery that does not fit (it is stored all the same)"},
+            },
+        }

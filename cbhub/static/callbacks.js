@@ -11,17 +11,22 @@ export function merge(callback) {
   const old = known.get(fields.token);
   const merged = { ...old, ...fields };
   if (old && RANK[old.status] > RANK[fields.status]) merged.status = old.status;
+  // A listing leaves an expected set's missing ids out: keep those read before.
+  if (fields.expected && fields.expected.missing == null && old?.expected?.missing) {
+    merged.expected = { ...fields.expected, missing: old.expected.missing };
+  }
   known.set(merged.token, merged);
   return merged;
 }
 
 // A delivery turns a pending callback received; a late one (it came after the callback
-// closed) changes nothing but its count.
+// closed) changes nothing but its count, an invalid one (it does not fit the contract) nothing.
+// One with an expected set turns received only once the set is complete: the page reads it.
 export function delivered(delivery) {
   const callback = known.get(delivery.token);
   if (!callback) return null;
   if (delivery.late) callback.late_deliveries = (callback.late_deliveries || 0) + 1;
-  else if (callback.status === "pending") callback.status = "received";
+  else if (callback.status === "pending" && !callback.expected && !(delivery.problems || []).length) callback.status = "received";
   return callback;
 }
 

@@ -27,6 +27,36 @@ async function downloadRaw(delivery) {
   setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
+// An expected set's progress, and the ids that have not arrived (the first 100).
+function expectedProgress(callback) {
+  const expected = callback.expected;
+  if (!expected) return null;
+  const left = expected.total - expected.arrived;
+  const missing = expected.missing || [];
+  return h(
+    "section",
+    { class: "expected" },
+    h(
+      "div",
+      { class: "expected-row" },
+      h("span", {}, `Expected: ${expected.arrived} of ${expected.total} arrived`),
+      expected.unexpected ? h("span", { class: "muted" }, `${expected.unexpected} unexpected`) : null,
+    ),
+    h("progress", { max: expected.total, value: expected.arrived, "aria-label": "Expected ids arrived" }),
+    left > 0 && missing.length
+      ? h(
+          "details",
+          { open: true, class: "missing" },
+          h("summary", {}, `Missing (${left})`),
+          h("ul", {}, missing.map((id) => h("li", {}, h("code", {}, id)))),
+          left > missing.length
+            ? h("p", { class: "muted small-text" }, `The first ${missing.length}; GET /v1/callbacks/{token}/missing lists them all.`)
+            : null,
+        )
+      : null,
+  );
+}
+
 export class DeliveryView {
   constructor({ onClose, onCancel }) {
     this.el = document.getElementById("detail");
@@ -171,6 +201,7 @@ export class DeliveryView {
         h("dt", {}, "Expires"),
         h("dd", {}, clock(callback.expires_at), " ", h("span", { class: "muted" }, "(", h("span", { class: "time-left" }, timeLeft(callback)), " left)")),
       ),
+      expectedProgress(callback),
       h(
         "div",
         { class: "url-row" },
@@ -216,6 +247,9 @@ export class DeliveryView {
         delivery.late
           ? h("span", { class: "badge late", title: "It came after the callback closed: kept, but not its result." }, "Late")
           : null,
+        (delivery.problems || []).length
+          ? h("span", { class: "badge invalid", title: "It does not fit the callback's contract: kept, but never its result." }, "Invalid")
+          : null,
         h("time", { datetime: delivery.received_at }, clock(delivery.received_at)),
         h("span", { class: "from" }, "from ", h("code", {}, delivery.remote_addr || "unknown")),
         h("span", { class: "actions" }, rawLink, curl),
@@ -228,6 +262,9 @@ export class DeliveryView {
         h("span", {}, `${delivery.size} bytes`),
         delivery.correlation_id ? h("span", {}, "correlation id ", h("code", {}, delivery.correlation_id)) : null,
       ),
+      (delivery.problems || []).length
+        ? h("ul", { class: "problems", "aria-label": "Contract problems" }, delivery.problems.map((problem) => h("li", {}, problem)))
+        : null,
       delivery.parse_error ? h("p", { class: "parse-error" }, "Parse error: ", delivery.parse_error) : null,
       h("section", { class: "body" }, h("h4", {}, "Body ", h("span", { class: "kind" }, KIND_TEXT[bodyKind(delivery)])), renderBody(delivery)),
       h(

@@ -83,6 +83,26 @@ async function cancel(token) {
   }
 }
 
+// A callback with an expected set: read again (once for a burst of deliveries) to learn its
+// progress, and whether the set is complete.
+const reading = new Map();
+function readSoon(token) {
+  if (reading.has(token)) return;
+  reading.set(
+    token,
+    setTimeout(async () => {
+      try {
+        const callback = merge(await api(`/v1/callbacks/${encodeURIComponent(token)}`));
+        onStatus({ token, status: callback.status });
+      } catch {
+        // gone, or the server away: the next delivery or reconnection reads it again
+      } finally {
+        reading.delete(token);
+      }
+    }, 250),
+  );
+}
+
 function onStatus(change) {
   statusChanged(change);
   list.status(change);
@@ -109,6 +129,7 @@ const stream = new LiveStream({
   },
   onDelivery(delivery) {
     delivered(delivery);
+    if (known.get(delivery.token)?.expected) readSoon(delivery.token);
     list.delivery(delivery);
     group.changed(delivery.token);
     detail.delivery(delivery);

@@ -6,6 +6,7 @@ import abc
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from cbhub.domain.expectations import ContractCheck
 from cbhub.domain.filters import CallbackFilter, DeliveryFilter
 from cbhub.domain.guards import Guard
 from cbhub.domain.model import Callback, Delivery, Event, Incoming, MintSpec
@@ -80,10 +81,15 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def ingest(self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True) -> IngestResult:
+    async def ingest(
+        self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True, check: ContractCheck | None = None
+    ) -> IngestResult:
         """Store a delivery; raises CallbackNotFound or DeliveryRefused (from `guard`, run on the
         callback before the closed and duplicate checks). To a callback that takes no more
-        deliveries, it is stored as late (`keep_late`), or refused with CallbackClosed."""
+        deliveries, it is stored as late (`keep_late`), or refused with CallbackClosed. `check`
+        gives its problems under the callback's contract (asked only of a callback that has
+        one): a delivery with problems is stored as invalid. One into an expected set is
+        counted against it (store/decisions.py)."""
 
     @abc.abstractmethod
     async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
@@ -131,6 +137,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_delivery(self, delivery_id: int) -> Delivery | None: ...
+
+    @abc.abstractmethod
+    async def missing(self, token: str, after: str | None, limit: int) -> list[str] | None:
+        """Up to `limit` ids of the callback's named expected set that have not arrived, in mint
+        order, after the id `after` (None: from the first); None when `after` is not in the set.
+        A callback without one (or none at all) has none."""
 
     @abc.abstractmethod
     async def group_counts(self, group: str, owner: str | None = None) -> dict[str, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Generator, NamedTuple, TypeVar
 
+from cbhub.domain.expectations import MISSING_SHOWN, ContractCheck, Expected
 from cbhub.domain.guards import Guard
 from cbhub.domain.model import (
     CANCELLED,
@@ -62,13 +63,57 @@ class FindDuplicate(NamedTuple):
 class InsertDelivery(NamedTuple):
     """-> the new delivery's id. On time, the callback counts it in `deliveries`, takes it as
     its latest (`last_delivery_id`) and, when `new_status` is set, changes status; late, it only
-    counts it in `late_deliveries`."""
+    counts it in `late_deliveries`; invalid (with `problems`), stored with them and only counted
+    in `deliveries`."""
 
     callback_id: int
     group: str | None
     incoming: Incoming
     late: bool
     new_status: str | None
+    problems: tuple[str, ...] = ()
+
+
+# An expected set's steps: each is one keyed statement on expected_ids, whatever the set's size.
+
+
+class MarkArrived(NamedTuple):
+    """-> True when this id of a named set was waiting and is now marked arrived; False when it
+    is not in the set or arrived before."""
+
+    callback_id: int
+    correlation_id: str
+
+
+class AddArrival(NamedTuple):
+    """-> True when this id of a counted set is new and now recorded at `position`; False when
+    it arrived before."""
+
+    callback_id: int
+    correlation_id: str
+    position: int
+
+
+class IsExpected(NamedTuple):
+    """-> whether this id is in the callback's expected set (arrived or not)."""
+
+    callback_id: int
+    correlation_id: str
+
+
+class CountExpected(NamedTuple):
+    """-> None: adds to the callback's expect_arrived and expect_unexpected."""
+
+    callback_id: int
+    arrived: int
+    unexpected: int
+
+
+class InsertExpected(NamedTuple):
+    """-> None: a named set's ids, waiting, positioned 1.. in the order given."""
+
+    callback_id: int
+    correlation_ids: tuple[str, ...]
 
 
 class MarkCancelled(NamedTuple):
@@ -110,12 +155,14 @@ class LoadCallbacks(NamedTuple):
 
 Step = (
     LoadCallback | LoadDelivery | FindDuplicate | InsertDelivery | MarkCancelled | ClaimKey | InsertCallbacks | RecordKey
-    | LoadCallbacks
+    | LoadCallbacks | MarkArrived | AddArrival | IsExpected | CountExpected | InsertExpected
 )
 Steps = Generator[Step, Any, T]
 
 
-def ingest(incoming: Incoming, guard: Guard | None, keep_late: bool) -> Steps[IngestResult]:
+def ingest(
+    incoming: Incoming, guard: Guard | None, keep_late: bool, check: ContractCheck | None = None
+) -> Steps[IngestResult]:
     found = yield LoadCallback(incoming.token)
     if found is None:
         raise CallbackNotFound(incoming.token)
@@ -130,12 +177,39 @@ def ingest(incoming: Incoming, guard: Guard | None, keep_late: bool) -> Steps[In
         if first is not None:
             callback.result = yield LoadDelivery(found.last_delivery_id)
             return IngestResult(first, callback, duplicate=True)
-    if late:
-        # Its result stays what it was: the waiters of a late delivery are shown it.
+    # Only a callback with a contract is checked: the others pay nothing.
+    problems = check(callback.contract) if check is not None and callback.contract is not None else ()
+    if late or problems:
+        # Its result stays what it was: the waiters of a late or invalid delivery are shown it.
         callback.result = yield LoadDelivery(found.last_delivery_id)
-    new_status = RECEIVED if not late and callback.status == PENDING else None
-    delivery_id = yield InsertDelivery(found.id, callback.group, incoming, late, new_status)
-    return IngestResult(new_delivery(incoming, delivery_id, callback, late), callback, duplicate=False)
+    new_status = None
+    if not late and not problems:
+        complete = True
+        if callback.expected is not None:
+            complete = yield from _arrive(found.id, callback.expected, incoming.correlation_id)
+        new_status = RECEIVED if complete and callback.status == PENDING else None
+    delivery_id = yield InsertDelivery(found.id, callback.group, incoming, late, new_status, problems)
+    delivery = new_delivery(incoming, delivery_id, callback, late, problems, new_status)
+    return IngestResult(delivery, callback, duplicate=False)
+
+
+def _arrive(callback_id: int, expected: Expected, correlation_id: str | None) -> Steps[bool]:
+    """Count a valid, on-time delivery against the callback's expected set (updating
+    `expected`); returns whether the set is complete. An id outside the set (or none) counts as
+    unexpected; a repeat of an arrived id counts nothing."""
+    arrived = False
+    if correlation_id is not None:
+        if expected.named:
+            arrived = yield MarkArrived(callback_id, correlation_id)
+        elif expected.arrived < expected.total:
+            arrived = yield AddArrival(callback_id, correlation_id, expected.arrived + 1)
+    if arrived:
+        expected.arrived += 1
+        yield CountExpected(callback_id, 1, 0)
+    elif correlation_id is None or not (yield IsExpected(callback_id, correlation_id)):
+        expected.unexpected += 1
+        yield CountExpected(callback_id, 0, 1)
+    return expected.complete
 
 
 def cancel(token: str) -> Steps[tuple[Callback, bool]]:
@@ -161,6 +235,11 @@ def mint(specs: list[MintSpec], now: int, idempotency: tuple[str, str, str] | No
                 raise IdempotencyConflict()
             return (yield LoadCallbacks(callback_ids)), False
     minted = yield InsertCallbacks(specs, now)
+    for spec, found in zip(specs, minted):
+        if spec.expect is not None and spec.expect.named:
+            yield InsertExpected(found.id, spec.expect.correlation_ids)
+            if found.callback.expected is not None:
+                found.callback.expected.missing = list(spec.expect.correlation_ids[:MISSING_SHOWN])
     if idempotency is not None:
         yield RecordKey(idempotency[0], idempotency[1], [found.id for found in minted])
     return [found.callback for found in minted], True

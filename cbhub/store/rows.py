@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import orjson
 
 from cbhub.domain.bodies import parse_form
+from cbhub.domain.expectations import Expected, contract_from_text
 from cbhub.domain.filters import CallbackFilter, DeliveryFilter
 from cbhub.domain.model import (
     EXPIRED,
@@ -29,11 +30,12 @@ from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage
 # Both schemas name their columns alike; the row mappers below read them in this order.
 CALLBACK_COLUMNS = (
     "id, token, status, created_at, expires_at, label, group_name, metadata, deliveries, last_delivery_id,"
-    " created_by, allow_ips, verify, late_deliveries"
+    " created_by, allow_ips, verify, late_deliveries, expect_total, expect_named, expect_arrived, expect_unexpected,"
+    " contract"
 )
 DELIVERY_COLUMNS = (
     "d.id, c.token, d.received_at, d.method, d.content_type, d.remote_addr, d.headers, d.query,"
-    " d.body, d.correlation_id, d.group_name, d.late"
+    " d.body, d.correlation_id, d.group_name, d.late, d.problems"
 )
 DELIVERY_FROM = "deliveries d JOIN callbacks c ON c.id = d.callback_id"
 # Indexes into a CALLBACK_COLUMNS row, and its width.
@@ -77,6 +79,8 @@ def callback_from_row(row: Sequence[Any], text: Text = _same) -> Callback:
         allow_ips=tuple(orjson.loads(row[11])) if row[11] is not None else (),
         verify=VerifySpec(**orjson.loads(row[12])) if row[12] is not None else None,
         late_deliveries=row[13],
+        expected=Expected(row[14], bool(row[15]), row[16], row[17]) if row[14] is not None else None,
+        contract=contract_from_text(row[18]) if row[18] is not None else None,
     )
 
 
@@ -94,6 +98,7 @@ def delivery_from_row(row: Sequence[Any], text: Text = _same) -> Delivery:
         correlation_id=text(row[9]),
         group=text(row[10]),
         late=bool(row[11]),
+        problems=tuple(orjson.loads(row[12])) if row[12] is not None else (),
     )
 
 
@@ -130,9 +135,17 @@ def arrives_late(callback: Callback, at: int, keep_late: bool) -> bool:
     raise CallbackClosed(callback.status if callback.status in TERMINAL else EXPIRED)
 
 
-def new_delivery(incoming: Incoming, delivery_id: int, callback: Callback, late: bool = False) -> Delivery:
-    """The stored delivery, counted on its callback: an on-time one makes it received, with the
-    delivery as its result; a late one is only counted, in `late_deliveries`."""
+def new_delivery(
+    incoming: Incoming,
+    delivery_id: int,
+    callback: Callback,
+    late: bool = False,
+    problems: tuple[str, ...] = (),
+    new_status: str | None = RECEIVED,
+) -> Delivery:
+    """The stored delivery, counted on its callback: an on-time one takes `new_status` (if
+    any; from pending), with the delivery as its result; a late one is only counted, in
+    `late_deliveries`; an invalid one (with `problems`) only in `deliveries`."""
     delivery = Delivery(
         id=delivery_id,
         token=incoming.token,
@@ -146,14 +159,17 @@ def new_delivery(incoming: Incoming, delivery_id: int, callback: Callback, late:
         correlation_id=incoming.correlation_id,
         group=callback.group,
         late=late,
+        problems=problems,
         _parsed=incoming.parsed,
     )
     if late:
         callback.late_deliveries += 1
         return delivery
-    if callback.status == PENDING:
-        callback.status = RECEIVED
     callback.deliveries += 1
+    if problems:
+        return delivery
+    if callback.status == PENDING and new_status is not None:
+        callback.status = new_status
     callback.result = delivery
     return delivery
 
@@ -216,7 +232,7 @@ def delivery_values(incoming: Incoming, name: Callable[[str | None], Any] = _sam
 
 def callback_values(spec: MintSpec, now: int, name: Callable[[str | None], Any] = _same) -> tuple[Any, ...]:
     """A new callback's columns: token, expires_at, label, group_name, metadata, created_by,
-    allow_ips, verify."""
+    allow_ips, verify, expect_total, expect_named, contract."""
     return (
         new_token(),
         now + spec.ttl * 1000,
@@ -224,14 +240,28 @@ def callback_values(spec: MintSpec, now: int, name: Callable[[str | None], Any] 
         name(spec.group),
         orjson.dumps(spec.metadata).decode(),
         *guard_columns(spec),
+        spec.expect.total if spec.expect is not None else None,
+        spec.expect is not None and spec.expect.named,
+        spec.contract.text() if spec.contract is not None else None,
     )
 
 
-def purge_order(deliveries: str, callbacks: str, keys: str, expired_before: int, now: int) -> list[tuple[str, int]]:
+def problems_value(problems: tuple[str, ...]) -> str | None:
+    """A delivery's problems as stored: a JSON list, NULL when it fits."""
+    return orjson.dumps(problems).decode() if problems else None
+
+
+def purge_order(
+    deliveries: str, callbacks: str, keys: str, expired_before: int, now: int, expected_ids: str | None = None
+) -> list[tuple[str, int]]:
     """Retention's statements in the order every backend runs them, each with its cutoff:
     deliveries of callbacks that expired before the cutoff first (a bounded number at a time),
-    then those callbacks once they have none, then idempotency keys past their window."""
-    return [(deliveries, expired_before), (callbacks, expired_before), (keys, now - IDEMPOTENCY_WINDOW_MS)]
+    and their expected ids, then those callbacks once they have none, then idempotency keys past
+    their window."""
+    first = [(deliveries, expired_before)]
+    if expected_ids is not None:
+        first.append((expected_ids, expired_before))
+    return [*first, (callbacks, expired_before), (keys, now - IDEMPOTENCY_WINDOW_MS)]
 
 
 def guard_columns(spec: MintSpec) -> tuple[str | None, str | None, str | None]:

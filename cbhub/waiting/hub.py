@@ -15,12 +15,13 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 import orjson
 
 from cbhub.config import Config
+from cbhub.domain.expectations import Contract, ContractCheck
 from cbhub.domain.filters import CallbackFilter, DeliveryFilter
 from cbhub.domain.guards import check_address, delivery_guard
 from cbhub.domain.model import (
@@ -36,6 +37,7 @@ from cbhub.errors import (
     CallbackNotFound,
     DeliveryNotFound,
     DeliveryRefused,
+    ExpectedIdNotFound,
     GroupNotFound,
     SignatureInvalid,
     StoreUnavailable,
@@ -53,6 +55,9 @@ RETENTION_INTERVAL = 60.0
 DAY_MS = 86_400_000
 # The most deliveries one long-poll answer on a callback carries.
 WAIT_BATCH = 100
+# Callbacks whose contract (or lack of one) the hub remembers, so a delivery is checked on the
+# event loop before the store call, not on SQLite's one writer thread (see Hub.ingest).
+CONTRACTS_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +79,9 @@ class Hub:
         self._default_verify = config.ingest.verify.spec()
         # Deliveries refused by a guard since the start, by kind ("address", "signature").
         self.refused: Counter[str] = Counter()
+        # Each recently seen callback's contract (None: it has none), by token. A contract never
+        # changes after the mint, so a remembered one is never stale.
+        self._contracts: OrderedDict[str, Contract | None] = OrderedDict()
 
     async def start(self) -> None:
         self._expiry_task = asyncio.create_task(self._expire_forever(), name="cbhub-expiry")
@@ -104,7 +112,29 @@ class Hub:
             scope, key = idempotency
             keyed = (scope, key, _fingerprint(spec, count, batch))
         # The store announces new callbacks (to streams that ask for creations: the inspector).
-        return await self.store.mint([spec] * count, now_ms(), keyed)
+        callbacks, created = await self.store.mint([spec] * count, now_ms(), keyed)
+        for callback in callbacks:
+            self._remember_contract(callback.token, callback.contract)
+        return callbacks, created
+
+    def _remember_contract(self, token: str, contract: Contract | None) -> None:
+        self._contracts[token] = contract
+        self._contracts.move_to_end(token)
+        if len(self._contracts) > CONTRACTS_REMEMBERED:
+            self._contracts.popitem(last=False)
+
+    def _contract_check(self, incoming: Incoming) -> ContractCheck:
+        """The check the store runs on the delivery's callback, asked only when it has a
+        contract. When the hub knows the contract (minted here, or a delivery seen before), the
+        delivery is checked here, on the event loop; else the store's writer checks it (once
+        per callback: the hub remembers the contract from the answer)."""
+        known = self._contracts.get(incoming.token)
+        if known is not None:
+            problems = known.problems(incoming.raw, incoming.content_type, incoming.parsed)
+            return lambda contract: problems if contract == known else contract.problems(
+                incoming.raw, incoming.content_type, incoming.parsed
+            )
+        return lambda contract: contract.problems(incoming.raw, incoming.content_type, incoming.parsed)
 
     def admit(self, token: str, remote_addr: str | None) -> None:
         """Raise AddressNotAllowed unless the server-wide allowlist admits the sender. Cheap:
@@ -121,10 +151,13 @@ class Hub:
         self.admit(incoming.token, incoming.remote_addr)
         guard = delivery_guard(incoming, self._default_verify, self.config.ingest.verify_tolerance)
         try:
-            result = await self.store.ingest(incoming, guard, self.config.callbacks.keep_late)
+            result = await self.store.ingest(
+                incoming, guard, self.config.callbacks.keep_late, self._contract_check(incoming)
+            )
         except DeliveryRefused as exc:
             self._count_refusal(incoming.token, incoming.remote_addr, exc)
             raise
+        self._remember_contract(incoming.token, result.callback.contract)
         return result
 
     def _count_refusal(self, token: str, remote_addr: str | None, exc: DeliveryRefused) -> None:
@@ -175,6 +208,18 @@ class Hub:
                 raise DeliveryNotFound() from None
         return delivery
 
+    async def missing(self, token: str, after: str | None, limit: int, owner: str | None = None) -> list[str]:
+        """Ids of the callback's named expected set that have not arrived, in mint order,
+        after `after` (none for a callback without named ids); raises ExpectedIdNotFound when
+        `after` is not in the set."""
+        callback = await self._find(token, owner)
+        if callback.expected is None or not callback.expected.named:
+            return []
+        found = await self.store.missing(token, after, limit)
+        if found is None:
+            raise ExpectedIdNotFound()
+        return found
+
     async def status_counts(self) -> dict[str, int]:
         return await self.store.status_counts()
 
@@ -194,12 +239,17 @@ class Hub:
     ) -> CallbackUpdate | None:
         """The callback's deliveries with id > after as soon as there are some, or the callback
         once it can receive no more; None when `timeout` passes first. With an `owner`, another
-        key's callback is not found."""
+        key's callback is not found. A callback with an expected set answers only once it is
+        complete (received) or closed. Invalid deliveries (see Delivery.problems) wake nobody."""
         # Late deliveries are left out: they come once the callback has nothing more to say.
         waiter = Waiter(DeliveryFilter(token=token, owner=owner, late=False))
         self.registry.add(waiter)
         try:
             callback = await self._find(token, owner)
+            if callback.expected is not None:
+                # The hook for issue-level `until=first_error`: a set's wait could also end at
+                # the first delivery classified as an error, tested on each event below.
+                return await self._wait_for_set(waiter, callback, after, timeout, owner)
             deliveries: list[Delivery] = []
             if callback.result is not None and callback.result.id > after:
                 deliveries = await self.store.find_deliveries(waiter.where, after, WAIT_BATCH)
@@ -210,13 +260,35 @@ class Hub:
                 # A received callback gets no "expired" event (it stays received): wake at its
                 # expiry to tell the waiter that nothing more will come.
                 timeout = min(timeout, (callback.expires_at - now) / 1000)
-            if not await waiter.wait(timeout):
-                return CallbackUpdate(callback, []) if callback.closed(now_ms()) else None
-            events = waiter.events
-            fresh = [e.delivery for e in events if e.delivery is not None and e.delivery.id > after]
-            return CallbackUpdate(events[-1].callback, fresh[:WAIT_BATCH])
+            deadline = time.monotonic() + timeout
+            while True:
+                if not await waiter.wait(deadline - time.monotonic()):
+                    return CallbackUpdate(callback, []) if callback.closed(now_ms()) else None
+                events = waiter.events
+                fresh = [e.delivery for e in events if e.delivery is not None and e.delivery.id > after]
+                valid = [delivery for delivery in fresh if not delivery.problems]
+                if valid or any(e.delivery is None for e in events):
+                    return CallbackUpdate(events[-1].callback, valid[:WAIT_BATCH])
+                waiter.rearm()  # only invalid deliveries: still waiting for one that fits
         finally:
             self.registry.remove(waiter)
+
+    async def _wait_for_set(
+        self, waiter: Waiter, callback: Callback, after: int, timeout: float, owner: str | None
+    ) -> CallbackUpdate | None:
+        """Until the callback's expected set is complete (it turns received) or it closes; then
+        the callback as read now (with its missing ids) and its deliveries after `after`."""
+        deadline = time.monotonic() + timeout
+        while callback.status == PENDING and not callback.closed(now_ms()):
+            # A pending callback gets an event when it expires: no need to wake at its expiry.
+            if not await waiter.wait(deadline - time.monotonic()):
+                return None
+            done = any(event.callback.status != PENDING for event in waiter.events)
+            waiter.rearm()  # no await since the events were read: none is missed
+            if done:
+                callback = await self._find(token=callback.token, owner=owner)
+        deliveries = await self.store.find_deliveries(waiter.where, after, WAIT_BATCH)
+        return CallbackUpdate(callback, deliveries)
 
     async def follow(self, token: str, after: int, owner: str | None = None) -> Callback | None:
         """Where a stream of one callback's deliveries starts: the callback, or None when it is
@@ -330,4 +402,8 @@ def _fingerprint(spec: MintSpec, count: int, batch: bool) -> str:
     """What a mint request asked for, so that a key reused for another request is told apart."""
     verify = spec.verify.to_json() if spec.verify is not None else None
     shape = ["batch" if batch else "one", count, spec.ttl, spec.label, spec.group, spec.metadata, spec.allow_ips, verify]
+    if spec.expect is not None or spec.contract is not None:
+        # Only then: an older key's fingerprint stays what it was.
+        expect = None if spec.expect is None else orjson.dumps([spec.expect.correlation_ids, spec.expect.count]).decode()
+        shape += [expect, spec.contract.text() if spec.contract is not None else None]
     return hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)).hexdigest()

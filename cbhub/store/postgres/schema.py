@@ -93,4 +93,22 @@ _V4 = [
     "ALTER TABLE callbacks ADD COLUMN late_deliveries INTEGER NOT NULL DEFAULT 0",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4]
+# Expected sets and contracts, as in SQLite's version 5 (correlation ids as bytes, as elsewhere).
+_V5_EXPECTED = [
+    "ALTER TABLE callbacks ADD COLUMN expect_total INTEGER",
+    "ALTER TABLE callbacks ADD COLUMN expect_named BOOLEAN NOT NULL DEFAULT false",
+    "ALTER TABLE callbacks ADD COLUMN expect_arrived INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE callbacks ADD COLUMN expect_unexpected INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE callbacks ADD COLUMN contract TEXT",
+    "ALTER TABLE deliveries ADD COLUMN problems TEXT",
+    """CREATE TABLE expected_ids (
+        callback_id BIGINT NOT NULL,
+        correlation_id BYTEA NOT NULL,
+        position INTEGER NOT NULL,
+        arrived BOOLEAN NOT NULL DEFAULT false,
+        PRIMARY KEY (callback_id, correlation_id)
+    )""",
+    "CREATE INDEX expected_ids_missing ON expected_ids (callback_id, position) WHERE NOT arrived",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4, _V5_EXPECTED]

@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 import asyncpg
 import orjson
 
+from cbhub.domain.expectations import MISSING_SHOWN, ContractCheck
 from cbhub.domain.filters import CallbackFilter, DeliveryFilter
 from cbhub.domain.guards import Guard
 from cbhub.domain.model import (
@@ -71,6 +72,7 @@ from cbhub.store.rows import (
     delivery_values,
     delivery_where,
     listing_page,
+    problems_value,
     purge_order,
 )
 
@@ -112,10 +114,13 @@ CLOSINGS_AFTER = (
 )
 INSERT_CALLBACKS = (
     "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata, created_by,"
-    " allow_ips, verify, created_seq)"
+    " allow_ips, verify, expect_total, expect_named, contract, created_seq)"
     " SELECT t.token, 'pending', $2, t.expires_at, t.label, t.group_name, t.metadata, t.created_by, t.allow_ips,"
-    " t.verify, nextval('creation_seq') FROM unnest($1::text[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[], $7::text[], $8::text[],"
-    " $9::text[]) AS t (token, expires_at, label, group_name, metadata, created_by, allow_ips, verify)"
+    " t.verify, t.expect_total, t.expect_named, t.contract, nextval('creation_seq')"
+    " FROM unnest($1::text[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[], $7::text[], $8::text[],"
+    " $9::text[], $10::integer[], $11::boolean[], $12::text[])"
+    " AS t (token, expires_at, label, group_name, metadata, created_by, allow_ips, verify, expect_total,"
+    " expect_named, contract)"
     f" RETURNING {CALLBACK_COLUMNS}"
 )
 # Claims an idempotency key: a new key, or one past its window. No row back: the key is live.
@@ -127,16 +132,44 @@ CLAIM_KEY = (
 # The delivery and its callback's new state in one round trip.
 _INSERT_DELIVERY = (
     "WITH d AS (INSERT INTO deliveries (callback_id, group_name, received_at, method, content_type, remote_addr,"
-    " headers, query, body, correlation_id, dedupe_key, late)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {late}) RETURNING id)"
+    " headers, query, body, correlation_id, dedupe_key, late, problems)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {late}, {problems}) RETURNING id)"
 )
-INSERT_DELIVERY = _INSERT_DELIVERY.format(late="false") + (
+INSERT_DELIVERY = _INSERT_DELIVERY.format(late="false", problems="NULL") + (
     " UPDATE callbacks SET status = COALESCE($12, status), deliveries = deliveries + 1,"
     " last_delivery_id = (SELECT id FROM d) WHERE id = $1 RETURNING last_delivery_id"
 )
 # A late one only counts on its callback: status and result stay as they were.
-INSERT_LATE_DELIVERY = _INSERT_DELIVERY.format(late="true") + (
+INSERT_LATE_DELIVERY = _INSERT_DELIVERY.format(late="true", problems="$12") + (
     " UPDATE callbacks SET late_deliveries = late_deliveries + 1 WHERE id = $1 RETURNING (SELECT id FROM d)"
+)
+# An invalid one (it does not fit the contract) is counted, never the result.
+INSERT_INVALID_DELIVERY = _INSERT_DELIVERY.format(late="false", problems="$12") + (
+    " UPDATE callbacks SET deliveries = deliveries + 1 WHERE id = $1 RETURNING (SELECT id FROM d)"
+)
+# Expected sets: each step one keyed statement (see store/decisions.py).
+MARK_ARRIVED = (
+    "UPDATE expected_ids SET arrived = true WHERE callback_id = $1 AND correlation_id = $2 AND NOT arrived"
+    " RETURNING 1"
+)
+ADD_ARRIVAL = (
+    "INSERT INTO expected_ids (callback_id, correlation_id, position, arrived) VALUES ($1, $2, $3, true)"
+    " ON CONFLICT DO NOTHING RETURNING 1"
+)
+IS_EXPECTED = "SELECT 1 FROM expected_ids WHERE callback_id = $1 AND correlation_id = $2"
+COUNT_EXPECTED = (
+    "UPDATE callbacks SET expect_arrived = expect_arrived + $2, expect_unexpected = expect_unexpected + $3"
+    " WHERE id = $1"
+)
+INSERT_EXPECTED = (
+    "INSERT INTO expected_ids (callback_id, correlation_id, position)"
+    " SELECT $1, t.id, t.n FROM unnest($2::bytea[]) WITH ORDINALITY AS t (id, n)"
+)
+SELECT_CALLBACK_ID = "SELECT id FROM callbacks WHERE token = $1"
+SELECT_POSITION = "SELECT position FROM expected_ids WHERE callback_id = $1 AND correlation_id = $2"
+SELECT_MISSING = (
+    "SELECT correlation_id FROM expected_ids WHERE callback_id = $1 AND NOT arrived AND position > $2"
+    " ORDER BY position LIMIT $3"
 )
 SELECT_CALLBACK_FOR_UPDATE = f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = $1 FOR UPDATE"
 SELECT_CALLBACK_BY_TOKEN = f"SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE token = $1"
@@ -172,9 +205,15 @@ PURGE_DELIVERIES = (
     "DELETE FROM deliveries WHERE id IN (SELECT d.id FROM deliveries d WHERE d.callback_id IN"
     " (SELECT id FROM callbacks WHERE expires_at < $1 ORDER BY expires_at LIMIT 50) LIMIT $2)"
 )
+PURGE_EXPECTED_IDS = (
+    "DELETE FROM expected_ids WHERE (callback_id, correlation_id) IN (SELECT callback_id, correlation_id"
+    " FROM expected_ids WHERE callback_id IN (SELECT id FROM callbacks WHERE expires_at < $1 ORDER BY expires_at"
+    " LIMIT 50) LIMIT $2)"
+)
 PURGE_CALLBACKS = (
     "DELETE FROM callbacks WHERE id IN (SELECT c.id FROM callbacks c WHERE c.expires_at < $1"
-    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.callback_id = c.id) ORDER BY c.expires_at LIMIT $2)"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.callback_id = c.id)"
+    " AND NOT EXISTS (SELECT 1 FROM expected_ids e WHERE e.callback_id = c.id) ORDER BY c.expires_at LIMIT $2)"
 )
 PURGE_KEYS = (
     "DELETE FROM idempotency_keys WHERE (scope, key) IN"
@@ -420,8 +459,10 @@ class PostgresStore(Store):
         # Ordered: creations take positions too, for the other instances' inspectors.
         return await self._decide(lambda: decisions.mint(specs, now, idempotency), minted)
 
-    async def ingest(self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True) -> IngestResult:
-        return await self._decide(lambda: decisions.ingest(incoming, guard, keep_late), ingested)
+    async def ingest(
+        self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True, check: ContractCheck | None = None
+    ) -> IngestResult:
+        return await self._decide(lambda: decisions.ingest(incoming, guard, keep_late, check), ingested)
 
     async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
         return await self._decide(lambda: decisions.cancel(token), cancelled)
@@ -452,7 +493,9 @@ class PostgresStore(Store):
     async def purge(self, expired_before: int, now: int, batch: int = 500) -> int:
         async def op(conn: asyncpg.Connection) -> int:
             # Autovacuum gives the space back.
-            for sql, since in purge_order(PURGE_DELIVERIES, PURGE_CALLBACKS, PURGE_KEYS, expired_before, now):
+            for sql, since in purge_order(
+                PURGE_DELIVERIES, PURGE_CALLBACKS, PURGE_KEYS, expired_before, now, PURGE_EXPECTED_IDS
+            ):
                 status = await conn.execute(sql, since, batch)
                 gone = int(status.split()[-1])
                 if gone:
@@ -483,9 +526,10 @@ class PostgresStore(Store):
         for row in map(tuple, await conn.fetch(DELIVERIES_AFTER, after, upto, limit)):
             delivery = _delivery(row[:DELIVERY_WIDTH])
             callback = _callback(row[DELIVERY_WIDTH:])
-            # A late delivery is not its callback's result (rare: one more read for it).
-            late_result = row[DELIVERY_WIDTH + LAST_DELIVERY_ID]
-            callback.result = await _load_delivery(conn, late_result) if delivery.late else delivery
+            # A late or invalid delivery is not its callback's result (rare: one more read for it).
+            result_id = row[DELIVERY_WIDTH + LAST_DELIVERY_ID]
+            not_result = delivery.late or delivery.problems
+            callback.result = await _load_delivery(conn, result_id) if not_result else delivery
             events.append((delivery.id, Event("delivery", callback, delivery)))
         return events
 
@@ -532,7 +576,24 @@ class PostgresStore(Store):
         callback = _callback(row)
         if row[LAST_DELIVERY_ID] is not None:
             callback.result = await self.get_delivery(row[LAST_DELIVERY_ID])
+        if callback.expected is not None and callback.expected.named:
+            callback.expected.missing = await self._missing_after(row[CALLBACK_ID], 0, MISSING_SHOWN)
         return callback
+
+    async def missing(self, token: str, after: str | None, limit: int) -> list[str] | None:
+        row = None if _no_such_token(token) else await self._fetchone(SELECT_CALLBACK_ID, token)
+        if row is None:
+            return []
+        position = 0
+        if after is not None:
+            found = await self._fetchone(SELECT_POSITION, row[0], _name(after))
+            if found is None:
+                return None
+            position = found[0]
+        return await self._missing_after(row[0], position, limit)
+
+    async def _missing_after(self, callback_id: int, position: int, limit: int) -> list[str]:
+        return [str(_text(r[0])) for r in await self._fetch(SELECT_MISSING, callback_id, position, limit)]
 
     async def find_deliveries(self, where: DeliveryFilter, after: int, limit: int) -> list[Delivery]:
         if where.token is not None and _no_such_token(where.token):
@@ -601,10 +662,12 @@ async def _answer(conn: asyncpg.Connection, step: decisions.Step) -> Any:
         case decisions.FindDuplicate(callback_id, dedupe_key):
             row = await conn.fetchrow(SELECT_DUPLICATE, callback_id, _name(dedupe_key))
             return _delivery(row) if row is not None else None
-        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status):
+        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status, problems):
             values = (callback_id, _name(group), *delivery_values(incoming, _name))
             if late:
-                return await conn.fetchval(INSERT_LATE_DELIVERY, *values)
+                return await conn.fetchval(INSERT_LATE_DELIVERY, *values, problems_value(problems))
+            if problems:
+                return await conn.fetchval(INSERT_INVALID_DELIVERY, *values, problems_value(problems))
             return await conn.fetchval(INSERT_DELIVERY, *values, new_status)
         case decisions.MarkCancelled(callback_id):
             await conn.execute(MARK_CANCELLED, callback_id)
@@ -627,6 +690,18 @@ async def _answer(conn: asyncpg.Connection, step: decisions.Step) -> Any:
             return None
         case decisions.LoadCallbacks(callback_ids):
             return [await _load_callback(conn, callback_id) for callback_id in callback_ids]
+        case decisions.MarkArrived(callback_id, correlation_id):
+            return await conn.fetchval(MARK_ARRIVED, callback_id, _name(correlation_id)) is not None
+        case decisions.AddArrival(callback_id, correlation_id, position):
+            return await conn.fetchval(ADD_ARRIVAL, callback_id, _name(correlation_id), position) is not None
+        case decisions.IsExpected(callback_id, correlation_id):
+            return await conn.fetchval(IS_EXPECTED, callback_id, _name(correlation_id)) is not None
+        case decisions.CountExpected(callback_id, arrived, unexpected):
+            await conn.execute(COUNT_EXPECTED, callback_id, arrived, unexpected)
+            return None
+        case decisions.InsertExpected(callback_id, correlation_ids):
+            await conn.execute(INSERT_EXPECTED, callback_id, [_name(cid) for cid in correlation_ids])
+            return None
     raise AssertionError(f"no answer to {step!r}")
 
 

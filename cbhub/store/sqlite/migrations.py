@@ -99,9 +99,35 @@ def _v4_late_deliveries(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE callbacks ADD COLUMN late_deliveries INTEGER NOT NULL DEFAULT 0")
 
 
+def _expected_sets_and_contracts(conn: sqlite3.Connection) -> None:
+    # An expected set: its size (NULL: none), whether its ids were named at mint, and how many
+    # arrived or were not in it; a contract as JSON (NULL: none); a delivery's problems under
+    # it as a JSON list (NULL: it fits).
+    conn.execute("ALTER TABLE callbacks ADD COLUMN expect_total INTEGER")
+    conn.execute("ALTER TABLE callbacks ADD COLUMN expect_named INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE callbacks ADD COLUMN expect_arrived INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE callbacks ADD COLUMN expect_unexpected INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE callbacks ADD COLUMN contract TEXT")
+    conn.execute("ALTER TABLE deliveries ADD COLUMN problems TEXT")
+    # One row per expected id (named: all of them from the mint on; counted: each as it
+    # arrives), so an arrival is one keyed update however large the set. `position` is the
+    # mint order (or arrival order), the cursor of the missing ids' pages.
+    conn.execute(
+        """CREATE TABLE expected_ids (
+            callback_id INTEGER NOT NULL,
+            correlation_id TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            arrived INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (callback_id, correlation_id)
+        ) WITHOUT ROWID"""
+    )
+    conn.execute("CREATE INDEX expected_ids_missing ON expected_ids (callback_id, position) WHERE arrived = 0")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_initial,
     _v2_owner_and_guards,
     _callback_listing_indexes,
     _v4_late_deliveries,
+    _expected_sets_and_contracts,
 ]

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import aiosqlite
 import orjson
 
+from cbhub.domain.expectations import MISSING_SHOWN, ContractCheck
 from cbhub.domain.filters import CallbackFilter, DeliveryFilter
 from cbhub.domain.guards import Guard
 from cbhub.domain.model import (
@@ -63,6 +64,7 @@ from cbhub.store.rows import (
     delivery_values,
     delivery_where,
     listing_page,
+    problems_value,
     purge_order,
 )
 from cbhub.store.sqlite.checkpoint import WRITER_SAFETY_NET_PAGES, Checkpointer
@@ -85,7 +87,7 @@ SELECT_DELIVERY_BY_ID = f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d
 SELECT_DUPLICATE = f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.callback_id = ? AND d.dedupe_key = ?"
 INSERT_DELIVERY = (
     "INSERT INTO deliveries (callback_id, group_name, received_at, method, content_type, remote_addr,"
-    " headers, query, body, correlation_id, dedupe_key, late) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " headers, query, body, correlation_id, dedupe_key, late, problems) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 COUNT_ON_TIME_WITH_STATUS = (
     "UPDATE callbacks SET status = ?, deliveries = deliveries + 1, last_delivery_id = ? WHERE id = ?"
@@ -93,6 +95,25 @@ COUNT_ON_TIME_WITH_STATUS = (
 # Without the status, SQLite leaves the three indexes that hold it alone.
 COUNT_ON_TIME = "UPDATE callbacks SET deliveries = deliveries + 1, last_delivery_id = ? WHERE id = ?"
 COUNT_LATE = "UPDATE callbacks SET late_deliveries = late_deliveries + 1 WHERE id = ?"
+# An invalid delivery (it does not fit the contract) is counted, never the result.
+COUNT_INVALID = "UPDATE callbacks SET deliveries = deliveries + 1 WHERE id = ?"
+# Expected sets: each step one keyed statement (see store/decisions.py).
+MARK_ARRIVED = "UPDATE expected_ids SET arrived = 1 WHERE callback_id = ? AND correlation_id = ? AND arrived = 0"
+ADD_ARRIVAL = (
+    "INSERT INTO expected_ids (callback_id, correlation_id, position, arrived) VALUES (?, ?, ?, 1)"
+    " ON CONFLICT DO NOTHING"
+)
+IS_EXPECTED = "SELECT 1 FROM expected_ids WHERE callback_id = ? AND correlation_id = ?"
+COUNT_EXPECTED = (
+    "UPDATE callbacks SET expect_arrived = expect_arrived + ?, expect_unexpected = expect_unexpected + ? WHERE id = ?"
+)
+INSERT_EXPECTED = "INSERT INTO expected_ids (callback_id, correlation_id, position) VALUES (?, ?, ?)"
+SELECT_CALLBACK_ID = "SELECT id FROM callbacks WHERE token = ?"
+SELECT_POSITION = "SELECT position FROM expected_ids WHERE callback_id = ? AND correlation_id = ?"
+SELECT_MISSING = (
+    "SELECT correlation_id FROM expected_ids WHERE callback_id = ? AND arrived = 0 AND position > ?"
+    " ORDER BY position LIMIT ?"
+)
 MARK_CANCELLED = f"UPDATE callbacks SET status = '{CANCELLED}' WHERE id = ?"
 SELECT_KEY = "SELECT fingerprint, created_at, callback_ids FROM idempotency_keys WHERE scope = ? AND key = ?"
 CLAIM_KEY = (
@@ -102,7 +123,8 @@ CLAIM_KEY = (
 RECORD_KEY = "UPDATE idempotency_keys SET callback_ids = ? WHERE scope = ? AND key = ?"
 INSERT_CALLBACK = (
     "INSERT INTO callbacks (token, expires_at, label, group_name, metadata, created_by, allow_ips, verify,"
-    f" created_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{PENDING}') RETURNING {CALLBACK_COLUMNS}"
+    " expect_total, expect_named, contract,"
+    f" created_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{PENDING}') RETURNING {CALLBACK_COLUMNS}"
 )
 EXPIRE_DUE = (
     f"UPDATE callbacks SET status = '{EXPIRED}' WHERE id IN"
@@ -116,9 +138,15 @@ PURGE_DELIVERIES = (
     "DELETE FROM deliveries WHERE id IN (SELECT d.id FROM deliveries d WHERE d.callback_id IN"
     " (SELECT id FROM callbacks WHERE expires_at < ? ORDER BY expires_at LIMIT 50) LIMIT ?)"
 )
+PURGE_EXPECTED_IDS = (
+    "DELETE FROM expected_ids WHERE (callback_id, correlation_id) IN (SELECT callback_id, correlation_id"
+    " FROM expected_ids WHERE callback_id IN (SELECT id FROM callbacks WHERE expires_at < ? ORDER BY expires_at"
+    " LIMIT 50) LIMIT ?)"
+)
 PURGE_CALLBACKS = (
     "DELETE FROM callbacks WHERE id IN (SELECT c.id FROM callbacks c WHERE c.expires_at < ?"
-    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.callback_id = c.id) ORDER BY c.expires_at LIMIT ?)"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.callback_id = c.id)"
+    " AND NOT EXISTS (SELECT 1 FROM expected_ids e WHERE e.callback_id = c.id) ORDER BY c.expires_at LIMIT ?)"
 )
 PURGE_KEYS = (
     "DELETE FROM idempotency_keys WHERE (scope, key) IN"
@@ -309,8 +337,12 @@ class SQLiteStore(Store):
         result: tuple[list[Callback], bool] = await self._writes.submit(self._deciding(lambda: decisions.mint(specs, now, idempotency)), minted)
         return result
 
-    async def ingest(self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True) -> IngestResult:
-        result: IngestResult = await self._writes.submit(self._deciding(lambda: decisions.ingest(incoming, guard, keep_late)), ingested)
+    async def ingest(
+        self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True, check: ContractCheck | None = None
+    ) -> IngestResult:
+        result: IngestResult = await self._writes.submit(
+            self._deciding(lambda: decisions.ingest(incoming, guard, keep_late, check)), ingested
+        )
         return result
 
     async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
@@ -336,7 +368,9 @@ class SQLiteStore(Store):
 
     async def purge(self, expired_before: int, now: int, batch: int = 500) -> int:
         def op(conn: sqlite3.Connection) -> int:
-            for sql, since in purge_order(PURGE_DELIVERIES, PURGE_CALLBACKS, PURGE_KEYS, expired_before, now):
+            for sql, since in purge_order(
+                PURGE_DELIVERIES, PURGE_CALLBACKS, PURGE_KEYS, expired_before, now, PURGE_EXPECTED_IDS
+            ):
                 gone = conn.execute(sql, (since, batch)).rowcount
                 if gone:
                     return gone
@@ -372,7 +406,24 @@ class SQLiteStore(Store):
         callback = callback_from_row(row)
         if row[LAST_DELIVERY_ID] is not None:
             callback.result = await self.get_delivery(row[LAST_DELIVERY_ID])
+        if callback.expected is not None and callback.expected.named:
+            callback.expected.missing = await self._missing_after(row[CALLBACK_ID], 0, MISSING_SHOWN)
         return callback
+
+    async def missing(self, token: str, after: str | None, limit: int) -> list[str] | None:
+        row = await self._fetchone(SELECT_CALLBACK_ID, (token,))
+        if row is None:
+            return []
+        position = 0
+        if after is not None:
+            found = await self._fetchone(SELECT_POSITION, (row[0], after))
+            if found is None:
+                return None
+            position = found[0]
+        return await self._missing_after(row[0], position, limit)
+
+    async def _missing_after(self, callback_id: int, position: int, limit: int) -> list[str]:
+        return [r[0] for r in await self._fetchall(SELECT_MISSING, (callback_id, position, limit))]
 
     async def list_callbacks(self, where: CallbackFilter, before: int | None, limit: int) -> CallbackPage:
         params = Params()
@@ -427,10 +478,13 @@ def _answer(conn: sqlite3.Connection, step: decisions.Step) -> Any:
     match step:
         case decisions.LoadCallback(token):
             return _found(conn.execute(SELECT_CALLBACK_BY_TOKEN, (token,)).fetchone())
-        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status):
-            delivery_id = conn.execute(INSERT_DELIVERY, (callback_id, group, *delivery_values(incoming), late)).lastrowid
+        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status, problems):
+            values = (callback_id, group, *delivery_values(incoming), late, problems_value(problems))
+            delivery_id = conn.execute(INSERT_DELIVERY, values).lastrowid
             if late:
                 conn.execute(COUNT_LATE, (callback_id,))
+            elif problems:
+                conn.execute(COUNT_INVALID, (callback_id,))
             elif new_status is not None:
                 conn.execute(COUNT_ON_TIME_WITH_STATUS, (new_status, delivery_id, callback_id))
             else:
@@ -457,6 +511,18 @@ def _answer(conn: sqlite3.Connection, step: decisions.Step) -> Any:
             return None
         case decisions.LoadCallbacks(callback_ids):
             return [_with_result(conn, conn.execute(SELECT_CALLBACK_BY_ID, (i,)).fetchone()) for i in callback_ids]
+        case decisions.MarkArrived(callback_id, correlation_id):
+            return conn.execute(MARK_ARRIVED, (callback_id, correlation_id)).rowcount == 1
+        case decisions.AddArrival(callback_id, correlation_id, position):
+            return conn.execute(ADD_ARRIVAL, (callback_id, correlation_id, position)).rowcount == 1
+        case decisions.IsExpected(callback_id, correlation_id):
+            return conn.execute(IS_EXPECTED, (callback_id, correlation_id)).fetchone() is not None
+        case decisions.CountExpected(callback_id, arrived, unexpected):
+            conn.execute(COUNT_EXPECTED, (arrived, unexpected, callback_id))
+            return None
+        case decisions.InsertExpected(callback_id, correlation_ids):
+            conn.executemany(INSERT_EXPECTED, ((callback_id, cid, n) for n, cid in enumerate(correlation_ids, 1)))
+            return None
     raise AssertionError(f"no answer to {step!r}")
 
 
