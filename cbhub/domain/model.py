@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from cbhub.domain.bodies import ParsedBody, parse_body
 
 if TYPE_CHECKING:
+    from cbhub.domain.responses import Answer, ResponseSpec
     from cbhub.domain.signatures import VerifySpec
 
 PENDING = "pending"
@@ -63,6 +64,8 @@ class Delivery:
     # Arrived after its callback stopped accepting deliveries (expired, cancelled, or received
     # and past its expiry): kept, since most senders never retry, but never the result.
     late: bool = False
+    # What the sender was answered when it was not cbhub's JSON receipt (a response spec).
+    answered: Answer | None = None
     _parsed: ParsedBody | None = field(default=None, repr=False)
     _json: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -91,6 +94,7 @@ class Delivery:
                 "query": self.query,
                 "correlation_id": self.correlation_id,
                 "late": self.late,
+                "answered": self.answered.to_json() if self.answered is not None else None,
             }
         return self._json
 
@@ -115,6 +119,8 @@ class Callback:
     # Guards on its public URL, set at mint: source networks (CIDRs) and a signature scheme.
     allow_ips: tuple[str, ...] = ()
     verify: VerifySpec | None = None
+    # What its URL answers a sender (None: cbhub's JSON receipt, or the server's default).
+    response: ResponseSpec | None = None
 
     def to_json(self, base_url: str) -> dict[str, Any]:
         return {
@@ -132,6 +138,7 @@ class Callback:
             "created_by": self.created_by,
             "allow_ips": list(self.allow_ips),
             "verify": self.verify.describe() if self.verify is not None else None,
+            "response": self.response.to_json() if self.response is not None else None,
         }
 
     def closed(self, at_ms: int) -> bool:
@@ -166,6 +173,7 @@ class MintSpec:
     created_by: str | None = None
     allow_ips: tuple[str, ...] = ()
     verify: VerifySpec | None = None
+    response: ResponseSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from cbhub.domain.model import (
     Incoming,
     MintSpec,
 )
+from cbhub.domain.responses import Answer, ResponseSpec, answer_for
 from cbhub.errors import CallbackNotFound, IdempotencyConflict, SchemaTooNew
 from cbhub.store.base import IngestResult
 from cbhub.store.rows import arrives_late, new_delivery
@@ -69,6 +70,7 @@ class InsertDelivery(NamedTuple):
     incoming: Incoming
     late: bool
     new_status: str | None
+    answered: Answer | None = None
 
 
 class MarkCancelled(NamedTuple):
@@ -115,7 +117,9 @@ Step = (
 Steps = Generator[Step, Any, T]
 
 
-def ingest(incoming: Incoming, guard: Guard | None, keep_late: bool) -> Steps[IngestResult]:
+def ingest(
+    incoming: Incoming, guard: Guard | None, keep_late: bool, default_response: ResponseSpec | None = None
+) -> Steps[IngestResult]:
     found = yield LoadCallback(incoming.token)
     if found is None:
         raise CallbackNotFound(incoming.token)
@@ -125,17 +129,21 @@ def ingest(incoming: Incoming, guard: Guard | None, keep_late: bool) -> Steps[In
         # before the duplicate check, so a forgery reusing a real message id is refused too.
         guard(callback)
     late = arrives_late(callback, incoming.received_at, keep_late)
+    # None without a spec: the receipt, at the cost of one attribute read.
+    spec = callback.response or default_response
+    answered = answer_for(spec, incoming) if spec is not None else None
     if incoming.dedupe_key is not None:
         first = yield FindDuplicate(found.id, incoming.dedupe_key)
         if first is not None:
             callback.result = yield LoadDelivery(found.last_delivery_id)
-            return IngestResult(first, callback, duplicate=True)
+            return IngestResult(first, callback, duplicate=True, answered=answered)
     if late:
         # Its result stays what it was: the waiters of a late delivery are shown it.
         callback.result = yield LoadDelivery(found.last_delivery_id)
     new_status = RECEIVED if not late and callback.status == PENDING else None
-    delivery_id = yield InsertDelivery(found.id, callback.group, incoming, late, new_status)
-    return IngestResult(new_delivery(incoming, delivery_id, callback, late), callback, duplicate=False)
+    delivery_id = yield InsertDelivery(found.id, callback.group, incoming, late, new_status, answered)
+    delivery = new_delivery(incoming, delivery_id, callback, late, answered)
+    return IngestResult(delivery, callback, duplicate=False, answered=answered)
 
 
 def cancel(token: str) -> Steps[tuple[Callback, bool]]:

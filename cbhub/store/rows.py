@@ -22,6 +22,7 @@ from cbhub.domain.model import (
     Incoming,
     MintSpec,
 )
+from cbhub.domain.responses import Answer, parse_response
 from cbhub.domain.signatures import VerifySpec
 from cbhub.errors import CallbackClosed
 from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage
@@ -29,11 +30,11 @@ from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage
 # Both schemas name their columns alike; the row mappers below read them in this order.
 CALLBACK_COLUMNS = (
     "id, token, status, created_at, expires_at, label, group_name, metadata, deliveries, last_delivery_id,"
-    " created_by, allow_ips, verify, late_deliveries"
+    " created_by, allow_ips, verify, late_deliveries, response"
 )
 DELIVERY_COLUMNS = (
     "d.id, c.token, d.received_at, d.method, d.content_type, d.remote_addr, d.headers, d.query,"
-    " d.body, d.correlation_id, d.group_name, d.late"
+    " d.body, d.correlation_id, d.group_name, d.late, d.answer"
 )
 DELIVERY_FROM = "deliveries d JOIN callbacks c ON c.id = d.callback_id"
 # Indexes into a CALLBACK_COLUMNS row, and its width.
@@ -77,6 +78,7 @@ def callback_from_row(row: Sequence[Any], text: Text = _same) -> Callback:
         allow_ips=tuple(orjson.loads(row[11])) if row[11] is not None else (),
         verify=VerifySpec(**orjson.loads(row[12])) if row[12] is not None else None,
         late_deliveries=row[13],
+        response=parse_response(orjson.loads(row[14])) if row[14] is not None else None,
     )
 
 
@@ -94,6 +96,7 @@ def delivery_from_row(row: Sequence[Any], text: Text = _same) -> Delivery:
         correlation_id=text(row[9]),
         group=text(row[10]),
         late=bool(row[11]),
+        answered=Answer.from_json(orjson.loads(row[12])) if row[12] is not None else None,
     )
 
 
@@ -130,7 +133,9 @@ def arrives_late(callback: Callback, at: int, keep_late: bool) -> bool:
     raise CallbackClosed(callback.status if callback.status in TERMINAL else EXPIRED)
 
 
-def new_delivery(incoming: Incoming, delivery_id: int, callback: Callback, late: bool = False) -> Delivery:
+def new_delivery(
+    incoming: Incoming, delivery_id: int, callback: Callback, late: bool = False, answered: Answer | None = None
+) -> Delivery:
     """The stored delivery, counted on its callback: an on-time one makes it received, with the
     delivery as its result; a late one is only counted, in `late_deliveries`."""
     delivery = Delivery(
@@ -146,6 +151,7 @@ def new_delivery(incoming: Incoming, delivery_id: int, callback: Callback, late:
         correlation_id=incoming.correlation_id,
         group=callback.group,
         late=late,
+        answered=answered,
         _parsed=incoming.parsed,
     )
     if late:
@@ -198,8 +204,10 @@ def callback_where(
     return " AND ".join(clauses) or "TRUE"
 
 
-def delivery_values(incoming: Incoming, name: Callable[[str | None], Any] = _same) -> tuple[Any, ...]:
-    """A delivery's stored columns from received_at to dedupe_key, in the order both schemas
+def delivery_values(
+    incoming: Incoming, name: Callable[[str | None], Any] = _same, answered: Answer | None = None
+) -> tuple[Any, ...]:
+    """A delivery's stored columns from received_at to answer, in the order both schemas
     insert them (after callback_id and group_name)."""
     return (
         incoming.received_at,
@@ -211,12 +219,13 @@ def delivery_values(incoming: Incoming, name: Callable[[str | None], Any] = _sam
         incoming.raw,
         name(incoming.correlation_id),
         name(incoming.dedupe_key),
+        orjson.dumps(answered.to_json()).decode() if answered is not None else None,
     )
 
 
 def callback_values(spec: MintSpec, now: int, name: Callable[[str | None], Any] = _same) -> tuple[Any, ...]:
     """A new callback's columns: token, expires_at, label, group_name, metadata, created_by,
-    allow_ips, verify."""
+    allow_ips, verify, response."""
     return (
         new_token(),
         now + spec.ttl * 1000,
@@ -224,6 +233,7 @@ def callback_values(spec: MintSpec, now: int, name: Callable[[str | None], Any] 
         name(spec.group),
         orjson.dumps(spec.metadata).decode(),
         *guard_columns(spec),
+        orjson.dumps(spec.response.to_json()).decode() if spec.response is not None else None,
     )
 
 

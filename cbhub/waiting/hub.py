@@ -32,15 +32,18 @@ from cbhub.domain.model import (
     now_ms,
     short_token,
 )
+from cbhub.domain.responses import Answer, answer_for
 from cbhub.errors import (
     CallbackNotFound,
     DeliveryNotFound,
     DeliveryRefused,
     GroupNotFound,
+    HandshakeNotAllowed,
     SignatureInvalid,
     StoreUnavailable,
 )
 from cbhub.store import CallbackPage, IngestResult, Store
+from cbhub.store.rows import arrives_late
 from cbhub.waiting.registry import Registry, Waiter
 
 log = logging.getLogger("cbhub.waiting.hub")
@@ -53,6 +56,8 @@ RETENTION_INTERVAL = 60.0
 DAY_MS = 86_400_000
 # The most deliveries one long-poll answer on a callback carries.
 WAIT_BATCH = 100
+# No token is longer (the public route refuses longer ones unread, as unknown).
+MAX_TOKEN = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +77,7 @@ class Hub:
         self._expiry_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
         self._default_verify = config.ingest.verify.spec()
+        self._default_response = config.ingest.response.spec()
         # Deliveries refused by a guard since the start, by kind ("address", "signature").
         self.refused: Counter[str] = Counter()
 
@@ -121,11 +127,31 @@ class Hub:
         self.admit(incoming.token, incoming.remote_addr)
         guard = delivery_guard(incoming, self._default_verify, self.config.ingest.verify_tolerance)
         try:
-            result = await self.store.ingest(incoming, guard, self.config.callbacks.keep_late)
+            keep_late = self.config.callbacks.keep_late
+            result = await self.store.ingest(incoming, guard, keep_late, self._default_response)
         except DeliveryRefused as exc:
             self._count_refusal(incoming.token, incoming.remote_addr, exc)
             raise
         return result
+
+    async def handshake(self, incoming: Incoming) -> Answer:
+        """The answer to a GET on a callback URL (a verification handshake): its echo, never
+        stored. Refused as a delivery would be for its token (CallbackNotFound), its address
+        (both allowlists) and, without keep_late, its closing; without an echo spec,
+        HandshakeNotAllowed. No signature is checked: these GETs carry none."""
+        self.admit(incoming.token, incoming.remote_addr)
+        callback = await self.store.get_callback(incoming.token) if len(incoming.token) <= MAX_TOKEN else None
+        if callback is None:
+            raise CallbackNotFound(incoming.token)
+        try:
+            check_address(callback.allow_ips, incoming.remote_addr, "this callback's")
+        except DeliveryRefused as exc:
+            self._count_refusal(incoming.token, incoming.remote_addr, exc)
+            raise
+        arrives_late(callback, incoming.received_at, self.config.callbacks.keep_late)
+        if callback.response is None or callback.response.echo is None:
+            raise HandshakeNotAllowed()
+        return answer_for(callback.response, incoming)
 
     def _count_refusal(self, token: str, remote_addr: str | None, exc: DeliveryRefused) -> None:
         kind = "signature" if isinstance(exc, SignatureInvalid) else "address"
@@ -269,6 +295,33 @@ class Hub:
         finally:
             self.registry.remove(waiter)
 
+    async def wait_for_many(
+        self, tokens: list[str], every: bool, timeout: float, owner: str | None = None
+    ) -> list[Callback] | None:
+        """The callbacks of `tokens` that have a result or are closed (in the order given), as
+        soon as one is (`every` False: "any") or none is pending any more (`every`: "all");
+        None when `timeout` passes first. Raises CallbackNotFound naming the first unknown token
+        (with an `owner`, another key's token is unknown)."""
+        waiter = Waiter(DeliveryFilter(tokens=frozenset(tokens), owner=owner))
+        self.registry.add(waiter)
+        try:
+            statuses = await self.store.callback_statuses(tokens, owner)
+            for token in tokens:
+                if token not in statuses:
+                    raise CallbackNotFound(token, f"no callback has the token {token}")
+            # Only ever grows: a callback that is not pending never becomes pending again, so
+            # an event older than the read adds nothing wrong.
+            ready = {token for token, status in statuses.items() if status != PENDING}
+            deadline = time.monotonic() + timeout
+            while len(ready) < (len(tokens) if every else 1):
+                if not await waiter.wait(deadline - time.monotonic()):
+                    return None
+                ready.update(event.token for event in waiter.events if event.callback.status != PENDING)
+                waiter.rearm()
+            return [await self._find(token, owner) for token in tokens if token in ready]
+        finally:
+            self.registry.remove(waiter)
+
     # Expiry
 
     async def expire_due(self) -> int:
@@ -330,4 +383,6 @@ def _fingerprint(spec: MintSpec, count: int, batch: bool) -> str:
     """What a mint request asked for, so that a key reused for another request is told apart."""
     verify = spec.verify.to_json() if spec.verify is not None else None
     shape = ["batch" if batch else "one", count, spec.ttl, spec.label, spec.group, spec.metadata, spec.allow_ips, verify]
+    if spec.response is not None:
+        shape.append(spec.response.to_json())  # appended only when set: older keys still match
     return hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -93,4 +93,11 @@ _V4 = [
     "ALTER TABLE callbacks ADD COLUMN late_deliveries INTEGER NOT NULL DEFAULT 0",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4]
+# What a callback's URL answers its sender, and what each delivery was answered, as in SQLite's
+# _sender_answers.
+_SENDER_ANSWERS = [
+    "ALTER TABLE callbacks ADD COLUMN response TEXT",
+    "ALTER TABLE deliveries ADD COLUMN answer TEXT",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4, _SENDER_ANSWERS]

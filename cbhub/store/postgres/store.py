@@ -36,6 +36,7 @@ from cbhub.domain.model import (
     Incoming,
     MintSpec,
 )
+from cbhub.domain.responses import ResponseSpec
 from cbhub.errors import (
     CbhubError,
     StoreUnavailable,
@@ -112,10 +113,11 @@ CLOSINGS_AFTER = (
 )
 INSERT_CALLBACKS = (
     "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata, created_by,"
-    " allow_ips, verify, created_seq)"
+    " allow_ips, verify, response, created_seq)"
     " SELECT t.token, 'pending', $2, t.expires_at, t.label, t.group_name, t.metadata, t.created_by, t.allow_ips,"
-    " t.verify, nextval('creation_seq') FROM unnest($1::text[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[], $7::text[], $8::text[],"
-    " $9::text[]) AS t (token, expires_at, label, group_name, metadata, created_by, allow_ips, verify)"
+    " t.verify, t.response, nextval('creation_seq') FROM unnest($1::text[], $3::bigint[], $4::bytea[], $5::bytea[],"
+    " $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])"
+    " AS t (token, expires_at, label, group_name, metadata, created_by, allow_ips, verify, response)"
     f" RETURNING {CALLBACK_COLUMNS}"
 )
 # Claims an idempotency key: a new key, or one past its window. No row back: the key is live.
@@ -127,11 +129,11 @@ CLAIM_KEY = (
 # The delivery and its callback's new state in one round trip.
 _INSERT_DELIVERY = (
     "WITH d AS (INSERT INTO deliveries (callback_id, group_name, received_at, method, content_type, remote_addr,"
-    " headers, query, body, correlation_id, dedupe_key, late)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {late}) RETURNING id)"
+    " headers, query, body, correlation_id, dedupe_key, answer, late)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, {late}) RETURNING id)"
 )
 INSERT_DELIVERY = _INSERT_DELIVERY.format(late="false") + (
-    " UPDATE callbacks SET status = COALESCE($12, status), deliveries = deliveries + 1,"
+    " UPDATE callbacks SET status = COALESCE($13, status), deliveries = deliveries + 1,"
     " last_delivery_id = (SELECT id FROM d) WHERE id = $1 RETURNING last_delivery_id"
 )
 # A late one only counts on its callback: status and result stay as they were.
@@ -420,8 +422,14 @@ class PostgresStore(Store):
         # Ordered: creations take positions too, for the other instances' inspectors.
         return await self._decide(lambda: decisions.mint(specs, now, idempotency), minted)
 
-    async def ingest(self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True) -> IngestResult:
-        return await self._decide(lambda: decisions.ingest(incoming, guard, keep_late), ingested)
+    async def ingest(
+        self,
+        incoming: Incoming,
+        guard: Guard | None = None,
+        keep_late: bool = True,
+        default_response: ResponseSpec | None = None,
+    ) -> IngestResult:
+        return await self._decide(lambda: decisions.ingest(incoming, guard, keep_late, default_response), ingested)
 
     async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
         return await self._decide(lambda: decisions.cancel(token), cancelled)
@@ -601,8 +609,8 @@ async def _answer(conn: asyncpg.Connection, step: decisions.Step) -> Any:
         case decisions.FindDuplicate(callback_id, dedupe_key):
             row = await conn.fetchrow(SELECT_DUPLICATE, callback_id, _name(dedupe_key))
             return _delivery(row) if row is not None else None
-        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status):
-            values = (callback_id, _name(group), *delivery_values(incoming, _name))
+        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status, answered):
+            values = (callback_id, _name(group), *delivery_values(incoming, _name, answered))
             if late:
                 return await conn.fetchval(INSERT_LATE_DELIVERY, *values)
             return await conn.fetchval(INSERT_DELIVERY, *values, new_status)

@@ -99,9 +99,17 @@ def _v4_late_deliveries(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE callbacks ADD COLUMN late_deliveries INTEGER NOT NULL DEFAULT 0")
 
 
+def _sender_answers(conn: sqlite3.Connection) -> None:
+    # What a callback's URL answers its sender (a spec as JSON, NULL: cbhub's receipt), and
+    # what each delivery was answered when it was not the receipt (JSON, NULL: the receipt).
+    conn.execute("ALTER TABLE callbacks ADD COLUMN response TEXT")
+    conn.execute("ALTER TABLE deliveries ADD COLUMN answer TEXT")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_initial,
     _v2_owner_and_guards,
     _callback_listing_indexes,
     _v4_late_deliveries,
+    _sender_answers,
 ]

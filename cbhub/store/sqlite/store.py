@@ -33,6 +33,7 @@ from cbhub.domain.model import (
     Incoming,
     MintSpec,
 )
+from cbhub.domain.responses import ResponseSpec
 from cbhub.errors import (
     CbhubError,
     StoreError,
@@ -85,7 +86,7 @@ SELECT_DELIVERY_BY_ID = f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d
 SELECT_DUPLICATE = f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.callback_id = ? AND d.dedupe_key = ?"
 INSERT_DELIVERY = (
     "INSERT INTO deliveries (callback_id, group_name, received_at, method, content_type, remote_addr,"
-    " headers, query, body, correlation_id, dedupe_key, late) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " headers, query, body, correlation_id, dedupe_key, answer, late) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 COUNT_ON_TIME_WITH_STATUS = (
     "UPDATE callbacks SET status = ?, deliveries = deliveries + 1, last_delivery_id = ? WHERE id = ?"
@@ -102,7 +103,7 @@ CLAIM_KEY = (
 RECORD_KEY = "UPDATE idempotency_keys SET callback_ids = ? WHERE scope = ? AND key = ?"
 INSERT_CALLBACK = (
     "INSERT INTO callbacks (token, expires_at, label, group_name, metadata, created_by, allow_ips, verify,"
-    f" created_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{PENDING}') RETURNING {CALLBACK_COLUMNS}"
+    f" response, created_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{PENDING}') RETURNING {CALLBACK_COLUMNS}"
 )
 EXPIRE_DUE = (
     f"UPDATE callbacks SET status = '{EXPIRED}' WHERE id IN"
@@ -309,8 +310,14 @@ class SQLiteStore(Store):
         result: tuple[list[Callback], bool] = await self._writes.submit(self._deciding(lambda: decisions.mint(specs, now, idempotency)), minted)
         return result
 
-    async def ingest(self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True) -> IngestResult:
-        result: IngestResult = await self._writes.submit(self._deciding(lambda: decisions.ingest(incoming, guard, keep_late)), ingested)
+    async def ingest(
+        self,
+        incoming: Incoming,
+        guard: Guard | None = None,
+        keep_late: bool = True,
+        default_response: ResponseSpec | None = None,
+    ) -> IngestResult:
+        result: IngestResult = await self._writes.submit(self._deciding(lambda: decisions.ingest(incoming, guard, keep_late, default_response)), ingested)
         return result
 
     async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
@@ -427,8 +434,9 @@ def _answer(conn: sqlite3.Connection, step: decisions.Step) -> Any:
     match step:
         case decisions.LoadCallback(token):
             return _found(conn.execute(SELECT_CALLBACK_BY_TOKEN, (token,)).fetchone())
-        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status):
-            delivery_id = conn.execute(INSERT_DELIVERY, (callback_id, group, *delivery_values(incoming), late)).lastrowid
+        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status, answered):
+            values = (callback_id, group, *delivery_values(incoming, answered=answered), late)
+            delivery_id = conn.execute(INSERT_DELIVERY, values).lastrowid
             if late:
                 conn.execute(COUNT_LATE, (callback_id,))
             elif new_status is not None:
