@@ -24,7 +24,7 @@ from cbhub.waiting.subscriptions import Streams
 log = logging.getLogger("cbhub")
 
 
-MAX_REQUEST_LINE = 64 * 1024
+MAX_REQUEST_LINE = 96 * 1024
 
 
 def create_app(config: Config, store: Store | None = None) -> web.Application:
@@ -33,8 +33,8 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware, auth_middleware(authenticator)],
         client_max_size=config.limits.max_body_bytes,
-        # GET /v1/wait names up to 1,000 tokens in its query: about 51 KB of request line with
-        # cbhub's 43-character tokens (aiohttp's default stops at 8 KB).
+        # GET /v1/wait names up to 1,000 tokens of at most 64 characters in its query: at most
+        # 71 KB of request line (aiohttp's default stops at 8 KB).
         handler_args={"max_line_size": MAX_REQUEST_LINE},
     )
     registry = Registry()

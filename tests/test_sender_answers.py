@@ -107,10 +107,12 @@ async def test_echo_answers_the_named_query_parameter_form_field_or_json_field(c
     assert await response.text() == slack["challenge"]
     response = await client.post(f"/cb/{by_json['token']}", json={"challenge": 42})
     assert await response.text() == "42"  # not a string: its JSON text
+    response = await client.post(f"/cb/{by_json['token']}", json={"challenge": "c" * 5000})
+    assert await response.text() == "c" * 4096  # bounded as a fixed body is
 
     # Every one of them was stored, with what it was answered.
     answered = [d["answered"]["body"] for d in await _deliveries(client, by_json["token"])]
-    assert answered == [slack["challenge"], "42"]
+    assert answered == [slack["challenge"], "42", "c" * 4096]
 
 
 async def test_echo_of_a_missing_value_is_an_empty_200_and_the_delivery_is_stored(client):

@@ -75,7 +75,7 @@ async def test_204_on_timeout(client):
 
 async def test_an_unknown_token_is_a_404_naming_it(client):
     callback = await mint(client)
-    unknown = "no-such-token-at-all"
+    unknown = "no-such-token-at-all"  # well formed, never minted
     response = await client.get(_path([callback["token"], unknown], "any"))
     error = await assert_error(response, 404, "callback_not_found")
     assert unknown in error["message"]

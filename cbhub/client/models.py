@@ -46,6 +46,9 @@ class Delivery:
     raw: dict[str, Any] = field(repr=False, compare=False)
     # Came after its callback closed: kept, but never its result.
     late: bool = False
+    # What the sender was answered ({"status", "content_type", "body", "headers"}) when a
+    # response spec set it; None: cbhub's JSON receipt.
+    answered: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Delivery:
@@ -65,6 +68,7 @@ class Delivery:
             correlation_id=data["correlation_id"],
             raw=data,
             late=data.get("late", False),
+            answered=data.get("answered"),
         )
 
     @property
@@ -102,6 +106,8 @@ class Callback:
     raw: dict[str, Any] = field(repr=False, compare=False)
     # Deliveries kept after it closed (each `Delivery.late`).
     late_deliveries: int = 0
+    # What its URL answers a sender, as minted (`response=`); None: the server's default.
+    response: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Callback:
@@ -119,6 +125,7 @@ class Callback:
             result=Delivery.from_json(result) if result is not None else None,
             raw=data,
             late_deliveries=data.get("late_deliveries", 0),
+            response=data.get("response"),
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from types import TracebackType
-from typing import Any, Awaitable, Iterator, Mapping, TypeVar
+from typing import Any, Awaitable, Iterator, Mapping, Sequence, TypeVar
 
 from cbhub.client.hub import CbHub, HandleBase
 from cbhub.client.models import Callback, Delivery, DeliveryPage, GroupStatus
@@ -101,8 +101,11 @@ class SyncCbHub:
         metadata: Mapping[str, Any] | None = None,
         *,
         idempotency_key: str | None = None,
+        response: Mapping[str, Any] | None = None,
     ) -> SyncCallbackHandle:
-        handle = self._run(self.hub.create(ttl, label, group, metadata, idempotency_key=idempotency_key))
+        handle = self._run(
+            self.hub.create(ttl, label, group, metadata, idempotency_key=idempotency_key, response=response)
+        )
         return SyncCallbackHandle(self, handle.callback)
 
     def create_batch(self, count: int, **fields: Any) -> list[SyncCallbackHandle]:
@@ -118,6 +121,12 @@ class SyncCbHub:
 
     def wait(self, token: str, timeout: float | None = None, after: int = 0) -> Delivery:
         return self._run(self.hub.wait(token, timeout=timeout, after=after))
+
+    def wait_any(self, callbacks: Sequence[HandleBase | Callback | str], timeout: float | None = None) -> list[Callback]:
+        return self._run(self.hub.wait_any(callbacks, timeout))
+
+    def wait_all(self, callbacks: Sequence[HandleBase | Callback | str], timeout: float | None = None) -> list[Callback]:
+        return self._run(self.hub.wait_all(callbacks, timeout))
 
     def list_deliveries(self, **filters: Any) -> DeliveryPage:
         return self._run(self.hub.list_deliveries(**filters))

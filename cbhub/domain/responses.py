@@ -188,7 +188,9 @@ def answer_for(spec: ResponseSpec, incoming: Incoming) -> Answer:
     """The answer `spec` gives to `incoming`."""
     if spec.echo is None:
         return Answer(spec.status, spec.content_type, spec.body, spec.headers)
-    return Answer(200, TEXT_PLAIN, echoed(spec.echo, incoming))
+    # Bounded as a fixed body is: the answer is recorded with the delivery, and challenges are
+    # short (a longer value is cut, as documented).
+    return Answer(200, TEXT_PLAIN, echoed(spec.echo, incoming)[:MAX_BODY_CHARS])
 
 
 def echoed(echo: tuple[str, str], incoming: Incoming) -> str:

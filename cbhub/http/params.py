@@ -8,6 +8,7 @@ states exactly what the parser accepts: the two cannot drift. Every refusal name
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Generic, Mapping, Protocol, TypeVar
 
@@ -175,8 +176,9 @@ class TextParam:
 
 @dataclass(frozen=True, slots=True)
 class TokensParam:
-    """A repeated parameter (`?token=A&token=B`), 1 to `most` values, each a short non-empty
-    string; repeats are kept once, in the order first given. Required: absent is refused."""
+    """A repeated parameter (`?token=A&token=B`), 1 to `most` values, each shaped as a token
+    (URL-safe base64, at most TOKEN_CHARS: a bound on the request line); repeats are kept once,
+    in the order first given. Required: absent is refused."""
 
     name: str
     most: int
@@ -190,17 +192,23 @@ class TokensParam:
         if len(given) > self.most:
             raise InvalidParameter(self.name, f"at most {self.most} values, got {len(given)}")
         for value in given:
-            if len(value) > MAX_NAME_LENGTH:
-                raise InvalidParameter(self.name, f"each must be at most {MAX_NAME_LENGTH} characters")
+            if not TOKEN_SHAPE.fullmatch(value):
+                shown = repr(value[:40])
+                raise InvalidParameter(self.name, f"each is 1 to {TOKEN_CHARS} of A-Z a-z 0-9 _ -, got {shown}")
         return list(dict.fromkeys(given))
 
     def schema(self) -> Schema:
         return {
             "type": "array",
-            "items": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH},
+            "items": {"type": "string", "pattern": f"^{TOKEN_SHAPE.pattern}$"},
             "minItems": 1,
             "maxItems": self.most,
         }
+
+
+# What a minted token looks like (43 or 44 characters of URL-safe base64), with room to spare.
+TOKEN_CHARS = 64
+TOKEN_SHAPE = re.compile(f"[A-Za-z0-9_-]{{1,{TOKEN_CHARS}}}")
 
 
 class QueryParam(Protocol):
