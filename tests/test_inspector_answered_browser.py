@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import urllib.request
 
-from browser import post_raw
-from test_inspector_browser import (  # noqa: F401  (fixtures)
-    HAVE_CHROMIUM,
-    browser,
-    hub,
-    mint,
-    open_page,
-    pytestmark,
-    row,
-    screenshot,
-)
+import test_inspector_browser as inspector
+from browser import mint, post_raw
 
-if HAVE_CHROMIUM:
+# The browser, the served hub and the page come from the inspector's browser tests.
+browser, hub, open_page = inspector.browser, inspector.hub, inspector.open_page
+pytestmark = inspector.pytestmark
+row, screenshot = inspector.row, inspector.screenshot
+
+if inspector.HAVE_CHROMIUM:
     from playwright.sync_api import expect
 
 WITHIN = 2000

@@ -8,9 +8,9 @@ import hashlib
 import hmac
 
 import pytest
+from helpers import assert_error, mint
 
 from cbhub.config import ConfigError, load_config
-from helpers import assert_error, mint
 
 ALL_BACKENDS = True
 
@@ -49,7 +49,7 @@ async def test_a_fixed_answer_on_first_duplicate_and_late_deliveries(client):
     _assert_answered(late, await late.text(), 202, "application/xml")
     deliveries = await _deliveries(client, token)
     assert [d["late"] for d in deliveries] == [False, True]
-    expected = {"status": 202, "content_type": "application/xml", "body": "<ack>ok</ack>", **{"headers": FIXED["headers"]}}
+    expected = {"status": 202, "content_type": "application/xml", "body": "<ack>ok</ack>", "headers": FIXED["headers"]}
     assert [d["answered"] for d in deliveries] == [expected, expected]
     stored = await (await client.get(f"/v1/callbacks/{token}")).json()
     assert stored["response"] == FIXED and stored["result"]["answered"] == expected

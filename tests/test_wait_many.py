@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-from helpers import assert_error, bearer, incoming, mint, post_callback, registry_size, start_waiting
+from helpers import (
+    assert_error,
+    bearer,
+    incoming,
+    mint,
+    post_callback,
+    registry_size,
+    start_waiting,
+)
+
 from cbhub.http.keys import HUB
 
 ALL_BACKENDS = True
