@@ -229,3 +229,19 @@ async def test_a_different_response_under_the_same_idempotency_key_is_a_conflict
     assert again.status == 200
     other = await client.post("/v1/callbacks", json={"response": {"body": "b"}}, headers=key)
     await assert_error(other, 422, "idempotency_key_reused")
+
+
+async def test_the_spec_and_each_answer_survive_a_restart(start_hub, config):
+    first = await start_hub(config)
+    callback = await mint(first, response=FIXED)
+    token = callback["token"]
+    assert (await first.post(f"/cb/{token}", data="before")).status == 202
+    await first.close()
+
+    again = await start_hub(config)
+    stored = await (await again.get(f"/v1/callbacks/{token}")).json()
+    assert stored["response"] == FIXED
+    response = await again.post(f"/cb/{token}", data="after")
+    assert response.status == 202 and await response.text() == "<ack>ok</ack>"
+    answered = [d["answered"]["status"] for d in await _deliveries(again, token)]
+    assert answered == [202, 202]
