@@ -88,6 +88,11 @@ async def test_refusals_keep_cbhubs_json_errors(start_hub, make_config):
     await assert_error(await client.post(f"/cb/{big['token']}", data="x" * 401), 413, "payload_too_large")
     assert (await client.delete(f"/v1/callbacks/{big['token']}")).status == 200
     await assert_error(await client.post(f"/cb/{big['token']}", data="x"), 410, "callback_cancelled")
+    # A handshake on a closed callback is refused as a delivery would be.
+    closed = await mint(client, response={"echo": "query:c"})
+    assert (await client.get(f"/cb/{closed['token']}?c=1")).status == 200
+    assert (await client.delete(f"/v1/callbacks/{closed['token']}")).status == 200
+    await assert_error(await client.get(f"/cb/{closed['token']}?c=1"), 410, "callback_cancelled")
 
 
 async def test_echo_answers_the_named_query_parameter_form_field_or_json_field(client):
