@@ -24,12 +24,18 @@ from cbhub.waiting.subscriptions import Streams
 log = logging.getLogger("cbhub")
 
 
+MAX_REQUEST_LINE = 96 * 1024
+
+
 def create_app(config: Config, store: Store | None = None) -> web.Application:
     # The error middleware is outermost: it renders the refusals of the ones inside it.
     authenticator = Authenticator(config.auth.api_keys, config.auth.admin)
     app = web.Application(
         middlewares=[error_middleware, auth_middleware(authenticator)],
         client_max_size=config.limits.max_body_bytes,
+        # GET /v1/wait names up to 1,000 tokens of at most 64 characters in its query: at most
+        # 71 KB of request line (aiohttp's default stops at 8 KB).
+        handler_args={"max_line_size": MAX_REQUEST_LINE},
     )
     registry = Registry()
     metrics = Metrics(registry.count_by_kind)

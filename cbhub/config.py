@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from cbhub.domain import networks
+from cbhub.domain.responses import ResponseSpec, ResponseSpecError, fixed_spec
 from cbhub.domain.signatures import SpecError, VerifySpec, parse_spec
 
 ENV_PREFIX = "CBHUB_"
@@ -155,6 +156,20 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True)
+class ResponseConfig:
+    """The [ingest.response] table: what a callback URL answers a stored delivery when its mint
+    set no "response"; every key at its default: cbhub's JSON receipt."""
+
+    status: int = 200
+    content_type: str = ""
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def spec(self) -> ResponseSpec | None:
+        return fixed_spec(self.status, self.content_type, self.body, self.headers, "ingest.response")
+
+
+@dataclass(frozen=True)
 class IngestConfig:
     # Networks (CIDRs) every callback POST must come from; empty: anywhere.
     allow_ips: tuple[str, ...] = ()
@@ -171,6 +186,7 @@ class IngestConfig:
     refusal_rate_per_ip: float = 5.0
     refusal_burst: int = 50
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    response: ResponseConfig = field(default_factory=ResponseConfig)
 
     @property
     def burst(self) -> float:
@@ -446,6 +462,10 @@ def _validate(config: Config) -> None:
     try:
         config.ingest.verify.spec()
     except SpecError as exc:
+        raise ConfigError(f"invalid value for {exc}") from None
+    try:
+        config.ingest.response.spec()
+    except ResponseSpecError as exc:
         raise ConfigError(f"invalid value for {exc}") from None
     server = config.server
     if bool(server.tls_cert) != bool(server.tls_key):

@@ -218,6 +218,19 @@ class CallbackClosed(CbhubError):
         self.callback_status = status
 
 
+class HandshakeNotAllowed(CbhubError):
+    """A GET to a callback URL whose mint set no echo: only echo answers a verification GET."""
+
+    status = 405
+    code = "method_not_allowed"
+    message = 'this callback URL takes POST, PUT and PATCH; GET only with a "response": {"echo": ...}'
+    label = "method_not_allowed"
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"Allow": "POST, PUT, PATCH"}
+
+
 # 413, 422, 426, 429: refused as asked.
 
 

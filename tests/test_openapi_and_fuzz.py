@@ -78,6 +78,8 @@ def _probes(schema: dict[str, Any]) -> list[tuple[Any, bool]]:
     if "pattern" in schema:
         return [(value, re.fullmatch(schema["pattern"], value) is not None) for value in PATTERN_PROBES]
     kind = schema["type"]
+    if kind == "array":  # one value of a repeated parameter, at its item's bounds
+        return _probes(schema["items"])
     if kind == "integer":
         low, high = schema["minimum"], schema["maximum"]
         return [(low, True), (high, True), (low - 1, False), (high + 1, False)]
@@ -112,12 +114,15 @@ async def test_every_query_parameter_is_accepted_to_its_bounds_and_refused_past_
     probed = 0
     for template, item in document["paths"].items():
         path = template.format(**names)
-        for parameter in item.get("get", {}).get("parameters", []):
+        parameters = item.get("get", {}).get("parameters", [])
+        # A required parameter is given (a real value) while another one is probed.
+        required = {p["name"]: names[p["name"]] for p in parameters if p["in"] == "query" and p["required"]}
+        for parameter in parameters:
             if parameter["in"] != "query":
                 continue
             name = parameter["name"]
             for value, accepted in _probes(parameter["schema"]):
-                status, error = await _query_status(client, path, {name: str(value)})
+                status, error = await _query_status(client, path, {**required, name: str(value)})
                 where = f"{template}?{name}={str(value)[:30]}"
                 if accepted:
                     # Read and used: answered, or not found (an unknown token filtered on).

@@ -84,9 +84,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         parents=[server],
         help="await a callback's result and print its body",
         description="Print the body of the callback's latest delivery (JSON and form fields as JSON). "
-        "Exit codes: 0 delivered, 2 timed out, 3 expired or cancelled, 1 any other error, 130 interrupted.",
+        "With several callbacks (or --any, --all), print {\"ready\": [tokens], \"callbacks\": [...]} once "
+        "any or all of them have a result or are closed (all by default). "
+        "Exit codes: 0 delivered (with several: each callback printed has a result), 2 timed out, "
+        "3 expired or cancelled (with several: one printed has no result), 1 any other error, 130 interrupted.",
     )
-    wait.add_argument("token", metavar="TOKEN", help="the callback's token or URL")
+    wait.add_argument("token", metavar="TOKEN", nargs="+", help="the callback's token or URL (several: up to 1000)")
+    mode = wait.add_mutually_exclusive_group()
+    mode.add_argument("--any", dest="mode", action="store_const", const="any", help="answer once one is ready")
+    mode.add_argument("--all", dest="mode", action="store_const", const="all", help="answer once none is pending")
     wait.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds (default: until it expires)")
     wait.add_argument("--after", type=int, default=0, metavar="ID", help="only a delivery newer than this id")
     wait.set_defaults(run=_runner(_wait))
@@ -200,7 +206,9 @@ async def _new(hub: CbHub, args: argparse.Namespace) -> int:
 
 
 async def _wait(hub: CbHub, args: argparse.Namespace) -> int:
-    token = token_of(args.token)
+    if len(args.token) > 1 or args.mode is not None:
+        return await _wait_many(hub, args)
+    token = token_of(args.token[0])
     try:
         async with Spinner(f"waiting for callback {token[:12]}…", sys.stderr):
             delivery = await hub.wait(token, timeout=args.timeout, after=args.after)
@@ -210,6 +218,21 @@ async def _wait(hub: CbHub, args: argparse.Namespace) -> int:
         return _fail(str(exc), EXIT_CLOSED)
     await _print_body(hub, delivery)
     return EXIT_OK
+
+
+async def _wait_many(hub: CbHub, args: argparse.Namespace) -> int:
+    tokens = [token_of(arg) for arg in args.token]
+    mode = args.mode or "all"
+    if args.after:
+        return _fail("--after applies to one callback; not with several, --any or --all")
+    waiting = hub.wait_any if mode == "any" else hub.wait_all
+    try:
+        async with Spinner(f"waiting for {mode} of {len(tokens)} callbacks…", sys.stderr):
+            ready = await waiting(tokens, timeout=args.timeout)
+    except TimeoutError:
+        return _fail(f"timed out after {args.timeout:g} s waiting for {mode} of {len(tokens)} callbacks", EXIT_TIMEOUT)
+    _write_json({"ready": [callback.token for callback in ready], "callbacks": [callback.raw for callback in ready]})
+    return EXIT_OK if all(callback.result is not None for callback in ready) else EXIT_CLOSED
 
 
 async def _print_body(hub: CbHub, delivery: Delivery) -> None:

@@ -132,6 +132,7 @@ class CbHub:
         idempotency_key: str | None = None,
         expect: Sequence[str] | int | None = None,
         contract: Mapping[str, Any] | None = None,
+        response: Mapping[str, Any] | None = None,
     ) -> CallbackHandle:
         """Mint a callback; `ttl` in seconds (the server's default when None).
 
@@ -141,8 +142,10 @@ class CbHub:
         distinct ones; it stays pending, and `wait` waits, until all came. `contract` says what
         a delivery must look like ({"json_schema": ..., "form_fields": [...], "content_types":
         [...], "reject": bool}); one that does not fit is stored as invalid, never the result.
+        `response` is what its URL answers a sender: {"status", "content_type", "body",
+        "headers"} or {"echo": "query:NAME" | "form:NAME" | "json:NAME"} (docs/api.md).
         """
-        body = {**_mint_body(ttl, label, group, metadata), **_expectations(expect, contract)}
+        body = {**_mint_body(ttl, label, group, metadata, response), **_expectations(expect, contract)}
         data = await self._request("POST", "/v1/callbacks", body=body, headers=_idempotency(idempotency_key))
         return CallbackHandle(self, Callback.from_json(data))
 
@@ -156,9 +159,10 @@ class CbHub:
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         contract: Mapping[str, Any] | None = None,
+        response: Mapping[str, Any] | None = None,
     ) -> list[CallbackHandle]:
         """Mint `count` callbacks (1 to 1000) in one transaction, all alike."""
-        body = {"count": count, **_mint_body(ttl, label, group, metadata), **_expectations(None, contract)}
+        body = {"count": count, **_mint_body(ttl, label, group, metadata, response), **_expectations(None, contract)}
         data = await self._request("POST", "/v1/callbacks/batch", body=body, headers=_idempotency(idempotency_key))
         return [CallbackHandle(self, Callback.from_json(item)) for item in data["callbacks"]]
 
@@ -239,6 +243,47 @@ class CbHub:
             if callback.status == CANCELLED:
                 raise Cancelled(f"callback {token} was cancelled without {what}", callback)
             raise Expired(f"callback {token} expired without {what}", callback)
+
+    async def wait_any(self, callbacks: Sequence[HandleBase | Callback | str], timeout: float | None = None) -> list[Callback]:
+        """The callbacks (handles, records or tokens) that have a result or are closed, as soon
+        as one of them does; see `wait_all`."""
+        return await self._wait_many(callbacks, "any", timeout)
+
+    async def wait_all(self, callbacks: Sequence[HandleBase | Callback | str], timeout: float | None = None) -> list[Callback]:
+        """Every one of these callbacks (handles, records or tokens, at most 1,000) once none is
+        pending: each has a result (`result`) or is closed (expired, cancelled), in the order
+        given. Raises `TimeoutError` when `timeout` seconds pass first (None: no limit; 0: ask
+        once), `NotFound` naming an unknown token. Restarts and lost connections are retried
+        until the deadline, as for `wait`."""
+        return await self._wait_many(callbacks, "all", timeout)
+
+    async def _wait_many(self, callbacks: Sequence[HandleBase | Callback | str], mode: str, timeout: float | None) -> list[Callback]:
+        tokens = [_token_of(item) for item in callbacks]
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        backoff = Backoff()
+        reached = False
+        while True:
+            remaining = POLL_SECONDS if deadline is None else min(POLL_SECONDS, deadline - loop.time())
+            if remaining <= 0 and reached:
+                raise TimeoutError(f"{mode} of {len(tokens)} callbacks not ready within {timeout:g} s")
+            remaining = max(0.0, remaining)
+            params = [("token", token) for token in tokens] + [("mode", mode), ("timeout", f"{remaining:.3f}")]
+            try:
+                data = await self._request("GET", "/v1/wait", params=params, wait=remaining)
+            except Unavailable as exc:
+                if not reached and isinstance(exc, Unreachable):
+                    raise
+                reached = True
+                delay = backoff.delay(exc.retry_after)
+                if deadline is not None:
+                    delay = min(delay, max(0.0, deadline - loop.time()))
+                await asyncio.sleep(delay)
+                continue
+            reached = True
+            backoff.reset()
+            if data is not None:
+                return [Callback.from_json(item) for item in data["callbacks"]]
 
     # Deliveries
 
@@ -326,7 +371,7 @@ class CbHub:
         method: str,
         path: str,
         *,
-        params: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | Sequence[tuple[str, str]] | None = None,
         body: Any = None,
         headers: Mapping[str, str] | None = None,
         wait: float = 0,
@@ -369,9 +414,13 @@ def _decode(content: bytes) -> Any:
 
 
 def _mint_body(
-    ttl: int | None, label: str | None, group: str | None, metadata: Mapping[str, Any] | None
+    ttl: int | None,
+    label: str | None,
+    group: str | None,
+    metadata: Mapping[str, Any] | None,
+    response: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"ttl": ttl, "label": label, "group": group, "metadata": metadata}
+    body: dict[str, Any] = {"ttl": ttl, "label": label, "group": group, "metadata": metadata, "response": response}
     return {name: value for name, value in body.items() if value is not None}
 
 
@@ -386,6 +435,14 @@ def _expectations(expect: Sequence[str] | int | None, contract: Mapping[str, Any
     if contract is not None:
         body["contract"] = dict(contract)
     return body
+def _token_of(item: Any) -> str:
+    """A callback's token from a handle, a Callback record, or the token itself."""
+    if isinstance(item, str):
+        return item
+    token = getattr(item, "token", None)
+    if not isinstance(token, str):
+        raise TypeError(f"expected a callback handle, a Callback or a token, not {type(item).__name__}")
+    return token
 
 
 def _filters(token: str | None, group: str | None, correlation_id: str | None) -> dict[str, str]:

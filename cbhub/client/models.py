@@ -53,6 +53,9 @@ class Delivery:
     def invalid(self) -> bool:
         """Stored, but it does not fit the callback's contract: never the result."""
         return bool(self.problems)
+    # What the sender was answered ({"status", "content_type", "body", "headers"}) when a
+    # response spec set it; None: cbhub's JSON receipt.
+    answered: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Delivery:
@@ -73,6 +76,7 @@ class Delivery:
             raw=data,
             late=data.get("late", False),
             problems=tuple(data.get("problems") or ()),
+            answered=data.get("answered"),
         )
 
     @property
@@ -134,6 +138,8 @@ class Callback:
     expected: Expected | None = None
     # What its deliveries must look like, as given at mint (None: anything).
     contract: dict[str, Any] | None = None
+    # What its URL answers a sender, as minted (`response=`); None: the server's default.
+    response: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Callback:
@@ -154,6 +160,7 @@ class Callback:
             late_deliveries=data.get("late_deliveries", 0),
             expected=Expected.from_json(expected) if expected is not None else None,
             contract=data.get("contract"),
+            response=data.get("response"),
         )
 
 

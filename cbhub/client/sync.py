@@ -103,10 +103,18 @@ class SyncCbHub:
         idempotency_key: str | None = None,
         expect: Sequence[str] | int | None = None,
         contract: Mapping[str, Any] | None = None,
+        response: Mapping[str, Any] | None = None,
     ) -> SyncCallbackHandle:
         handle = self._run(
             self.hub.create(
-                ttl, label, group, metadata, idempotency_key=idempotency_key, expect=expect, contract=contract
+                ttl,
+                label,
+                group,
+                metadata,
+                idempotency_key=idempotency_key,
+                expect=expect,
+                contract=contract,
+                response=response,
             )
         )
         return SyncCallbackHandle(self, handle.callback)
@@ -132,6 +140,12 @@ class SyncCbHub:
 
     def wait(self, token: str, timeout: float | None = None, after: int = 0) -> Delivery:
         return self._run(self.hub.wait(token, timeout=timeout, after=after))
+
+    def wait_any(self, callbacks: Sequence[HandleBase | Callback | str], timeout: float | None = None) -> list[Callback]:
+        return self._run(self.hub.wait_any(callbacks, timeout))
+
+    def wait_all(self, callbacks: Sequence[HandleBase | Callback | str], timeout: float | None = None) -> list[Callback]:
+        return self._run(self.hub.wait_all(callbacks, timeout))
 
     def list_deliveries(self, **filters: Any) -> DeliveryPage:
         return self._run(self.hub.list_deliveries(**filters))

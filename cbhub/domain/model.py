@@ -14,6 +14,7 @@ from cbhub.domain.bodies import ParsedBody, parse_body
 from cbhub.domain.expectations import Contract, Expect, Expected
 
 if TYPE_CHECKING:
+    from cbhub.domain.responses import Answer, ResponseSpec
     from cbhub.domain.signatures import VerifySpec
 
 PENDING = "pending"
@@ -67,6 +68,8 @@ class Delivery:
     # What keeps it from fitting its callback's contract (empty: it fits, or there is none).
     # Such a delivery is "invalid": stored, but never the result and never counted as arrived.
     problems: tuple[str, ...] = ()
+    # What the sender was answered when it was not cbhub's JSON receipt (a response spec).
+    answered: Answer | None = None
     _parsed: ParsedBody | None = field(default=None, repr=False)
     _json: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -96,6 +99,7 @@ class Delivery:
                 "correlation_id": self.correlation_id,
                 "late": self.late,
                 "problems": list(self.problems),
+                "answered": self.answered.to_json() if self.answered is not None else None,
             }
         return self._json
 
@@ -123,6 +127,8 @@ class Callback:
     # Set at mint: the set of correlation ids it waits for, and what a delivery must look like.
     expected: Expected | None = None
     contract: Contract | None = None
+    # What its URL answers a sender (None: cbhub's JSON receipt, or the server's default).
+    response: ResponseSpec | None = None
 
     def to_json(self, base_url: str) -> dict[str, Any]:
         return {
@@ -142,6 +148,7 @@ class Callback:
             "verify": self.verify.describe() if self.verify is not None else None,
             "expected": self.expected.to_json() if self.expected is not None else None,
             "contract": self.contract.to_json() if self.contract is not None else None,
+            "response": self.response.to_json() if self.response is not None else None,
         }
 
     def closed(self, at_ms: int) -> bool:
@@ -178,6 +185,7 @@ class MintSpec:
     verify: VerifySpec | None = None
     expect: Expect | None = None
     contract: Contract | None = None
+    response: ResponseSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,10 @@ from cbhub.http.params import (
     NameField,
     NetworksField,
     ObjectField,
+    ResponseField,
     SecondsParam,
     TextParam,
+    TokensParam,
     VerifyField,
     query_filter,
 )
@@ -42,6 +44,9 @@ ALLOW_IPS = NetworksField(
     "allow_ips", "IP addresses or CIDRs the callback URL accepts requests from (403 otherwise)"
 )
 VERIFY = VerifyField("verify", "signature check of every request: docs/security.md")
+RESPONSE = ResponseField(
+    "response", "what the callback URL answers a sender: a fixed answer or an echo (docs/api.md)"
+)
 COUNT = IntField("count", 1, 1, MAX_BATCH, "how many callbacks to mint", required=True)
 EXPECT = ExpectField(
     "expect",
@@ -58,7 +63,7 @@ def ttl_field(limits: CallbacksConfig) -> IntField:
 
 
 def mint_body(limits: CallbacksConfig) -> JsonBody:
-    return JsonBody((ttl_field(limits), LABEL, GROUP, METADATA, ALLOW_IPS, VERIFY, EXPECT, CONTRACT))
+    return JsonBody((ttl_field(limits), LABEL, GROUP, METADATA, ALLOW_IPS, VERIFY, EXPECT, CONTRACT, RESPONSE))
 
 
 def batch_body(limits: CallbacksConfig) -> JsonBody:
@@ -82,6 +87,11 @@ WAIT_GROUP_PARAMS = (TIMEOUT,)
 MISSING_AFTER = TextParam("after", "the next_after of the previous page: the last id it showed")
 MISSING_LIMIT = IntParam("limit", 100, 1, 1000, "page size")
 MISSING_PARAMS = (MISSING_AFTER, MISSING_LIMIT)
+# GET /v1/wait
+MAX_WAIT_TOKENS = 1000
+WAIT_TOKENS = TokensParam("token", MAX_WAIT_TOKENS, "a callback's token, once per callback (repeats count once)")
+WAIT_MODE = TextParam("mode", "any: answer once one is ready; all (the default): once none is pending", choices=("any", "all"))
+WAIT_MANY_PARAMS = (WAIT_TOKENS, WAIT_MODE, TIMEOUT)
 # GET /v1/deliveries
 PAGE_LIMIT = IntParam("limit", 100, 1, 1000, "page size")
 WAIT = SecondsParam("wait", 0.0, "seconds to long-poll while nothing matches (capped at callbacks.max_wait)")
@@ -108,6 +118,7 @@ def _mint_spec(request: web.Request, body: dict[str, Any]) -> MintSpec:
         verify=VERIFY.parse(body),
         expect=EXPECT.parse(body),
         contract=CONTRACT.parse(body),
+        response=RESPONSE.parse(body),
     )
 
 
@@ -187,6 +198,16 @@ async def missing_ids(request: web.Request) -> web.Response:
     )
     page = found[:limit]
     return json_response({"missing": page, "next_after": page[-1] if len(found) > limit else None})
+async def wait_many(request: web.Request) -> web.StreamResponse:
+    tokens = WAIT_TOKENS.parse(request.query)
+    mode = WAIT_MODE.parse(request.query) or "all"
+    timeout = TIMEOUT.parse(request.query, request.app[CONFIG].callbacks.max_wait)
+    ready = await request.app[HUB].wait_for_many(tokens, mode == "all", timeout, caller(request).owner)
+    if ready is None:
+        return web.Response(status=204)
+    return json_response(
+        {"ready": [callback.token for callback in ready], "callbacks": [_callback_json(request, c) for c in ready]}
+    )
 
 
 async def list_deliveries(request: web.Request) -> web.Response:
@@ -261,6 +282,7 @@ def add_routes(app: web.Application) -> None:
     router.add_delete(CALLBACK_PATH, cancel_callback)
     router.add_get("/v1/callbacks/{token}/wait", wait_callback, allow_head=False)
     router.add_get("/v1/callbacks/{token}/missing", missing_ids, allow_head=False)
+    router.add_get("/v1/wait", wait_many, allow_head=False)
     router.add_get("/v1/deliveries", list_deliveries, allow_head=False)
     router.add_get("/v1/deliveries/{id}/body", delivery_body, allow_head=False)
     router.add_get("/v1/groups/{group}", group_status, allow_head=False)

@@ -11,14 +11,16 @@ import time
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from cbhub.domain.bodies import correlation_of
+from cbhub.domain.bodies import ParsedBody, correlation_of
 from cbhub.domain.model import HIDDEN_HEADERS, Incoming, now_ms
+from cbhub.domain.responses import ANSWER_POLICY, Answer
 from cbhub.errors import (
     CallbackClosed,
     CallbackNotFound,
     CbhubError,
     ContractViolation,
     DeliveryRefused,
+    HandshakeNotAllowed,
     PayloadTooLarge,
     RateLimited,
 )
@@ -89,7 +91,7 @@ def _refuse_if_spent(limiter: RateLimiter, remote_addr: str | None, why: str) ->
 
 
 # Refusals that say the request itself is wrong: what probing for tokens is made of.
-REFUSED = (CallbackNotFound, CallbackClosed, DeliveryRefused)
+REFUSED = (CallbackNotFound, CallbackClosed, DeliveryRefused, HandshakeNotAllowed)
 
 
 class InFlight:
@@ -148,9 +150,36 @@ async def receive(request: web.Request) -> web.Response:
     if delivery.problems and contract is not None and contract.reject:
         # Stored all the same (and counted so above): a sender that retries on a 4xx is told.
         raise ContractViolation(delivery.problems, delivery.id)
+    if result.answered is not None:
+        return answer_response(result.answered)
     return json_response(
         {"ok": True, "delivery_id": delivery.id, "duplicate": result.duplicate, "late": delivery.late}
     )
+
+
+def answer_response(answer: Answer) -> web.Response:
+    """What a response spec says to answer, under cbhub's policy for bodies it did not write."""
+    response = web.Response(status=answer.status, text=answer.body, headers=answer.headers)
+    for name, value in ANSWER_POLICY:
+        response.headers[name] = value
+    # Set last, as given: aiohttp would otherwise split or re-add the charset.
+    response.headers["Content-Type"] = answer.content_type
+    return response
+
+
+async def handshake(request: web.Request) -> web.Response:
+    """GET /cb/{token}: a verification handshake (WebSub, Meta), answered by the callback's echo
+    spec and never stored. The address guards apply as to a delivery; a signature does not
+    (these GETs carry none)."""
+    remote_addr = client_address(request, request.app[CONFIG].server.trusted_proxies)
+    try:
+        _rate_limit(request, remote_addr)
+        incoming = _incoming(request, remote_addr, b"", None, None)
+        answer = await request.app[HUB].handshake(incoming)
+    except REFUSED:
+        _slow_down_refusals(request, remote_addr)
+        raise
+    return answer_response(answer)
 
 
 async def _store(request: web.Request, remote_addr: str | None) -> IngestResult:
@@ -170,9 +199,22 @@ async def _store(request: web.Request, remote_addr: str | None) -> IngestResult:
     if content_type is not None:
         content_type = _header_text(content_type)
     parsed, correlation = correlation_of(raw, content_type, config.callbacks.correlation_fields)
-    incoming = Incoming(
-        token=token,
-        received_at=received_at,
+    incoming = _incoming(request, remote_addr, raw, parsed, correlation, content_type, received_at)
+    return await request.app[HUB].ingest(incoming)
+
+
+def _incoming(
+    request: web.Request,
+    remote_addr: str | None,
+    raw: bytes,
+    parsed: ParsedBody | None,
+    correlation: str | None,
+    content_type: str | None = None,
+    received_at: int | None = None,
+) -> Incoming:
+    return Incoming(
+        token=request.match_info["token"],
+        received_at=now_ms() if received_at is None else received_at,
         method=request.method,
         content_type=content_type,
         remote_addr=remote_addr,
@@ -183,10 +225,10 @@ async def _store(request: web.Request, remote_addr: str | None) -> IngestResult:
         parsed=parsed,
         dedupe_key=dedupe_key(request.headers),
     )
-    return await request.app[HUB].ingest(incoming)
 
 
 def add_routes(app: web.Application) -> None:
     app[INGESTS] = InFlight()
     for method in ("POST", "PUT", "PATCH"):
         app.router.add_route(method, "/cb/{token}", receive)
+    app.router.add_get("/cb/{token}", handshake, allow_head=False)

@@ -38,14 +38,17 @@ def _error(description: str) -> dict[str, Any]:
 
 
 def _query(params: tuple[QueryParam, ...]) -> list[dict[str, Any]]:
-    # allowEmptyValue: every parameter given empty (`?limit=`) is read as not given.
+    # allowEmptyValue: every parameter given empty (`?limit=`) is read as not given (its default).
     return [
         {
             "name": param.name,
             "in": "query",
-            "required": False,
-            "allowEmptyValue": True,
+            "required": getattr(param, "required", False),
+            # A required one given empty is not given: refused.
+            "allowEmptyValue": not getattr(param, "required", False),
             "schema": param.schema(),
+            # A repeated parameter (?token=A&token=B) is an array, one value per repeat.
+            **({"style": "form", "explode": True} if param.schema()["type"] == "array" else {}),
             "description": param.description,
         }
         for param in params
@@ -99,6 +102,18 @@ SCHEMAS: dict[str, Any] = {
                 "description": "why it does not fit its callback's contract; empty: it fits. Non-empty: invalid,"
                 " stored but never the result",
             },
+            "answered": {"allOf": [_ref("Answer")], "nullable": True, "description": "null: cbhub's JSON receipt"},
+        },
+    },
+    "Answer": {
+        "type": "object",
+        "description": "what the sender was answered, by the callback's response spec or the server's default",
+        "required": ["status", "content_type", "body", "headers"],
+        "properties": {
+            "status": {"type": "integer"},
+            "content_type": {"type": "string"},
+            "body": {"type": "string"},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
         },
     },
     "Callback": {
@@ -136,6 +151,15 @@ SCHEMAS: dict[str, Any] = {
                 },
             },
             "contract": {"type": "object", "nullable": True, "description": "what its deliveries must look like"},
+            "response": {"type": "object", "nullable": True, "description": "what its URL answers a sender; null: the default"},
+        },
+    },
+    "ReadyCallbacks": {
+        "type": "object",
+        "required": ["ready", "callbacks"],
+        "properties": {
+            "ready": {"type": "array", "items": {"type": "string"}, "description": "tokens with a result or closed"},
+            "callbacks": {"type": "array", "items": _ref("Callback")},
         },
     },
     "MissingPage": {
@@ -223,7 +247,15 @@ def _ingest_operation(method: str) -> dict[str, Any]:
         "parameters": [TOKEN],
         "requestBody": {"required": False, "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
         "responses": {
-            "200": _json(_ref("Receipt"), "committed to disk (or a sender's retry, already stored; or late)"),
+            "200": {
+                "description": "committed to disk (or a sender's retry, already stored; or late): the receipt,"
+                " or what the callback's response spec says (any 2xx, any content type)",
+                "content": {
+                    JSON: {"schema": _ref("Receipt")},
+                    "*/*": {"schema": {"type": "string"}},
+                },
+            },
+            "2XX": {"description": "a response spec's status", "content": {"*/*": {"schema": {"type": "string"}}}},
             "401": _error("the request's signature does not verify"),
             "403": _error("the sender's address is not allowed"),
             "404": NOT_FOUND,
@@ -322,6 +354,19 @@ PATHS: dict[str, Any] = {
             },
         }
     },
+    "/v1/wait": {
+        "get": {
+            "summary": "Long-poll until any (mode=any) or all (mode=all) of several callbacks have a result or are closed",
+            "parameters": _query(api.WAIT_MANY_PARAMS),
+            "responses": {
+                "200": _json(_ref("ReadyCallbacks"), "the callbacks with a result or closed"),
+                "204": {"description": "not ready before the timeout"},
+                "400": BAD_REQUEST,
+                "404": _error("a token is unknown (or, with API keys, another key's); the message names it"),
+                "503": UNAVAILABLE,
+            },
+        }
+    },
     "/v1/deliveries": {
         "get": {
             "summary": "Deliveries matching every filter, oldest first, after a cursor; long-polls with wait",
@@ -400,7 +445,21 @@ PATHS: dict[str, Any] = {
     "/v1/openapi.json": {
         "get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3")}}
     },
-    "/cb/{token}": {method: _ingest_operation(method.upper()) for method in ("post", "put", "patch")},
+    "/cb/{token}": {
+        **{method: _ingest_operation(method.upper()) for method in ("post", "put", "patch")},
+        "get": {
+            "summary": "A verification handshake (WebSub, Meta): answered by the callback's echo, never stored",
+            "parameters": [TOKEN],
+            "responses": {
+                "200": {"description": "the echoed value", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "403": _error("the sender's address is not allowed"),
+                "404": NOT_FOUND,
+                "405": _error('the callback was minted without a "response": {"echo": ...}'),
+                "410": _error("the callback accepts no more deliveries (with callbacks.keep_late = false)"),
+                "429": _error("too many refused requests from this address; see Retry-After"),
+            },
+        },
+    },
     "/healthz": {
         "get": {
             "summary": "Whether the process lives and its store answers",

@@ -8,6 +8,7 @@ states exactly what the parser accepts: the two cannot drift. Every refusal name
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Generic, Mapping, Protocol, TypeVar
 
@@ -29,6 +30,22 @@ from cbhub.domain.expectations import (
 )
 from cbhub.domain.filters import DeliveryFilter
 from cbhub.domain.model import HIDDEN_HEADERS
+from cbhub.domain.responses import (
+    MAX_BODY_CHARS,
+    MAX_CONTENT_TYPE,
+    MAX_ECHO_NAME,
+    MAX_HEADER_NAME,
+    MAX_HEADER_VALUE,
+    MAX_HEADERS,
+    REFUSED_HEADER_PREFIXES,
+    REFUSED_HEADERS,
+    STATUS_MAX,
+    STATUS_MIN,
+    TEXT_PLAIN,
+    ResponseSpec,
+    ResponseSpecError,
+    parse_response,
+)
 from cbhub.domain.signatures import (
     ENCODINGS,
     HMAC_ONLY_FIELDS,
@@ -59,6 +76,13 @@ MAX_CURSOR = 2**63 - 1
 
 Schema = dict[str, Any]
 Query = Mapping[str, str]
+
+
+class MultiQuery(Protocol):
+    """A query string that keeps repeats (aiohttp's request.query)."""
+
+    def getall(self, key: str, default: tuple[()]) -> list[str] | tuple[()]: ...
+
 Body = Mapping[str, Any]
 D = TypeVar("D", int, None)
 
@@ -160,6 +184,43 @@ class TextParam:
         if self.choices:
             return {"type": "string", "enum": list(self.choices)}
         return {"type": "string", "maxLength": MAX_NAME_LENGTH}
+
+
+@dataclass(frozen=True, slots=True)
+class TokensParam:
+    """A repeated parameter (`?token=A&token=B`), 1 to `most` values, each shaped as a token
+    (URL-safe base64, at most TOKEN_CHARS: a bound on the request line); repeats are kept once,
+    in the order first given. Required: absent is refused."""
+
+    name: str
+    most: int
+    description: str
+    required = True
+
+    def parse(self, query: MultiQuery) -> list[str]:
+        given = [value for value in query.getall(self.name, ()) if value != ""]
+        if not given:
+            raise InvalidParameter(self.name, "required: give it once per token")
+        if len(given) > self.most:
+            raise InvalidParameter(self.name, f"at most {self.most} values, got {len(given)}")
+        for value in given:
+            if not TOKEN_SHAPE.fullmatch(value):
+                shown = repr(value[:40])
+                raise InvalidParameter(self.name, f"each is 1 to {TOKEN_CHARS} of A-Z a-z 0-9 _ -, got {shown}")
+        return list(dict.fromkeys(given))
+
+    def schema(self) -> Schema:
+        return {
+            "type": "array",
+            "items": {"type": "string", "pattern": f"^{TOKEN_SHAPE.pattern}$"},
+            "minItems": 1,
+            "maxItems": self.most,
+        }
+
+
+# What a minted token looks like (43 or 44 characters of URL-safe base64), with room to spare.
+TOKEN_CHARS = 64
+TOKEN_SHAPE = re.compile(f"[A-Za-z0-9_-]{{1,{TOKEN_CHARS}}}")
 
 
 class QueryParam(Protocol):
@@ -401,6 +462,28 @@ class VerifyField:
         return {"nullable": True, "description": self.description, "oneOf": [_STANDARD_WEBHOOKS, _HMAC]}
 
 
+@dataclass(frozen=True, slots=True)
+class ResponseField:
+    """What the callback URL answers a sender (cbhub.domain.responses); absent or null: the
+    server's default, cbhub's JSON receipt unless [ingest.response] sets one."""
+
+    name: str
+    description: str
+    required = False
+
+    def parse(self, body: Body) -> ResponseSpec | None:
+        value = body.get(self.name)
+        if value is None:
+            return None
+        try:
+            return parse_response(value, self.name)
+        except ResponseSpecError as exc:
+            raise BadRequest(str(exc), code=InvalidField.code) from None
+
+    def schema(self) -> Schema:
+        return {"nullable": True, "description": self.description, "oneOf": [_FIXED_ANSWER, _ECHO_ANSWER]}
+
+
 # The patterns below say in JSON Schema (ECMAScript regular expressions) what Python accepts,
 # character for character: str.strip's whitespace, str.lower's case folding, ipaddress's syntax.
 
@@ -461,6 +544,53 @@ _HMAC: Schema = {
             "nullable": True,
             "description": 'before the digest, such as "sha256="',
         },
+    },
+}
+
+_PRINTABLE = "^[ -~]*$"
+_REFUSED_HEADER_PATTERN = (
+    "^(?:"
+    + "|".join([*(_caseless(name) for name in REFUSED_HEADERS), *(_caseless(p) + ".*" for p in REFUSED_HEADER_PREFIXES)])
+    + ")$"
+)
+_FIXED_ANSWER: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "status": {"type": "integer", "minimum": STATUS_MIN, "maximum": STATUS_MAX, "nullable": True, "default": 200},
+        "content_type": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_CONTENT_TYPE,
+            "pattern": _PRINTABLE,
+            "nullable": True,
+            "description": f"empty: {TEXT_PLAIN}",
+        },
+        "body": {"type": "string", "maxLength": MAX_BODY_CHARS, "nullable": True, "description": "sent as UTF-8"},
+        "headers": {
+            "type": "object",
+            "nullable": True,
+            "maxProperties": MAX_HEADERS,
+            "propertyNames": {
+                "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]{1," + str(MAX_HEADER_NAME) + "}$",
+                "not": {"pattern": _REFUSED_HEADER_PATTERN},
+            },
+            "additionalProperties": {"type": "string", "maxLength": MAX_HEADER_VALUE, "pattern": _PRINTABLE},
+            "description": "no hop-by-hop, framing, cookie, CORS or security header (docs/api.md)",
+        },
+        "echo": {"type": "string", "enum": [None], "nullable": True},
+    },
+}
+_ECHO_ANSWER: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["echo"],
+    "properties": {
+        "echo": {
+            "type": "string",
+            "pattern": "^(?:query|form|json):[\\s\\S]{1," + str(MAX_ECHO_NAME) + "}$",
+            "description": "answer this query parameter, form field or top-level JSON field as text/plain",
+        }
     },
 }
 

@@ -276,6 +276,32 @@ export class DeliveryView {
       queryCount
         ? h("details", { open: true }, h("summary", {}, `Query (${queryCount})`), pairsTable(delivery.query, ["Parameter", "Value"]))
         : h("p", { class: "muted small-text" }, "No query string."),
+      answeredView(delivery.answered),
     );
   }
+}
+
+// What the sender was answered: a response spec's answer, or (null) cbhub's JSON receipt.
+function answeredView(answered) {
+  if (!answered) {
+    return h("p", { class: "answered muted small-text" }, "Answered ", h("code", {}, "200"), " with cbhub's JSON receipt.");
+  }
+  const headerCount = Object.keys(answered.headers || {}).length;
+  return h(
+    "details",
+    { open: true, class: "answered" },
+    h(
+      "summary",
+      {},
+      "Answered ",
+      h("code", { class: "answered-status" }, String(answered.status)),
+      " ",
+      h("code", { class: "answered-type" }, answered.content_type),
+      headerCount ? ` · ${headerCount} header${headerCount === 1 ? "" : "s"}` : "",
+    ),
+    answered.body
+      ? h("pre", { class: "answered-body" }, answered.body)
+      : h("p", { class: "muted small-text" }, "An empty body."),
+    headerCount ? pairsTable(answered.headers, ["Header", "Value"], "pairs headers") : null,
+  );
 }

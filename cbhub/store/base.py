@@ -10,6 +10,7 @@ from cbhub.domain.expectations import ContractCheck
 from cbhub.domain.filters import CallbackFilter, DeliveryFilter
 from cbhub.domain.guards import Guard
 from cbhub.domain.model import Callback, Delivery, Event, Incoming, MintSpec
+from cbhub.domain.responses import Answer, ResponseSpec
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 
@@ -21,6 +22,8 @@ class IngestResult:
     delivery: Delivery
     callback: Callback  # after this delivery, with `result` set
     duplicate: bool  # a sender's retry of a message already stored
+    # What the sender is answered (None: cbhub's JSON receipt); for a duplicate, this request's.
+    answered: Answer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +85,21 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def ingest(
-        self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True, check: ContractCheck | None = None
+        self,
+        incoming: Incoming,
+        guard: Guard | None = None,
+        keep_late: bool = True,
+        check: ContractCheck | None = None,
+        default_response: ResponseSpec | None = None,
     ) -> IngestResult:
         """Store a delivery; raises CallbackNotFound or DeliveryRefused (from `guard`, run on the
         callback before the closed and duplicate checks). To a callback that takes no more
         deliveries, it is stored as late (`keep_late`), or refused with CallbackClosed. `check`
         gives its problems under the callback's contract (asked only of a callback that has
         one): a delivery with problems is stored as invalid. One into an expected set is
-        counted against it (store/decisions.py)."""
+        counted against it (store/decisions.py). What the sender is answered comes from the
+        callback's response spec, else `default_response`; it is stored with the delivery and
+        returned as `answered`."""
 
     @abc.abstractmethod
     async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:

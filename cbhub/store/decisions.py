@@ -22,6 +22,7 @@ from cbhub.domain.model import (
     Incoming,
     MintSpec,
 )
+from cbhub.domain.responses import Answer, ResponseSpec, answer_for
 from cbhub.errors import CallbackNotFound, IdempotencyConflict, SchemaTooNew
 from cbhub.store.base import IngestResult
 from cbhub.store.rows import arrives_late, new_delivery
@@ -72,6 +73,7 @@ class InsertDelivery(NamedTuple):
     late: bool
     new_status: str | None
     problems: tuple[str, ...] = ()
+    answered: Answer | None = None
 
 
 # An expected set's steps: each is one keyed statement on expected_ids, whatever the set's size.
@@ -161,7 +163,11 @@ Steps = Generator[Step, Any, T]
 
 
 def ingest(
-    incoming: Incoming, guard: Guard | None, keep_late: bool, check: ContractCheck | None = None
+    incoming: Incoming,
+    guard: Guard | None,
+    keep_late: bool,
+    check: ContractCheck | None = None,
+    default_response: ResponseSpec | None = None,
 ) -> Steps[IngestResult]:
     found = yield LoadCallback(incoming.token)
     if found is None:
@@ -172,11 +178,14 @@ def ingest(
         # before the duplicate check, so a forgery reusing a real message id is refused too.
         guard(callback)
     late = arrives_late(callback, incoming.received_at, keep_late)
+    # None without a spec: the receipt, at the cost of one attribute read.
+    spec = callback.response or default_response
+    answered = answer_for(spec, incoming) if spec is not None else None
     if incoming.dedupe_key is not None:
         first = yield FindDuplicate(found.id, incoming.dedupe_key)
         if first is not None:
             callback.result = yield LoadDelivery(found.last_delivery_id)
-            return IngestResult(first, callback, duplicate=True)
+            return IngestResult(first, callback, duplicate=True, answered=answered)
     # Only a callback with a contract is checked: the others pay nothing.
     problems = check(callback.contract) if check is not None and callback.contract is not None else ()
     if late or problems:
@@ -188,9 +197,9 @@ def ingest(
         if callback.expected is not None:
             complete = yield from _arrive(found.id, callback.expected, incoming.correlation_id)
         new_status = RECEIVED if complete and callback.status == PENDING else None
-    delivery_id = yield InsertDelivery(found.id, callback.group, incoming, late, new_status, problems)
-    delivery = new_delivery(incoming, delivery_id, callback, late, problems, new_status)
-    return IngestResult(delivery, callback, duplicate=False)
+    delivery_id = yield InsertDelivery(found.id, callback.group, incoming, late, new_status, problems, answered)
+    delivery = new_delivery(incoming, delivery_id, callback, late, problems, new_status, answered)
+    return IngestResult(delivery, callback, duplicate=False, answered=answered)
 
 
 def _arrive(callback_id: int, expected: Expected, correlation_id: str | None) -> Steps[bool]:

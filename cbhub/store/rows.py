@@ -23,6 +23,7 @@ from cbhub.domain.model import (
     Incoming,
     MintSpec,
 )
+from cbhub.domain.responses import Answer, parse_response
 from cbhub.domain.signatures import VerifySpec
 from cbhub.errors import CallbackClosed
 from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage
@@ -31,11 +32,11 @@ from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage
 CALLBACK_COLUMNS = (
     "id, token, status, created_at, expires_at, label, group_name, metadata, deliveries, last_delivery_id,"
     " created_by, allow_ips, verify, late_deliveries, expect_total, expect_named, expect_arrived, expect_unexpected,"
-    " contract"
+    " contract, response"
 )
 DELIVERY_COLUMNS = (
     "d.id, c.token, d.received_at, d.method, d.content_type, d.remote_addr, d.headers, d.query,"
-    " d.body, d.correlation_id, d.group_name, d.late, d.problems"
+    " d.body, d.correlation_id, d.group_name, d.late, d.problems, d.answer"
 )
 DELIVERY_FROM = "deliveries d JOIN callbacks c ON c.id = d.callback_id"
 # Indexes into a CALLBACK_COLUMNS row, and its width.
@@ -81,6 +82,7 @@ def callback_from_row(row: Sequence[Any], text: Text = _same) -> Callback:
         late_deliveries=row[13],
         expected=Expected(row[14], bool(row[15]), row[16], row[17]) if row[14] is not None else None,
         contract=contract_from_text(row[18]) if row[18] is not None else None,
+        response=parse_response(orjson.loads(row[19])) if row[19] is not None else None,
     )
 
 
@@ -99,6 +101,7 @@ def delivery_from_row(row: Sequence[Any], text: Text = _same) -> Delivery:
         group=text(row[10]),
         late=bool(row[11]),
         problems=tuple(orjson.loads(row[12])) if row[12] is not None else (),
+        answered=Answer.from_json(orjson.loads(row[13])) if row[13] is not None else None,
     )
 
 
@@ -142,6 +145,7 @@ def new_delivery(
     late: bool = False,
     problems: tuple[str, ...] = (),
     new_status: str | None = RECEIVED,
+    answered: Answer | None = None,
 ) -> Delivery:
     """The stored delivery, counted on its callback: an on-time one takes `new_status` (if
     any; from pending), with the delivery as its result; a late one is only counted, in
@@ -160,6 +164,7 @@ def new_delivery(
         group=callback.group,
         late=late,
         problems=problems,
+        answered=answered,
         _parsed=incoming.parsed,
     )
     if late:
@@ -214,8 +219,10 @@ def callback_where(
     return " AND ".join(clauses) or "TRUE"
 
 
-def delivery_values(incoming: Incoming, name: Callable[[str | None], Any] = _same) -> tuple[Any, ...]:
-    """A delivery's stored columns from received_at to dedupe_key, in the order both schemas
+def delivery_values(
+    incoming: Incoming, name: Callable[[str | None], Any] = _same, answered: Answer | None = None
+) -> tuple[Any, ...]:
+    """A delivery's stored columns from received_at to answer, in the order both schemas
     insert them (after callback_id and group_name)."""
     return (
         incoming.received_at,
@@ -227,12 +234,13 @@ def delivery_values(incoming: Incoming, name: Callable[[str | None], Any] = _sam
         incoming.raw,
         name(incoming.correlation_id),
         name(incoming.dedupe_key),
+        orjson.dumps(answered.to_json()).decode() if answered is not None else None,
     )
 
 
 def callback_values(spec: MintSpec, now: int, name: Callable[[str | None], Any] = _same) -> tuple[Any, ...]:
     """A new callback's columns: token, expires_at, label, group_name, metadata, created_by,
-    allow_ips, verify, expect_total, expect_named, contract."""
+    allow_ips, verify, expect_total, expect_named, contract, response."""
     return (
         new_token(),
         now + spec.ttl * 1000,
@@ -243,6 +251,7 @@ def callback_values(spec: MintSpec, now: int, name: Callable[[str | None], Any] 
         spec.expect.total if spec.expect is not None else None,
         spec.expect is not None and spec.expect.named,
         spec.contract.text() if spec.contract is not None else None,
+        orjson.dumps(spec.response.to_json()).decode() if spec.response is not None else None,
     )
 
 

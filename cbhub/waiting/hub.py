@@ -33,16 +33,19 @@ from cbhub.domain.model import (
     now_ms,
     short_token,
 )
+from cbhub.domain.responses import Answer, answer_for
 from cbhub.errors import (
     CallbackNotFound,
     DeliveryNotFound,
     DeliveryRefused,
     ExpectedIdNotFound,
     GroupNotFound,
+    HandshakeNotAllowed,
     SignatureInvalid,
     StoreUnavailable,
 )
 from cbhub.store import CallbackPage, IngestResult, Store
+from cbhub.store.rows import arrives_late
 from cbhub.waiting.registry import Registry, Waiter
 
 log = logging.getLogger("cbhub.waiting.hub")
@@ -58,6 +61,8 @@ WAIT_BATCH = 100
 # Callbacks whose contract (or lack of one) the hub remembers, so a delivery is checked on the
 # event loop before the store call, not on SQLite's one writer thread (see Hub.ingest).
 CONTRACTS_REMEMBERED = 10_000
+# No token is longer (the public route refuses longer ones unread, as unknown).
+MAX_TOKEN = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,7 @@ class Hub:
         self._expiry_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
         self._default_verify = config.ingest.verify.spec()
+        self._default_response = config.ingest.response.spec()
         # Deliveries refused by a guard since the start, by kind ("address", "signature").
         self.refused: Counter[str] = Counter()
         # Each recently seen callback's contract (None: it has none), by token. A contract never
@@ -151,14 +157,34 @@ class Hub:
         self.admit(incoming.token, incoming.remote_addr)
         guard = delivery_guard(incoming, self._default_verify, self.config.ingest.verify_tolerance)
         try:
+            keep_late = self.config.callbacks.keep_late
             result = await self.store.ingest(
-                incoming, guard, self.config.callbacks.keep_late, self._contract_check(incoming)
+                incoming, guard, keep_late, self._contract_check(incoming), self._default_response
             )
         except DeliveryRefused as exc:
             self._count_refusal(incoming.token, incoming.remote_addr, exc)
             raise
         self._remember_contract(incoming.token, result.callback.contract)
         return result
+
+    async def handshake(self, incoming: Incoming) -> Answer:
+        """The answer to a GET on a callback URL (a verification handshake): its echo, never
+        stored. Refused as a delivery would be for its token (CallbackNotFound), its address
+        (both allowlists) and, without keep_late, its closing; without an echo spec,
+        HandshakeNotAllowed. No signature is checked: these GETs carry none."""
+        self.admit(incoming.token, incoming.remote_addr)
+        callback = await self.store.get_callback(incoming.token) if len(incoming.token) <= MAX_TOKEN else None
+        if callback is None:
+            raise CallbackNotFound(incoming.token)
+        try:
+            check_address(callback.allow_ips, incoming.remote_addr, "this callback's")
+        except DeliveryRefused as exc:
+            self._count_refusal(incoming.token, incoming.remote_addr, exc)
+            raise
+        arrives_late(callback, incoming.received_at, self.config.callbacks.keep_late)
+        if callback.response is None or callback.response.echo is None:
+            raise HandshakeNotAllowed()
+        return answer_for(callback.response, incoming)
 
     def _count_refusal(self, token: str, remote_addr: str | None, exc: DeliveryRefused) -> None:
         kind = "signature" if isinstance(exc, SignatureInvalid) else "address"
@@ -341,6 +367,33 @@ class Hub:
         finally:
             self.registry.remove(waiter)
 
+    async def wait_for_many(
+        self, tokens: list[str], every: bool, timeout: float, owner: str | None = None
+    ) -> list[Callback] | None:
+        """The callbacks of `tokens` that have a result or are closed (in the order given), as
+        soon as one is (`every` False: "any") or none is pending any more (`every`: "all");
+        None when `timeout` passes first. Raises CallbackNotFound naming the first unknown token
+        (with an `owner`, another key's token is unknown)."""
+        waiter = Waiter(DeliveryFilter(tokens=frozenset(tokens), owner=owner))
+        self.registry.add(waiter)
+        try:
+            statuses = await self.store.callback_statuses(tokens, owner)
+            for token in tokens:
+                if token not in statuses:
+                    raise CallbackNotFound(token, f"no callback has the token {token}")
+            # Only ever grows: a callback that is not pending never becomes pending again, so
+            # an event older than the read adds nothing wrong.
+            ready = {token for token, status in statuses.items() if status != PENDING}
+            deadline = time.monotonic() + timeout
+            while len(ready) < (len(tokens) if every else 1):
+                if not await waiter.wait(deadline - time.monotonic()):
+                    return None
+                ready.update(event.token for event in waiter.events if event.callback.status != PENDING)
+                waiter.rearm()
+            return [await self._find(token, owner) for token in tokens if token in ready]
+        finally:
+            self.registry.remove(waiter)
+
     # Expiry
 
     async def expire_due(self) -> int:
@@ -406,4 +459,6 @@ def _fingerprint(spec: MintSpec, count: int, batch: bool) -> str:
         # Only then: an older key's fingerprint stays what it was.
         expect = None if spec.expect is None else orjson.dumps([spec.expect.correlation_ids, spec.expect.count]).decode()
         shape += [expect, spec.contract.text() if spec.contract is not None else None]
+    if spec.response is not None:
+        shape.append(spec.response.to_json())  # appended only when set: older keys still match
     return hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -67,11 +67,12 @@ class Subscriber(Protocol):
 class Waiter:
     """A one-shot subscriber for a long-poll: collects matching events and wakes its owner."""
 
-    __slots__ = ("key", "where", "events", "_woken", "_shut_down")
+    __slots__ = ("_keys", "where", "events", "_woken", "_shut_down")
     kind = "long_poll"
 
     def __init__(self, where: DeliveryFilter) -> None:
-        self.key = key_for(where)
+        # One key, or one per token of a set of tokens (a wait on any or all of several).
+        self._keys = keys_for(where)
         self.where = where
         self.events: list[Event] = []
         self._woken = asyncio.get_running_loop().create_future()
@@ -79,7 +80,7 @@ class Waiter:
 
     @property
     def keys(self) -> tuple[Key, ...]:
-        return (self.key,)
+        return self._keys
 
     def push(self, event: Event) -> None:
         if not self.where.accepts(event):

@@ -93,8 +93,9 @@ _V4 = [
     "ALTER TABLE callbacks ADD COLUMN late_deliveries INTEGER NOT NULL DEFAULT 0",
 ]
 
-# Expected sets and contracts, as in SQLite's version 5 (correlation ids as bytes, as elsewhere).
-_V5_EXPECTED = [
+# Expected sets and contracts, as in SQLite's _expected_sets_and_contracts (correlation ids as
+# bytes, as elsewhere).
+_EXPECTED_SETS_AND_CONTRACTS = [
     "ALTER TABLE callbacks ADD COLUMN expect_total INTEGER",
     "ALTER TABLE callbacks ADD COLUMN expect_named BOOLEAN NOT NULL DEFAULT false",
     "ALTER TABLE callbacks ADD COLUMN expect_arrived INTEGER NOT NULL DEFAULT 0",
@@ -110,5 +111,11 @@ _V5_EXPECTED = [
     )""",
     "CREATE INDEX expected_ids_missing ON expected_ids (callback_id, position) WHERE NOT arrived",
 ]
+# What a callback's URL answers its sender, and what each delivery was answered, as in SQLite's
+# _sender_answers.
+_SENDER_ANSWERS = [
+    "ALTER TABLE callbacks ADD COLUMN response TEXT",
+    "ALTER TABLE deliveries ADD COLUMN answer TEXT",
+]
 
-MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4, _V5_EXPECTED]
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4, _EXPECTED_SETS_AND_CONTRACTS, _SENDER_ANSWERS]

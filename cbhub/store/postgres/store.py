@@ -37,6 +37,7 @@ from cbhub.domain.model import (
     Incoming,
     MintSpec,
 )
+from cbhub.domain.responses import ResponseSpec
 from cbhub.errors import (
     CbhubError,
     StoreUnavailable,
@@ -114,13 +115,13 @@ CLOSINGS_AFTER = (
 )
 INSERT_CALLBACKS = (
     "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata, created_by,"
-    " allow_ips, verify, expect_total, expect_named, contract, created_seq)"
+    " allow_ips, verify, expect_total, expect_named, contract, response, created_seq)"
     " SELECT t.token, 'pending', $2, t.expires_at, t.label, t.group_name, t.metadata, t.created_by, t.allow_ips,"
-    " t.verify, t.expect_total, t.expect_named, t.contract, nextval('creation_seq')"
+    " t.verify, t.expect_total, t.expect_named, t.contract, t.response, nextval('creation_seq')"
     " FROM unnest($1::text[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[], $7::text[], $8::text[],"
-    " $9::text[], $10::integer[], $11::boolean[], $12::text[])"
+    " $9::text[], $10::integer[], $11::boolean[], $12::text[], $13::text[])"
     " AS t (token, expires_at, label, group_name, metadata, created_by, allow_ips, verify, expect_total,"
-    " expect_named, contract)"
+    " expect_named, contract, response)"
     f" RETURNING {CALLBACK_COLUMNS}"
 )
 # Claims an idempotency key: a new key, or one past its window. No row back: the key is live.
@@ -132,19 +133,19 @@ CLAIM_KEY = (
 # The delivery and its callback's new state in one round trip.
 _INSERT_DELIVERY = (
     "WITH d AS (INSERT INTO deliveries (callback_id, group_name, received_at, method, content_type, remote_addr,"
-    " headers, query, body, correlation_id, dedupe_key, late, problems)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {late}, {problems}) RETURNING id)"
+    " headers, query, body, correlation_id, dedupe_key, answer, late, problems)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, {late}, {problems}) RETURNING id)"
 )
 INSERT_DELIVERY = _INSERT_DELIVERY.format(late="false", problems="NULL") + (
-    " UPDATE callbacks SET status = COALESCE($12, status), deliveries = deliveries + 1,"
+    " UPDATE callbacks SET status = COALESCE($13, status), deliveries = deliveries + 1,"
     " last_delivery_id = (SELECT id FROM d) WHERE id = $1 RETURNING last_delivery_id"
 )
 # A late one only counts on its callback: status and result stay as they were.
-INSERT_LATE_DELIVERY = _INSERT_DELIVERY.format(late="true", problems="$12") + (
+INSERT_LATE_DELIVERY = _INSERT_DELIVERY.format(late="true", problems="$13") + (
     " UPDATE callbacks SET late_deliveries = late_deliveries + 1 WHERE id = $1 RETURNING (SELECT id FROM d)"
 )
 # An invalid one (it does not fit the contract) is counted, never the result.
-INSERT_INVALID_DELIVERY = _INSERT_DELIVERY.format(late="false", problems="$12") + (
+INSERT_INVALID_DELIVERY = _INSERT_DELIVERY.format(late="false", problems="$13") + (
     " UPDATE callbacks SET deliveries = deliveries + 1 WHERE id = $1 RETURNING (SELECT id FROM d)"
 )
 # Expected sets: each step one keyed statement (see store/decisions.py).
@@ -460,9 +461,16 @@ class PostgresStore(Store):
         return await self._decide(lambda: decisions.mint(specs, now, idempotency), minted)
 
     async def ingest(
-        self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True, check: ContractCheck | None = None
+        self,
+        incoming: Incoming,
+        guard: Guard | None = None,
+        keep_late: bool = True,
+        check: ContractCheck | None = None,
+        default_response: ResponseSpec | None = None,
     ) -> IngestResult:
-        return await self._decide(lambda: decisions.ingest(incoming, guard, keep_late, check), ingested)
+        return await self._decide(
+            lambda: decisions.ingest(incoming, guard, keep_late, check, default_response), ingested
+        )
 
     async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
         return await self._decide(lambda: decisions.cancel(token), cancelled)
@@ -662,8 +670,8 @@ async def _answer(conn: asyncpg.Connection, step: decisions.Step) -> Any:
         case decisions.FindDuplicate(callback_id, dedupe_key):
             row = await conn.fetchrow(SELECT_DUPLICATE, callback_id, _name(dedupe_key))
             return _delivery(row) if row is not None else None
-        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status, problems):
-            values = (callback_id, _name(group), *delivery_values(incoming, _name))
+        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status, problems, answered):
+            values = (callback_id, _name(group), *delivery_values(incoming, _name, answered))
             if late:
                 return await conn.fetchval(INSERT_LATE_DELIVERY, *values, problems_value(problems))
             if problems:

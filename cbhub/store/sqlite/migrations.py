@@ -122,6 +122,11 @@ def _expected_sets_and_contracts(conn: sqlite3.Connection) -> None:
         ) WITHOUT ROWID"""
     )
     conn.execute("CREATE INDEX expected_ids_missing ON expected_ids (callback_id, position) WHERE arrived = 0")
+def _sender_answers(conn: sqlite3.Connection) -> None:
+    # What a callback's URL answers its sender (a spec as JSON, NULL: cbhub's receipt), and
+    # what each delivery was answered when it was not the receipt (JSON, NULL: the receipt).
+    conn.execute("ALTER TABLE callbacks ADD COLUMN response TEXT")
+    conn.execute("ALTER TABLE deliveries ADD COLUMN answer TEXT")
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
@@ -130,4 +135,5 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _callback_listing_indexes,
     _v4_late_deliveries,
     _expected_sets_and_contracts,
+    _sender_answers,
 ]

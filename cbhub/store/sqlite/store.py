@@ -34,6 +34,7 @@ from cbhub.domain.model import (
     Incoming,
     MintSpec,
 )
+from cbhub.domain.responses import ResponseSpec
 from cbhub.errors import (
     CbhubError,
     StoreError,
@@ -87,7 +88,8 @@ SELECT_DELIVERY_BY_ID = f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d
 SELECT_DUPLICATE = f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.callback_id = ? AND d.dedupe_key = ?"
 INSERT_DELIVERY = (
     "INSERT INTO deliveries (callback_id, group_name, received_at, method, content_type, remote_addr,"
-    " headers, query, body, correlation_id, dedupe_key, late, problems) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " headers, query, body, correlation_id, dedupe_key, answer, late, problems)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 COUNT_ON_TIME_WITH_STATUS = (
     "UPDATE callbacks SET status = ?, deliveries = deliveries + 1, last_delivery_id = ? WHERE id = ?"
@@ -123,8 +125,8 @@ CLAIM_KEY = (
 RECORD_KEY = "UPDATE idempotency_keys SET callback_ids = ? WHERE scope = ? AND key = ?"
 INSERT_CALLBACK = (
     "INSERT INTO callbacks (token, expires_at, label, group_name, metadata, created_by, allow_ips, verify,"
-    " expect_total, expect_named, contract,"
-    f" created_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{PENDING}') RETURNING {CALLBACK_COLUMNS}"
+    " expect_total, expect_named, contract, response,"
+    f" created_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{PENDING}') RETURNING {CALLBACK_COLUMNS}"
 )
 EXPIRE_DUE = (
     f"UPDATE callbacks SET status = '{EXPIRED}' WHERE id IN"
@@ -338,10 +340,15 @@ class SQLiteStore(Store):
         return result
 
     async def ingest(
-        self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True, check: ContractCheck | None = None
+        self,
+        incoming: Incoming,
+        guard: Guard | None = None,
+        keep_late: bool = True,
+        check: ContractCheck | None = None,
+        default_response: ResponseSpec | None = None,
     ) -> IngestResult:
         result: IngestResult = await self._writes.submit(
-            self._deciding(lambda: decisions.ingest(incoming, guard, keep_late, check)), ingested
+            self._deciding(lambda: decisions.ingest(incoming, guard, keep_late, check, default_response)), ingested
         )
         return result
 
@@ -478,8 +485,10 @@ def _answer(conn: sqlite3.Connection, step: decisions.Step) -> Any:
     match step:
         case decisions.LoadCallback(token):
             return _found(conn.execute(SELECT_CALLBACK_BY_TOKEN, (token,)).fetchone())
-        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status, problems):
-            values = (callback_id, group, *delivery_values(incoming), late, problems_value(problems))
+        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status, problems, answered):
+            values = (
+                callback_id, group, *delivery_values(incoming, answered=answered), late, problems_value(problems)
+            )
             delivery_id = conn.execute(INSERT_DELIVERY, values).lastrowid
             if late:
                 conn.execute(COUNT_LATE, (callback_id,))
