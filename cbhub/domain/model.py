@@ -24,6 +24,10 @@ TERMINAL = (EXPIRED, CANCELLED)
 
 # The kind of Event telling that a callback was minted (the others: "delivery", "status").
 CREATED = "created"
+# The kinds of Event a callback's timers raise (see domain/timing.py): its latest delivery
+# stayed the latest for its settle window; it was still pending when expected to be done.
+SETTLED = "settled"
+OVERDUE = "overdue"
 
 # Headers a client API reader never sees: they carry the sender's credentials.
 HIDDEN_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
@@ -115,6 +119,13 @@ class Callback:
     # Guards on its public URL, set at mint: source networks (CIDRs) and a signature scheme.
     allow_ips: tuple[str, ...] = ()
     verify: VerifySpec | None = None
+    # Timing, set at mint (domain/timing.py): the settle window in ms and when the latest
+    # delivery settled (None until it has; a newer delivery makes it None again: latest wins);
+    # the seconds within which it is expected, and whether it was still pending then.
+    settle_ms: int | None = None
+    settled_at: int | None = None
+    expect_within: int | None = None
+    overdue: bool = False
 
     def to_json(self, base_url: str) -> dict[str, Any]:
         return {
@@ -132,6 +143,10 @@ class Callback:
             "created_by": self.created_by,
             "allow_ips": list(self.allow_ips),
             "verify": self.verify.describe() if self.verify is not None else None,
+            "settle": self.settle_ms / 1000 if self.settle_ms is not None else None,
+            "settled_at": rfc3339(self.settled_at) if self.settled_at is not None else None,
+            "expect_within": self.expect_within,
+            "overdue": self.overdue,
         }
 
     def closed(self, at_ms: int) -> bool:
@@ -166,13 +181,16 @@ class MintSpec:
     created_by: str | None = None
     allow_ips: tuple[str, ...] = ()
     verify: VerifySpec | None = None
+    # The settle window in ms and the seconds within which it is expected (None: neither).
+    settle_ms: int | None = None
+    expect_within: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
     """What the registry carries to waiters: a new callback, a new delivery, or a status change."""
 
-    kind: str  # "delivery" | "status" | CREATED
+    kind: str  # "delivery" | "status" | CREATED | SETTLED | OVERDUE
     callback: Callback
     delivery: Delivery | None = None
 
@@ -186,4 +204,9 @@ class Event:
 
     @property
     def correlation_id(self) -> str | None:
-        return self.delivery.correlation_id if self.delivery is not None else None
+        if self.delivery is not None:
+            return self.delivery.correlation_id
+        # A settling is about the latest delivery: it reaches who follows that one's correlation id.
+        if self.kind == SETTLED and self.callback.result is not None:
+            return self.callback.result.correlation_id
+        return None

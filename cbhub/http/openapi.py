@@ -112,6 +112,15 @@ SCHEMAS: dict[str, Any] = {
             "created_by": {"type": "string", "nullable": True, "description": "the name of the API key that minted it"},
             "allow_ips": {"type": "array", "items": {"type": "string"}},
             "verify": {"type": "object", "nullable": True, "description": "its signature check, without the secret"},
+            "settle": {"type": "number", "nullable": True, "description": "its settle window in seconds"},
+            "settled_at": {
+                "type": "string",
+                "format": "date-time",
+                "nullable": True,
+                "description": "when its latest delivery settled; null until then, and again after a newer one",
+            },
+            "expect_within": {"type": "integer", "nullable": True, "description": "seconds it was expected within"},
+            "overdue": {"type": "boolean", "description": "still pending when it was expected; stays true"},
         },
     },
     "CallbackList": {
@@ -130,7 +139,11 @@ SCHEMAS: dict[str, Any] = {
     "CallbackUpdate": {
         "type": "object",
         "required": ["callback", "deliveries"],
-        "properties": {"callback": _ref("Callback"), "deliveries": {"type": "array", "items": _ref("Delivery")}},
+        "properties": {
+            "callback": _ref("Callback"),
+            "deliveries": {"type": "array", "items": _ref("Delivery")},
+            "settled": {"type": "boolean", "description": "with a settle window: whether the answer is final"},
+        },
     },
     "DeliveryPage": {
         "type": "object",
@@ -145,7 +158,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["group", "total", "pending", "received", "expired", "cancelled"],
         "properties": {
             "group": {"type": "string"},
-            **{name: {"type": "integer"} for name in ("total", "pending", "received", "expired", "cancelled")},
+            **{name: {"type": "integer"} for name in ("total", "pending", "received", "expired", "cancelled", "overdue")},
         },
     },
     "Receipt": {
@@ -266,10 +279,11 @@ PATHS: dict[str, Any] = {
     },
     "/v1/callbacks/{token}/wait": {
         "get": {
-            "summary": "Long-poll until the callback has deliveries after the cursor, or is closed",
+            "summary": "Long-poll until the callback has deliveries after the cursor, is closed or turns overdue;"
+            " with settle, until its latest delivery settled",
             "parameters": [TOKEN, *_query(api.WAIT_CALLBACK_PARAMS)],
             "responses": {
-                "200": _json(_ref("CallbackUpdate"), "new deliveries, or the callback's final status"),
+                "200": _json(_ref("CallbackUpdate"), "new deliveries, the callback's final status, or it turned overdue"),
                 "204": {"description": "nothing arrived before the timeout"},
                 "400": BAD_REQUEST,
                 "404": NOT_FOUND,

@@ -21,6 +21,7 @@ from cbhub.domain.model import (
     Incoming,
     MintSpec,
 )
+from cbhub.domain.timing import settle_due
 from cbhub.errors import CallbackNotFound, IdempotencyConflict, SchemaTooNew
 from cbhub.store.base import IngestResult
 from cbhub.store.rows import arrives_late, new_delivery
@@ -71,6 +72,14 @@ class InsertDelivery(NamedTuple):
     new_status: str | None
 
 
+class StartSettle(NamedTuple):
+    """-> None: the callback's latest delivery settles at `due` unless a newer one comes, and
+    it is not settled meanwhile (latest wins)."""
+
+    callback_id: int
+    due: int
+
+
 class MarkCancelled(NamedTuple):
     """-> None."""
 
@@ -110,7 +119,7 @@ class LoadCallbacks(NamedTuple):
 
 Step = (
     LoadCallback | LoadDelivery | FindDuplicate | InsertDelivery | MarkCancelled | ClaimKey | InsertCallbacks | RecordKey
-    | LoadCallbacks
+    | LoadCallbacks | StartSettle
 )
 Steps = Generator[Step, Any, T]
 
@@ -135,6 +144,9 @@ def ingest(incoming: Incoming, guard: Guard | None, keep_late: bool) -> Steps[In
         callback.result = yield LoadDelivery(found.last_delivery_id)
     new_status = RECEIVED if not late and callback.status == PENDING else None
     delivery_id = yield InsertDelivery(found.id, callback.group, incoming, late, new_status)
+    if not late and callback.settle_ms is not None:
+        yield StartSettle(found.id, settle_due(incoming.received_at, callback.settle_ms))
+        callback.settled_at = None
     return IngestResult(new_delivery(incoming, delivery_id, callback, late), callback, duplicate=False)
 
 

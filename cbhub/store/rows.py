@@ -23,13 +23,14 @@ from cbhub.domain.model import (
     MintSpec,
 )
 from cbhub.domain.signatures import VerifySpec
+from cbhub.domain.timing import overdue_due
 from cbhub.errors import CallbackClosed
 from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage
 
 # Both schemas name their columns alike; the row mappers below read them in this order.
 CALLBACK_COLUMNS = (
     "id, token, status, created_at, expires_at, label, group_name, metadata, deliveries, last_delivery_id,"
-    " created_by, allow_ips, verify, late_deliveries"
+    " created_by, allow_ips, verify, late_deliveries, settle_ms, settled_at, expect_within, overdue"
 )
 DELIVERY_COLUMNS = (
     "d.id, c.token, d.received_at, d.method, d.content_type, d.remote_addr, d.headers, d.query,"
@@ -77,6 +78,10 @@ def callback_from_row(row: Sequence[Any], text: Text = _same) -> Callback:
         allow_ips=tuple(orjson.loads(row[11])) if row[11] is not None else (),
         verify=VerifySpec(**orjson.loads(row[12])) if row[12] is not None else None,
         late_deliveries=row[13],
+        settle_ms=row[14],
+        settled_at=row[15],
+        expect_within=row[16],
+        overdue=bool(row[17]),
     )
 
 
@@ -193,6 +198,9 @@ def callback_where(
     for column, value in (("status", where.status), ("created_by", where.owner)):
         if value is not None:
             clauses.append(f"{column} = {bind(value)}")
+    if where.overdue is not None:
+        # A literal, as the partial index on overdue callbacks states it.
+        clauses.append("overdue = TRUE" if where.overdue else "overdue = FALSE")
     if where.correlation_id is not None:
         clauses.append(f"id IN (SELECT callback_id FROM deliveries WHERE correlation_id = {bind(name(where.correlation_id))})")
     return " AND ".join(clauses) or "TRUE"
@@ -216,7 +224,7 @@ def delivery_values(incoming: Incoming, name: Callable[[str | None], Any] = _sam
 
 def callback_values(spec: MintSpec, now: int, name: Callable[[str | None], Any] = _same) -> tuple[Any, ...]:
     """A new callback's columns: token, expires_at, label, group_name, metadata, created_by,
-    allow_ips, verify."""
+    allow_ips, verify, settle_ms, expect_within, overdue_due."""
     return (
         new_token(),
         now + spec.ttl * 1000,
@@ -224,7 +232,13 @@ def callback_values(spec: MintSpec, now: int, name: Callable[[str | None], Any] 
         name(spec.group),
         orjson.dumps(spec.metadata).decode(),
         *guard_columns(spec),
+        *timing_columns(spec, now),
     )
+
+
+def timing_columns(spec: MintSpec, now: int) -> tuple[int | None, int | None, int | None]:
+    """A mint's timers as stored: settle_ms, expect_within and overdue_due."""
+    return spec.settle_ms, spec.expect_within, overdue_due(now, spec.expect_within)
 
 
 def purge_order(deliveries: str, callbacks: str, keys: str, expired_before: int, now: int) -> list[tuple[str, int]]:

@@ -25,6 +25,7 @@ from cbhub.domain.filters import CallbackFilter, DeliveryFilter
 from cbhub.domain.guards import check_address, delivery_guard
 from cbhub.domain.model import (
     PENDING,
+    SETTLED,
     Callback,
     Delivery,
     Incoming,
@@ -32,6 +33,7 @@ from cbhub.domain.model import (
     now_ms,
     short_token,
 )
+from cbhub.domain.timing import has_settled, quiet_until
 from cbhub.errors import (
     CallbackNotFound,
     DeliveryNotFound,
@@ -59,6 +61,8 @@ WAIT_BATCH = 100
 class CallbackUpdate:
     callback: Callback
     deliveries: list[Delivery]
+    # For a wait with a settle window: whether the answer is final (None: no window).
+    settled: bool | None = None
 
 
 class Hub:
@@ -74,6 +78,8 @@ class Hub:
         self._default_verify = config.ingest.verify.spec()
         # Deliveries refused by a guard since the start, by kind ("address", "signature").
         self.refused: Counter[str] = Counter()
+        # Callbacks this instance's sweep found overdue since the start.
+        self.overdue_total = 0
 
     async def start(self) -> None:
         self._expiry_task = asyncio.create_task(self._expire_forever(), name="cbhub-expiry")
@@ -190,16 +196,20 @@ class Hub:
     # Waiting
 
     async def wait_for_callback(
-        self, token: str, after: int, timeout: float, owner: str | None = None
+        self, token: str, after: int, timeout: float, owner: str | None = None, settle: float | None = None
     ) -> CallbackUpdate | None:
         """The callback's deliveries with id > after as soon as there are some, or the callback
-        once it can receive no more; None when `timeout` passes first. With an `owner`, another
-        key's callback is not found."""
+        once it can receive no more, or once it turns overdue; None when `timeout` passes
+        first. With a settle window (`settle` seconds, else the callback's own), see
+        _wait_settled. With an `owner`, another key's callback is not found."""
         # Late deliveries are left out: they come once the callback has nothing more to say.
         waiter = Waiter(DeliveryFilter(token=token, owner=owner, late=False))
         self.registry.add(waiter)
         try:
             callback = await self._find(token, owner)
+            settle_ms = round(settle * 1000) if settle is not None else callback.settle_ms
+            if settle_ms is not None:
+                return await self._wait_settled(waiter, callback, after, timeout, settle_ms)
             deliveries: list[Delivery] = []
             if callback.result is not None and callback.result.id > after:
                 deliveries = await self.store.find_deliveries(waiter.where, after, WAIT_BATCH)
@@ -210,13 +220,52 @@ class Hub:
                 # A received callback gets no "expired" event (it stays received): wake at its
                 # expiry to tell the waiter that nothing more will come.
                 timeout = min(timeout, (callback.expires_at - now) / 1000)
-            if not await waiter.wait(timeout):
-                return CallbackUpdate(callback, []) if callback.closed(now_ms()) else None
-            events = waiter.events
+            deadline = time.monotonic() + timeout
+            while True:
+                if not await waiter.wait(deadline - time.monotonic()):
+                    return CallbackUpdate(callback, []) if callback.closed(now_ms()) else None
+                # A settling answers only a wait with a settle window.
+                events = [e for e in waiter.events if e.kind != SETTLED]
+                if events:
+                    break
+                waiter.rearm()
             fresh = [e.delivery for e in events if e.delivery is not None and e.delivery.id > after]
             return CallbackUpdate(events[-1].callback, fresh[:WAIT_BATCH])
         finally:
             self.registry.remove(waiter)
+
+    async def _wait_settled(
+        self, waiter: Waiter, callback: Callback, after: int, timeout: float, settle_ms: int
+    ) -> CallbackUpdate | None:
+        """Answer once the callback's latest delivery stayed the latest for `settle_ms` (or it
+        can receive no more): settled, with the deliveries after `after`. At the timeout: not
+        settled, with those deliveries, or None when there are none. A callback turning
+        overdue meanwhile answers too (not settled, no deliveries). Each round re-reads the
+        callback after re-arming the waiter (registered by the caller): nothing slips between."""
+        deadline = time.monotonic() + timeout
+        overdue_before = callback.overdue  # a wait begun after it turned overdue is not told again
+        while True:
+            now = now_ms()
+            if has_settled(callback, settle_ms, now):
+                return CallbackUpdate(callback, await self._deliveries_after(waiter, callback, after), settled=True)
+            if callback.overdue and not overdue_before:
+                return CallbackUpdate(callback, [], settled=False)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                deliveries = await self._deliveries_after(waiter, callback, after)
+                return CallbackUpdate(callback, deliveries, settled=False) if deliveries else None
+            until = quiet_until(callback, settle_ms)
+            wake = min(left, (callback.expires_at - now) / 1000)
+            if until is not None:
+                wake = min(wake, (until - now) / 1000)
+            await waiter.wait(max(wake, 0.0))
+            waiter.rearm()
+            callback = await self._find(callback.token, waiter.where.owner)
+
+    async def _deliveries_after(self, waiter: Waiter, callback: Callback, after: int) -> list[Delivery]:
+        if callback.result is None or callback.result.id <= after:
+            return []
+        return await self.store.find_deliveries(waiter.where, after, WAIT_BATCH)
 
     async def follow(self, token: str, after: int, owner: str | None = None) -> Callback | None:
         """Where a stream of one callback's deliveries starts: the callback, or None when it is
@@ -252,6 +301,10 @@ class Hub:
             raise GroupNotFound()
         return counts
 
+    async def group_overdue(self, group: str, owner: str | None = None) -> int:
+        """How many of a group's callbacks turned overdue."""
+        return await self.store.overdue_count(group, owner)
+
     async def wait_for_group(self, group: str, timeout: float, owner: str | None = None) -> dict[str, int] | None:
         """The group's counts as soon as none of its callbacks is pending; None on timeout."""
         waiter = Waiter(DeliveryFilter(group=group, owner=owner))
@@ -284,6 +337,21 @@ class Hub:
             if not expired:
                 return total
 
+    async def mark_timers_due(self) -> int:
+        """Mark overdue the pending callbacks past their expected time, and settled those whose
+        latest delivery stayed the latest for their settle window (the store announces each)."""
+        now = now_ms()
+        if not await self.store.has_timers_due(now):
+            return 0
+        total = 0
+        while looked := await self.store.mark_overdue(now):
+            turned = sum(1 for callback in looked if callback.overdue)
+            self.overdue_total += turned
+            total += turned
+        while marked := await self.store.mark_settled(now):
+            total += len(marked)
+        return total
+
     async def _expire_forever(self) -> None:
         while True:
             await asyncio.sleep(EXPIRY_INTERVAL)
@@ -291,6 +359,9 @@ class Hub:
                 if not self.store.writable:
                     await self.store.probe_write(now_ms())
                     log.info("the store accepts writes again")
+                # Timers first: a callback overdue and expired in the same round is told in
+                # the order it happened.
+                await self.mark_timers_due()
                 await self.expire_due()
             except asyncio.CancelledError:
                 raise
@@ -330,4 +401,6 @@ def _fingerprint(spec: MintSpec, count: int, batch: bool) -> str:
     """What a mint request asked for, so that a key reused for another request is told apart."""
     verify = spec.verify.to_json() if spec.verify is not None else None
     shape = ["batch" if batch else "one", count, spec.ttl, spec.label, spec.group, spec.metadata, spec.allow_ips, verify]
+    if spec.settle_ms is not None or spec.expect_within is not None:
+        shape += [spec.settle_ms, spec.expect_within]  # only then: older keys keep their fingerprint
     return hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)).hexdigest()
