@@ -21,7 +21,13 @@ from cbhub.client.errors import (
     Unreachable,
 )
 from cbhub.client.hub import CallbackHandle, CbHub
-from cbhub.client.models import Callback, Delivery, DeliveryPage, GroupStatus
+from cbhub.client.models import (
+    Callback,
+    Delivery,
+    DeliveryPage,
+    GroupStatus,
+    TimerEvent,
+)
 from cbhub.client.streaming import Auto, Backoff, LongPoll, Transport, WebSocket
 from cbhub.client.sync import SyncCallbackHandle, SyncCbHub
 
@@ -44,6 +50,7 @@ __all__ = [
     "NotFound",
     "SyncCallbackHandle",
     "SyncCbHub",
+    "TimerEvent",
     "Transport",
     "Unauthorized",
     "Unavailable",

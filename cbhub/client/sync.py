@@ -27,9 +27,9 @@ class SyncCallbackHandle(HandleBase):
         self.hub = hub
         self.callback = callback
 
-    def wait(self, timeout: float | None = None, after: int = 0) -> Delivery:
+    def wait(self, timeout: float | None = None, after: int = 0, settle: float | None = None) -> Delivery:
         """The latest delivery; see `CbHub.wait`."""
-        return self.hub.wait(self.token, timeout=timeout, after=after)
+        return self.hub.wait(self.token, timeout=timeout, after=after, settle=settle)
 
     def refresh(self) -> Callback:
         self.callback = self.hub.get(self.token)
@@ -101,8 +101,14 @@ class SyncCbHub:
         metadata: Mapping[str, Any] | None = None,
         *,
         idempotency_key: str | None = None,
+        settle: float | None = None,
+        expect_within: int | None = None,
     ) -> SyncCallbackHandle:
-        handle = self._run(self.hub.create(ttl, label, group, metadata, idempotency_key=idempotency_key))
+        handle = self._run(
+            self.hub.create(
+                ttl, label, group, metadata, idempotency_key=idempotency_key, settle=settle, expect_within=expect_within
+            )
+        )
         return SyncCallbackHandle(self, handle.callback)
 
     def create_batch(self, count: int, **fields: Any) -> list[SyncCallbackHandle]:
@@ -116,8 +122,8 @@ class SyncCbHub:
     def cancel(self, token: str) -> Callback:
         return self._run(self.hub.cancel(token))
 
-    def wait(self, token: str, timeout: float | None = None, after: int = 0) -> Delivery:
-        return self._run(self.hub.wait(token, timeout=timeout, after=after))
+    def wait(self, token: str, timeout: float | None = None, after: int = 0, settle: float | None = None) -> Delivery:
+        return self._run(self.hub.wait(token, timeout=timeout, after=after, settle=settle))
 
     def list_deliveries(self, **filters: Any) -> DeliveryPage:
         return self._run(self.hub.list_deliveries(**filters))
