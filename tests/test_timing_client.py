@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import orjson
 from helpers import eventually, post_callback, registry_size
 from test_cli_client import cbhub
@@ -92,3 +93,22 @@ async def test_cbhub_wait_with_settle_prints_the_final_body(client):
     assert ran.code == 0, ran.err
     minted = orjson.loads(ran.out)
     assert (minted["settle"], minted["expect_within"]) == (2, 5)
+
+
+async def test_the_enrichment_example_with_settle_shows_awaiting_then_the_final_latest_result(client, aiohttp_server):
+    from test_seed_flows import FakeEnrichmentProvider, load_example
+
+    example = load_example("enrichment")
+    provider = FakeEnrichmentProvider()
+    provider_url = f"http://127.0.0.1:{(await aiohttp_server(provider.app)).port}/enrich"
+    async with CbHub(url_of(client)) as hub, aiohttp.ClientSession() as session:
+        states = example.enrich(hub, session, provider_url, "Acme Logistics", timeout=20, settle=0.5)
+        awaiting = await anext(states)
+        assert str(awaiting) == "Acme Logistics: awaiting callback"
+        # The provider calls back twice: the latest payload is the result, shown once final.
+        await provider.call_back(provider.requests[0], employees=250)
+        await provider.call_back(provider.requests[0], employees=400)
+        final = await anext(states)
+        assert (final.state, final.result["employees"]) == ("final", 400)
+        callback = await hub.get(awaiting.token)
+        assert callback.settle == 0.5 and callback.result is not None and callback.result.id == final.delivery_id
