@@ -109,6 +109,7 @@ _TIMING = [
     "CREATE INDEX callbacks_settle_due ON callbacks (settle_due) WHERE settle_due IS NOT NULL",
     "CREATE INDEX callbacks_overdue_due ON callbacks (overdue_due) WHERE overdue_due IS NOT NULL",
     "CREATE INDEX callbacks_overdue ON callbacks (group_name, id) WHERE overdue = TRUE",
+    "CREATE INDEX callbacks_overdue_created ON callbacks (id) WHERE overdue = TRUE",
     "CREATE UNIQUE INDEX callbacks_overdue_seq ON callbacks (overdue_seq) WHERE overdue_seq IS NOT NULL",
     "CREATE UNIQUE INDEX callbacks_settled_seq ON callbacks (settled_seq) WHERE settled_seq IS NOT NULL",
 ]

@@ -111,6 +111,7 @@ def _timing(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX callbacks_overdue_due ON callbacks (overdue_due) WHERE overdue_due IS NOT NULL")
     # GET /v1/callbacks?overdue=true, newest first, and the overdue count of a group.
     conn.execute("CREATE INDEX callbacks_overdue ON callbacks (group_name) WHERE overdue = TRUE")
+    conn.execute("CREATE INDEX callbacks_overdue_created ON callbacks (overdue) WHERE overdue = TRUE")
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
