@@ -207,7 +207,7 @@ class Hub:
         self.registry.add(waiter)
         try:
             callback = await self._find(token, owner)
-            settle_ms = round(settle * 1000) if settle is not None else callback.settle_ms
+            settle_ms = max(1, round(settle * 1000)) if settle is not None else callback.settle_ms
             if settle_ms is not None:
                 return await self._wait_settled(waiter, callback, after, timeout, settle_ms)
             deliveries: list[Delivery] = []
