@@ -43,3 +43,16 @@ def test_a_settling_callback_shows_settling_then_final_and_a_hung_one_overdue(hu
     expect(page.locator("#detail .settle-note")).to_contain_text("Settling")
     screenshot(page, "inspector-settling.png")
     assert hung["token"] and watched.errors == []
+
+
+def test_a_group_view_counts_and_marks_its_overdue_callbacks(hub, open_page):  # noqa: F811
+    hung = mint(hub, label="Hung", group="ops", ttl=3600, expect_within=1)
+    answered = mint(hub, label="Answered", group="ops", ttl=3600, expect_within=1)
+    post_form(answered["callback_url"], {"status": "done"})
+    watched = open_page(hub, "/#/groups/ops")
+    page = watched.page
+    expect(page.locator(".count.s-overdue .n")).to_have_text("1", timeout=5000)
+    expect(page.locator(f'.cell.overdue[data-token="{hung["token"]}"]')).to_have_count(1)
+    expect(page.locator(".cell.overdue")).to_have_count(1)
+    screenshot(page, "inspector-group-overdue.png")
+    assert watched.errors == []
