@@ -236,23 +236,27 @@ async def test_a_settling_is_no_delivery_to_a_long_poll_on_deliveries(client):
 
 # Overdue
 
+# Long enough to set up a test's waiters before the callback turns overdue (checked, not assumed).
+EXPECT = 2
+
 
 async def test_a_callback_still_pending_when_expected_turns_overdue_and_says_so_everywhere(client):
     import orjson
 
-    late = await mint(client, expect_within=1, ttl=60, group="g")
-    on_time = await mint(client, expect_within=1, ttl=60, group="g")
+    on_time = await mint(client, expect_within=EXPECT, ttl=60, group="g")
+    await post_callback(client, on_time, data={"n": "1"})
+    late = await mint(client, expect_within=EXPECT, ttl=60, group="g")
     token = late["token"]
-    assert (late["expect_within"], late["overdue"]) == (1, False)
+    assert (late["expect_within"], late["overdue"]) == (EXPECT, False)
     waiting = await start_waiting(client, f"/v1/callbacks/{token}/wait?timeout=30")
     async with client.ws_connect("/v1/ws") as ws, client.get("/v1/events?group=g") as stream:
         await _subscribe(ws, "t", tokens=[token])
         await _subscribe(ws, "g", group="g")
-        await post_callback(client, on_time, data={"n": "1"})
+        await _not_overdue_yet(client, token)
         answer = await (await asyncio.wait_for(waiting, 20)).json()
         assert answer["deliveries"] == []
         assert (answer["callback"]["status"], answer["callback"]["overdue"]) == ("pending", True)
-        frames = [await ws.receive_json(timeout=10) for _ in range(3)]  # the group's delivery, two overdue
+        frames = [await ws.receive_json(timeout=10) for _ in range(2)]
         overdue = [f for f in frames if f["type"] == "overdue"]
         assert sorted(f["id"] for f in overdue) == ["g", "t"]
         assert all(f["token"] == token and f["status"] == "pending" and f["overdue"] for f in overdue)
@@ -276,6 +280,11 @@ async def test_a_callback_still_pending_when_expected_turns_overdue_and_says_so_
     assert (after["status"], after["overdue"]) == ("received", True)
 
 
+async def _not_overdue_yet(client: Any, token: str) -> None:
+    """Said, not assumed: every waiter of the test is set up before the callback turns overdue."""
+    assert not (await _get(client, token))["overdue"], f"setting up took longer than {EXPECT} s"
+
+
 async def _timers_done(client: Any) -> bool:
     return not await client.app[HUB].store.has_timers_due(now_ms())
 
@@ -288,8 +297,9 @@ async def test_expect_within_is_refused_unless_below_the_ttl(client):
 
 
 async def test_an_overdue_settle_wait_answers_not_settled(client):
-    callback = await mint(client, expect_within=1, ttl=60)
+    callback = await mint(client, expect_within=EXPECT, ttl=60)
     waiting = await start_waiting(client, f"/v1/callbacks/{callback['token']}/wait?settle=1&timeout=30")
+    await _not_overdue_yet(client, callback["token"])
     answer = await (await asyncio.wait_for(waiting, 20)).json()
     assert (answer["settled"], answer["deliveries"], answer["callback"]["overdue"]) == (False, [], True)
 
@@ -301,11 +311,12 @@ async def test_every_instance_tells_its_subscribers_of_a_settling_and_an_overdue
     if backend != "postgres":
         pytest.skip("instances share a database on PostgreSQL only")
     a, b = await start_hub(config), await start_hub(config)
-    pending = await mint(a, expect_within=1, ttl=60)
+    pending = await mint(a, expect_within=EXPECT, ttl=60)
     settling = await mint(a, settle=0.3)
     async with a.ws_connect("/v1/ws") as on_a, b.ws_connect("/v1/ws") as on_b:
         for ws in (on_a, on_b):
             await _subscribe(ws, "s", tokens=[pending["token"], settling["token"]])
+        await _not_overdue_yet(a, pending["token"])
         await post_callback(b, settling, data={"n": "1"})
         for ws in (on_a, on_b):
             frames = [await ws.receive_json(timeout=10) for _ in range(3)]

@@ -51,7 +51,7 @@ async def test_a_callback_minted_with_settle_and_expect_within_shows_them(client
 
 async def test_events_streams_deliveries_then_the_settled_and_overdue_events(client):
     async with CbHub(url_of(client)) as hub:
-        late = await hub.create(ttl=60, group="g", expect_within=1)
+        late = await hub.create(ttl=60, group="g", expect_within=2)
         settling = await hub.create(ttl=60, group="g", settle=0.3)
         seen: list[Delivery | TimerEvent] = []
 
@@ -63,6 +63,7 @@ async def test_events_streams_deliveries_then_the_settled_and_overdue_events(cli
 
         following = asyncio.create_task(follow())
         await eventually(lambda: registry_size(client) == 1, what="the subscription")
+        assert not (await late.refresh()).overdue, "subscribing took longer than expect_within"
         delivered = await post_callback(client, {"token": settling.token}, json={"n": 1})
         await asyncio.wait_for(following, 20)
         timers = {item.kind: item for item in seen if isinstance(item, TimerEvent)}
