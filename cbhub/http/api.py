@@ -50,7 +50,11 @@ def ttl_field(limits: CallbacksConfig) -> IntField:
     return IntField("ttl", limits.default_ttl, 1, limits.max_ttl, "lifetime in seconds")
 
 
-SETTLE = SettleField("settle", "settle window in seconds: waits answer once the latest delivery stayed the latest that long, and a settled event follows")
+SETTLE = SettleField(
+    "settle",
+    "settle window in seconds: waits answer once the latest delivery stayed the latest that long,"
+    " and a settled event follows",
+)
 
 
 def expect_within_field(limits: CallbacksConfig) -> ExpectWithinField:
@@ -81,7 +85,9 @@ LISTED_OVERDUE = FlagParam("overdue", "only those that turned overdue (expect_wi
 LISTING_PARAMS = (LISTED_GROUP, LISTED_LABEL, LISTED_STATUS, LISTED_CORRELATION, LISTED_OVERDUE, LISTING_LIMIT, BEFORE)
 # GET /v1/callbacks/{token}/wait and /v1/groups/{group}/wait
 TIMEOUT = SecondsParam("timeout", 30.0, "seconds to hold the request (capped at callbacks.max_wait)")
-WAIT_SETTLE = SettleParam("settle", "answer once the latest delivery stayed the latest this many seconds (default: the callback's settle)")
+WAIT_SETTLE = SettleParam(
+    "settle", "answer once the latest delivery stayed the latest this many seconds (default: the callback's settle)"
+)
 WAIT_CALLBACK_PARAMS = (TIMEOUT, AFTER, WAIT_SETTLE)
 WAIT_GROUP_PARAMS = (TIMEOUT,)
 # GET /v1/deliveries

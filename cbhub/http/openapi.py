@@ -158,7 +158,10 @@ SCHEMAS: dict[str, Any] = {
         "required": ["group", "total", "pending", "received", "expired", "cancelled"],
         "properties": {
             "group": {"type": "string"},
-            **{name: {"type": "integer"} for name in ("total", "pending", "received", "expired", "cancelled", "overdue")},
+            **{
+                name: {"type": "integer"}
+                for name in ("total", "pending", "received", "expired", "cancelled", "overdue")
+            },
         },
     },
     "Receipt": {
@@ -283,7 +286,9 @@ PATHS: dict[str, Any] = {
             " with settle, until its latest delivery settled",
             "parameters": [TOKEN, *_query(api.WAIT_CALLBACK_PARAMS)],
             "responses": {
-                "200": _json(_ref("CallbackUpdate"), "new deliveries, the callback's final status, or it turned overdue"),
+                "200": _json(
+                    _ref("CallbackUpdate"), "new deliveries, the callback's final status, or it turned overdue"
+                ),
                 "204": {"description": "nothing arrived before the timeout"},
                 "400": BAD_REQUEST,
                 "404": NOT_FOUND,

@@ -387,7 +387,12 @@ def _timer_json(notice: Notice) -> dict[str, Any]:
             "settled_at": rfc3339(callback.settled_at) if callback.settled_at is not None else None,
             "delivery_id": result.id if result is not None else None,
         }
-    return {"token": callback.token, "status": callback.status, "overdue": True, "expect_within": callback.expect_within}
+    return {
+        "token": callback.token,
+        "status": callback.status,
+        "overdue": True,
+        "expect_within": callback.expect_within,
+    }
 
 
 async def _subscribe_or_refuse(
