@@ -40,6 +40,7 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     registry = Registry()
     metrics = Metrics(registry.count_by_kind)
     hub = Hub(config, store or create_store(config, on_commit=metrics.on_commit), registry)
+    metrics.count_overdue(lambda: hub.overdue_total)
     app[CONFIG] = config
     app[HUB] = hub
     app[METRICS] = metrics

@@ -146,6 +146,7 @@ async def test_a_group_of_200_posted_half_to_a_and_half_to_b_is_awaited_with_one
             "received": 200,
             "expired": 0,
             "cancelled": 0,
+            "overdue": 0,
         }
         response.release()
 

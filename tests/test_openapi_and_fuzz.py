@@ -84,6 +84,9 @@ def _probes(schema: dict[str, Any]) -> list[tuple[Any, bool]]:
         low, high = schema["minimum"], schema["maximum"]
         return [(low, True), (high, True), (low - 1, False), (high + 1, False)]
     if kind == "number":
+        if schema.get("exclusiveMinimum"):  # OpenAPI 3.0: a flag on the minimum
+            low, high = schema["minimum"], schema["maximum"]
+            return [(low, False), (high, True), (high + 0.5, False), ("soon", False)]
         return [(schema["minimum"], True), (schema["minimum"] - 0.5, False), ("soon", False)]
     if kind == "string":
         longest = schema["maxLength"]
@@ -150,8 +153,10 @@ async def test_every_body_field_is_accepted_to_its_bounds_and_refused_past_them(
             probes = [(None, True)] if field_schema.get("nullable") and field not in smallest else []
             if field_schema.get("type") in ("integer", "string"):
                 probes += _probes(field_schema)
+            # A field bounded by another (expect_within by ttl) is probed with the other at its largest.
+            widest = {"ttl": schema["properties"]["ttl"]["maximum"]} if field == "expect_within" else {}
             for value, accepted in probes:
-                response = await client.post(path, json={**smallest, field: value})
+                response = await client.post(path, json={**smallest, **widest, field: value})
                 where = f"{path} {field}={str(value)[:30]}"
                 if accepted:
                     assert response.status in (200, 201), (where, await response.text())

@@ -75,6 +75,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     new.add_argument("--label", metavar="L", help="a name for it, shown back by the API")
     new.add_argument("--group", metavar="G", help="the group it belongs to")
     new.add_argument("--metadata", type=_json_object, metavar="JSON", help="a JSON object kept with it")
+    new.add_argument("--settle", type=_seconds, metavar="S", help="its waits answer once the latest delivery is S s old")
+    new.add_argument(
+        "--expect-within", type=int, metavar="S", help="still pending after S seconds (below --ttl), it turns overdue"
+    )
     new.add_argument("--count", type=int, default=1, metavar="N", help="mint N alike, one URL per line")
     new.add_argument("--json", action="store_true", help="print the callback object(s) as the API returns them")
     new.set_defaults(run=_runner(_new))
@@ -95,6 +99,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     mode.add_argument("--all", dest="mode", action="store_const", const="all", help="answer once none is pending")
     wait.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds (default: until it expires)")
     wait.add_argument("--after", type=int, default=0, metavar="ID", help="only a delivery newer than this id")
+    wait.add_argument(
+        "--settle",
+        type=_seconds,
+        metavar="S",
+        help="only once the latest delivery stayed the latest for S seconds (up to 300): the final one",
+    )
     wait.set_defaults(run=_runner(_wait))
 
     show = commands.add_parser("show", parents=[server], help="print a callback as JSON")
@@ -193,6 +203,7 @@ async def _new(hub: CbHub, args: argparse.Namespace) -> int:
     if not 1 <= args.count <= 1000:
         return _fail(f"--count must be from 1 to 1000, got {args.count}")
     fields = {"ttl": args.ttl, "label": args.label, "group": args.group, "metadata": args.metadata}
+    fields.update(settle=args.settle, expect_within=args.expect_within)
     if args.count == 1:
         handles = [await hub.create(**fields)]
     else:
@@ -211,7 +222,7 @@ async def _wait(hub: CbHub, args: argparse.Namespace) -> int:
     token = token_of(args.token[0])
     try:
         async with Spinner(f"waiting for callback {token[:12]}…", sys.stderr):
-            delivery = await hub.wait(token, timeout=args.timeout, after=args.after)
+            delivery = await hub.wait(token, timeout=args.timeout, after=args.after, settle=args.settle)
     except TimeoutError:
         return _fail(f"timed out after {args.timeout:g} s waiting for callback {token}", EXIT_TIMEOUT)
     except CallbackClosed as exc:

@@ -21,7 +21,14 @@ from cbhub.client.errors import (
     Unreachable,
 )
 from cbhub.client.hub import CallbackHandle, CbHub
-from cbhub.client.models import Callback, Delivery, DeliveryPage, Expected, GroupStatus
+from cbhub.client.models import (
+    Callback,
+    Delivery,
+    DeliveryPage,
+    Expected,
+    GroupStatus,
+    TimerEvent,
+)
 from cbhub.client.streaming import Auto, Backoff, LongPoll, Transport, WebSocket
 from cbhub.client.sync import SyncCallbackHandle, SyncCbHub
 
@@ -45,6 +52,7 @@ __all__ = [
     "NotFound",
     "SyncCallbackHandle",
     "SyncCbHub",
+    "TimerEvent",
     "Transport",
     "Unauthorized",
     "Unavailable",

@@ -21,7 +21,14 @@ from cbhub.client.errors import (
     from_response,
     unreachable,
 )
-from cbhub.client.models import CANCELLED, Callback, Delivery, DeliveryPage, GroupStatus
+from cbhub.client.models import (
+    CANCELLED,
+    Callback,
+    Delivery,
+    DeliveryPage,
+    GroupStatus,
+    TimerEvent,
+)
 from cbhub.client.streaming import (
     POLL_SECONDS,
     Auto,
@@ -30,6 +37,7 @@ from cbhub.client.streaming import (
     Transport,
     WebSocket,
     resume,
+    resume_events,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -67,9 +75,9 @@ class CallbackHandle(HandleBase):
         self.hub = hub
         self.callback = callback
 
-    async def wait(self, timeout: float | None = None, after: int = 0) -> Delivery:
+    async def wait(self, timeout: float | None = None, after: int = 0, settle: float | None = None) -> Delivery:
         """The latest delivery; see `CbHub.wait`."""
-        return await self.hub.wait(self.token, timeout=timeout, after=after)
+        return await self.hub.wait(self.token, timeout=timeout, after=after, settle=settle)
 
     async def refresh(self) -> Callback:
         self.callback = await self.hub.get(self.token)
@@ -133,6 +141,8 @@ class CbHub:
         expect: Sequence[str] | int | None = None,
         contract: Mapping[str, Any] | None = None,
         response: Mapping[str, Any] | None = None,
+        settle: float | None = None,
+        expect_within: int | None = None,
     ) -> CallbackHandle:
         """Mint a callback; `ttl` in seconds (the server's default when None).
 
@@ -144,8 +154,14 @@ class CbHub:
         [...], "reject": bool}); one that does not fit is stored as invalid, never the result.
         `response` is what its URL answers a sender: {"status", "content_type", "body",
         "headers"} or {"echo": "query:NAME" | "form:NAME" | "json:NAME"} (docs/api.md).
+        `settle` (seconds): its waits answer once the latest delivery stayed the latest that
+        long, and a "settled" event follows (`events`). `expect_within` (seconds, below ttl):
+        still pending then, it turns overdue (an "overdue" event; its waits answer once).
         """
-        body = {**_mint_body(ttl, label, group, metadata, response), **_expectations(expect, contract)}
+        body = {
+            **_mint_body(ttl, label, group, metadata, response=response, settle=settle, expect_within=expect_within),
+            **_expectations(expect, contract),
+        }
         data = await self._request("POST", "/v1/callbacks", body=body, headers=_idempotency(idempotency_key))
         return CallbackHandle(self, Callback.from_json(data))
 
@@ -160,9 +176,15 @@ class CbHub:
         idempotency_key: str | None = None,
         contract: Mapping[str, Any] | None = None,
         response: Mapping[str, Any] | None = None,
+        settle: float | None = None,
+        expect_within: int | None = None,
     ) -> list[CallbackHandle]:
         """Mint `count` callbacks (1 to 1000) in one transaction, all alike."""
-        body = {"count": count, **_mint_body(ttl, label, group, metadata, response), **_expectations(None, contract)}
+        body = {
+            "count": count,
+            **_mint_body(ttl, label, group, metadata, response=response, settle=settle, expect_within=expect_within),
+            **_expectations(None, contract),
+        }
         data = await self._request("POST", "/v1/callbacks/batch", body=body, headers=_idempotency(idempotency_key))
         return [CallbackHandle(self, Callback.from_json(item)) for item in data["callbacks"]]
 
@@ -188,8 +210,13 @@ class CbHub:
         returned says which status it has."""
         return Callback.from_json(await self._request("DELETE", f"/v1/callbacks/{_segment(token)}"))
 
-    async def wait(self, token: str, timeout: float | None = None, after: int = 0) -> Delivery:
-        """The callback's latest delivery with id > after, as soon as there is one.
+    async def wait(
+        self, token: str, timeout: float | None = None, after: int = 0, settle: float | None = None
+    ) -> Delivery:
+        """The callback's latest delivery with id > after, as soon as there is one; with
+        `settle` (seconds, up to 300; else the callback's own), once the latest delivery stayed
+        the latest that long, or the callback can receive no more (the final result of a
+        provider that calls back more than once).
 
         If deliveries already arrived, the latest returns at once. If several arrive before this
         returns, only the latest is returned (the latest wins, as for an enrichment provider
@@ -212,7 +239,9 @@ class CbHub:
                 why = f" (the last attempt failed: {trouble})" if trouble is not None else ""
                 raise TimeoutError(f"no delivery on callback {token} within {timeout:g} s{why}")
             remaining = max(0.0, remaining)
-            params = {"timeout": f"{remaining:.3f}", "after": after}
+            params: dict[str, Any] = {"timeout": f"{remaining:.3f}", "after": after}
+            if settle is not None:
+                params["settle"] = f"{settle:g}"
             try:
                 data = await self._request("GET", path, params=params, wait=remaining)
             except Unavailable as exc:
@@ -228,6 +257,8 @@ class CbHub:
             backoff.reset()
             if data is None:
                 continue  # this poll timed out: poll again until the deadline
+            if data.get("settled") is False:
+                continue  # not settled yet (this poll timed out, or it turned overdue): again
             callback = Callback.from_json(data["callback"])
             if callback.expected is not None and not callback.expected.complete:
                 # An expected set answers at completion or closing: closed incomplete, it failed.
@@ -322,6 +353,23 @@ class CbHub:
         filters, long-poll otherwise), "websocket", "long-poll", or a `Transport` of your own.
         """
         return resume(self._transport(transport), _filters(token, group, correlation_id), after)
+
+    def events(
+        self,
+        *,
+        group: str | None = None,
+        token: str | None = None,
+        correlation_id: str | None = None,
+        after: int = 0,
+    ) -> AsyncGenerator[Delivery | TimerEvent, None]:
+        """As `deliveries`, over the websocket, with the callbacks' timer events among them:
+        a `TimerEvent` "settled" once a callback's latest delivery stayed the latest for its
+        settle window, "overdue" when one is still pending at its `expect_within`. Filters as
+        the websocket takes them: a token alone, or a group and/or a correlation id."""
+        filters = _filters(token, group, correlation_id)
+        if not WebSocket.expresses(filters):
+            raise ValueError("events() takes a token alone, or a group and/or a correlation_id")
+        return resume_events(WebSocket(self), filters, after)
 
     def _transport(self, choice: TransportName | Transport | None) -> Transport:
         if choice is None or choice == "auto":
@@ -418,9 +466,13 @@ def _mint_body(
     label: str | None,
     group: str | None,
     metadata: Mapping[str, Any] | None,
+    *,
     response: Mapping[str, Any] | None = None,
+    settle: float | None = None,
+    expect_within: int | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"ttl": ttl, "label": label, "group": group, "metadata": metadata, "response": response}
+    body.update(settle=settle, expect_within=expect_within)
     return {name: value for name, value in body.items() if value is not None}
 
 

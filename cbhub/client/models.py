@@ -140,6 +140,13 @@ class Callback:
     contract: dict[str, Any] | None = None
     # What its URL answers a sender, as minted (`response=`); None: the server's default.
     response: dict[str, Any] | None = None
+    # Its settle window in seconds, and when its latest delivery settled (None until then, and
+    # again after a newer delivery: the latest wins).
+    settle: float | None = None
+    settled_at: datetime | None = None
+    # The seconds it was expected within, and whether it was still pending then (stays True).
+    expect_within: int | None = None
+    overdue: bool = False
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Callback:
@@ -161,6 +168,39 @@ class Callback:
             expected=Expected.from_json(expected) if expected is not None else None,
             contract=data.get("contract"),
             response=data.get("response"),
+            settle=data.get("settle"),
+            settled_at=parse_time(data["settled_at"]) if data.get("settled_at") else None,
+            expect_within=data.get("expect_within"),
+            overdue=data.get("overdue", False),
+        )
+
+
+# The kinds of TimerEvent.
+SETTLED, OVERDUE = "settled", "overdue"
+
+
+@dataclass(frozen=True, slots=True)
+class TimerEvent:
+    """A callback's timer, as `CbHub.events` streams it: "settled" (its latest delivery stayed
+    the latest for its settle window: that one is final) or "overdue" (still pending when it
+    was expected, see `expect_within`; it still takes deliveries)."""
+
+    kind: str
+    token: str
+    # For "settled": when, and the id of the delivery that settled.
+    settled_at: datetime | None
+    delivery_id: int | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_frame(cls, frame: dict[str, Any]) -> TimerEvent:
+        settled_at = frame.get("settled_at")
+        return cls(
+            kind=frame["type"],
+            token=frame["token"],
+            settled_at=parse_time(settled_at) if settled_at else None,
+            delivery_id=frame.get("delivery_id"),
+            raw=frame,
         )
 
 

@@ -28,7 +28,7 @@ from cbhub.client.errors import (
     from_response,
     unreachable,
 )
-from cbhub.client.models import Delivery
+from cbhub.client.models import OVERDUE, SETTLED, Delivery, TimerEvent
 
 if TYPE_CHECKING:
     from cbhub.client.hub import CbHub
@@ -111,6 +111,15 @@ class WebSocket:
         return bool(filters)
 
     async def stream(self, filters: Mapping[str, str], after: int) -> AsyncGenerator[Delivery, None]:
+        async with aclosing(self.events(filters, after, timers=False)) as items:
+            async for item in items:
+                if isinstance(item, Delivery):
+                    yield item
+
+    async def events(
+        self, filters: Mapping[str, str], after: int, timers: bool = True
+    ) -> AsyncGenerator[Delivery | TimerEvent, None]:
+        """As `stream`, with the callbacks' timer events (settled, overdue) among the deliveries."""
         ws = await self._connect()
         frames = _ReadAhead(ws, READ_AHEAD_BYTES)
         try:
@@ -124,10 +133,13 @@ class WebSocket:
                     frame = _decode_frame(message.data)
                     if frame.get("type") == "delivery":
                         yield Delivery.from_json(frame["delivery"])
+                    elif timers and frame.get("type") in (SETTLED, OVERDUE):
+                        yield TimerEvent.from_frame(frame)
                     elif frame.get("type") == "error":
                         raise _frame_error(frame.get("error"))
-                    # Else "subscribed", or "status" (a callback of a token or group subscription
-                    # expired or was cancelled): the stream goes on, as long-poll's does.
+                    # Else "subscribed", "status" (a callback of a token or group subscription
+                    # expired or was cancelled), or a timer's event when not asked for: the
+                    # stream goes on, as long-poll's does.
                 elif message.type is aiohttp.WSMsgType.ERROR:
                     raise unreachable(self.hub.base_url, message.data)
                 elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
@@ -286,6 +298,33 @@ class Backoff:
 # An attempt that lasted this long counts as a working connection: the next failure starts
 # the backoff over.
 HEALTHY_SECONDS = 10.0
+
+
+async def resume_events(
+    socket: WebSocket, filters: Mapping[str, str], after: int, backoff: Backoff | None = None
+) -> AsyncGenerator[Delivery | TimerEvent, None]:
+    """`resume` over a websocket, with the timer events: a timer's event has no id to resume
+    from, so one that fires while the connection is down is not told again (the callback's
+    `settled_at` and `overdue` say it)."""
+    backoff = backoff or Backoff()
+    last = after
+    while True:
+        started = time.monotonic()
+        try:
+            async with aclosing(socket.events(filters, last)) as stream:
+                async for item in stream:
+                    if isinstance(item, Delivery):
+                        if item.id <= last:
+                            continue
+                        last = item.id
+                    backoff.reset()
+                    yield item
+        except Unavailable as exc:
+            if time.monotonic() - started >= HEALTHY_SECONDS:
+                backoff.reset()
+            delay = backoff.delay(exc.retry_after)
+            log.info("server unavailable (%s); reconnecting in %.1f s, resuming after delivery %d", exc, delay, last)
+            await asyncio.sleep(delay)
 
 
 async def resume(

@@ -27,9 +27,9 @@ class SyncCallbackHandle(HandleBase):
         self.hub = hub
         self.callback = callback
 
-    def wait(self, timeout: float | None = None, after: int = 0) -> Delivery:
+    def wait(self, timeout: float | None = None, after: int = 0, settle: float | None = None) -> Delivery:
         """The latest delivery; see `CbHub.wait`."""
-        return self.hub.wait(self.token, timeout=timeout, after=after)
+        return self.hub.wait(self.token, timeout=timeout, after=after, settle=settle)
 
     def refresh(self) -> Callback:
         self.callback = self.hub.get(self.token)
@@ -104,6 +104,8 @@ class SyncCbHub:
         expect: Sequence[str] | int | None = None,
         contract: Mapping[str, Any] | None = None,
         response: Mapping[str, Any] | None = None,
+        settle: float | None = None,
+        expect_within: int | None = None,
     ) -> SyncCallbackHandle:
         handle = self._run(
             self.hub.create(
@@ -115,6 +117,8 @@ class SyncCbHub:
                 expect=expect,
                 contract=contract,
                 response=response,
+                settle=settle,
+                expect_within=expect_within,
             )
         )
         return SyncCallbackHandle(self, handle.callback)
@@ -138,8 +142,8 @@ class SyncCbHub:
 
         return self._run(read())
 
-    def wait(self, token: str, timeout: float | None = None, after: int = 0) -> Delivery:
-        return self._run(self.hub.wait(token, timeout=timeout, after=after))
+    def wait(self, token: str, timeout: float | None = None, after: int = 0, settle: float | None = None) -> Delivery:
+        return self._run(self.hub.wait(token, timeout=timeout, after=after, settle=settle))
 
     def wait_any(self, callbacks: Sequence[HandleBase | Callback | str], timeout: float | None = None) -> list[Callback]:
         return self._run(self.hub.wait_any(callbacks, timeout))

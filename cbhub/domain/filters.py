@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cbhub.domain.model import CREATED, Delivery, Event
+from cbhub.domain.model import CREATED, SETTLED, Delivery, Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,8 @@ class DeliveryFilter:
             (self.token is None or event.token == self.token)
             and (self.tokens is None or event.token in self.tokens)
             and (self.group is None or event.group == self.group)
+            # A settling carries its latest delivery's correlation id (Event.correlation_id).
+            and (self.correlation_id is None or event.kind != SETTLED or event.correlation_id == self.correlation_id)
         )
 
     def matches(self, delivery: Delivery) -> bool:
@@ -60,3 +62,5 @@ class CallbackFilter:
     correlation_id: str | None = None
     # Only callbacks minted by this API key name; None: whoever minted them.
     owner: str | None = None
+    # Only those that turned overdue (True), only those that did not (False), or both (None).
+    overdue: bool | None = None

@@ -26,6 +26,10 @@ TERMINAL = (EXPIRED, CANCELLED)
 
 # The kind of Event telling that a callback was minted (the others: "delivery", "status").
 CREATED = "created"
+# The kinds of Event a callback's timers raise (see domain/timing.py): its latest delivery
+# stayed the latest for its settle window; it was still pending when expected to be done.
+SETTLED = "settled"
+OVERDUE = "overdue"
 
 # Headers a client API reader never sees: they carry the sender's credentials.
 HIDDEN_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
@@ -129,6 +133,13 @@ class Callback:
     contract: Contract | None = None
     # What its URL answers a sender (None: cbhub's JSON receipt, or the server's default).
     response: ResponseSpec | None = None
+    # Timing, set at mint (domain/timing.py): the settle window in ms and when the latest
+    # delivery settled (None until it has; a newer delivery makes it None again: latest wins);
+    # the seconds within which it is expected, and whether it was still pending then.
+    settle_ms: int | None = None
+    settled_at: int | None = None
+    expect_within: int | None = None
+    overdue: bool = False
 
     def to_json(self, base_url: str) -> dict[str, Any]:
         return {
@@ -149,6 +160,10 @@ class Callback:
             "expected": self.expected.to_json() if self.expected is not None else None,
             "contract": self.contract.to_json() if self.contract is not None else None,
             "response": self.response.to_json() if self.response is not None else None,
+            "settle": self.settle_ms / 1000 if self.settle_ms is not None else None,
+            "settled_at": rfc3339(self.settled_at) if self.settled_at is not None else None,
+            "expect_within": self.expect_within,
+            "overdue": self.overdue,
         }
 
     def closed(self, at_ms: int) -> bool:
@@ -186,13 +201,16 @@ class MintSpec:
     expect: Expect | None = None
     contract: Contract | None = None
     response: ResponseSpec | None = None
+    # The settle window in ms and the seconds within which it is expected (None: neither).
+    settle_ms: int | None = None
+    expect_within: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
     """What the registry carries to waiters: a new callback, a new delivery, or a status change."""
 
-    kind: str  # "delivery" | "status" | CREATED
+    kind: str  # "delivery" | "status" | CREATED | SETTLED | OVERDUE
     callback: Callback
     delivery: Delivery | None = None
 
@@ -206,4 +224,9 @@ class Event:
 
     @property
     def correlation_id(self) -> str | None:
-        return self.delivery.correlation_id if self.delivery is not None else None
+        if self.delivery is not None:
+            return self.delivery.correlation_id
+        # A settling is about the latest delivery: it reaches who follows that one's correlation id.
+        if self.kind == SETTLED and self.callback.result is not None:
+            return self.callback.result.correlation_id
+        return None

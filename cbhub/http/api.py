@@ -18,6 +18,7 @@ from cbhub.http.params import (
     MAX_CURSOR,
     ContractField,
     ExpectField,
+    FlagParam,
     IntField,
     IntParam,
     JsonBody,
@@ -31,6 +32,7 @@ from cbhub.http.params import (
     VerifyField,
     query_filter,
 )
+from cbhub.http.timing import ExpectWithinField, SettleField, SettleParam, settle_ms
 
 MAX_BATCH = 1000
 
@@ -62,8 +64,36 @@ def ttl_field(limits: CallbacksConfig) -> IntField:
     return IntField("ttl", limits.default_ttl, 1, limits.max_ttl, "lifetime in seconds")
 
 
+SETTLE = SettleField(
+    "settle",
+    "settle window in seconds: waits answer once the latest delivery stayed the latest that long,"
+    " and a settled event follows",
+)
+
+
+def expect_within_field(limits: CallbacksConfig) -> ExpectWithinField:
+    """Its maximum is the longest ttl's; a mint also checks it against its own ttl."""
+    return ExpectWithinField(
+        "expect_within", limits.max_ttl - 1, "seconds (below ttl) after which a still pending callback is overdue"
+    )
+
+
 def mint_body(limits: CallbacksConfig) -> JsonBody:
-    return JsonBody((ttl_field(limits), LABEL, GROUP, METADATA, ALLOW_IPS, VERIFY, EXPECT, CONTRACT, RESPONSE))
+    return JsonBody(
+        (
+            ttl_field(limits),
+            LABEL,
+            GROUP,
+            METADATA,
+            ALLOW_IPS,
+            VERIFY,
+            EXPECT,
+            CONTRACT,
+            RESPONSE,
+            SETTLE,
+            expect_within_field(limits),
+        )
+    )
 
 
 def batch_body(limits: CallbacksConfig) -> JsonBody:
@@ -78,10 +108,14 @@ LISTED_STATUS = TextParam("status", "only those with this status", choices=STATU
 LISTED_CORRELATION = TextParam("correlation_id", "only those that received a delivery with this correlation id")
 LISTING_LIMIT = IntParam("limit", 50, 1, 500, "page size")
 BEFORE = IntParam("before", MAX_CURSOR, 1, MAX_CURSOR, "the next_before of the previous page")
-LISTING_PARAMS = (LISTED_GROUP, LISTED_LABEL, LISTED_STATUS, LISTED_CORRELATION, LISTING_LIMIT, BEFORE)
+LISTED_OVERDUE = FlagParam("overdue", "only those that turned overdue (expect_within)")
+LISTING_PARAMS = (LISTED_GROUP, LISTED_LABEL, LISTED_STATUS, LISTED_CORRELATION, LISTED_OVERDUE, LISTING_LIMIT, BEFORE)
 # GET /v1/callbacks/{token}/wait and /v1/groups/{group}/wait
 TIMEOUT = SecondsParam("timeout", 30.0, "seconds to hold the request (capped at callbacks.max_wait)")
-WAIT_CALLBACK_PARAMS = (TIMEOUT, AFTER)
+WAIT_SETTLE = SettleParam(
+    "settle", "answer once the latest delivery stayed the latest this many seconds (default: the callback's settle)"
+)
+WAIT_CALLBACK_PARAMS = (TIMEOUT, AFTER, WAIT_SETTLE)
 WAIT_GROUP_PARAMS = (TIMEOUT,)
 # GET /v1/callbacks/{token}/missing
 MISSING_AFTER = TextParam("after", "the next_after of the previous page: the last id it showed")
@@ -108,8 +142,11 @@ def _deliveries_json(deliveries: list[Delivery]) -> list[dict[str, Any]]:
 
 
 def _mint_spec(request: web.Request, body: dict[str, Any]) -> MintSpec:
+    limits = request.app[CONFIG].callbacks
+    ttl = ttl_field(limits).parse(body)
+    expect_within = expect_within_field(limits)
     return MintSpec(
-        ttl=ttl_field(request.app[CONFIG].callbacks).parse(body),
+        ttl=ttl,
         label=LABEL.parse(body),
         group=GROUP.parse(body),
         metadata=METADATA.parse(body),
@@ -119,6 +156,8 @@ def _mint_spec(request: web.Request, body: dict[str, Any]) -> MintSpec:
         expect=EXPECT.parse(body),
         contract=CONTRACT.parse(body),
         response=RESPONSE.parse(body),
+        settle_ms=settle_ms(SETTLE.parse(body)),
+        expect_within=expect_within.check(expect_within.parse(body), ttl),
     )
 
 
@@ -157,6 +196,7 @@ async def list_callbacks(request: web.Request) -> web.Response:
         label=LISTED_LABEL.parse(query),
         status=status,
         correlation_id=LISTED_CORRELATION.parse(query),
+        overdue=True if LISTED_OVERDUE.parse(query) else None,
     )
     before = BEFORE.parse(query)
     limit = LISTING_LIMIT.parse(query)
@@ -180,14 +220,19 @@ async def cancel_callback(request: web.Request) -> web.Response:
 async def wait_callback(request: web.Request) -> web.StreamResponse:
     timeout = TIMEOUT.parse(request.query, request.app[CONFIG].callbacks.max_wait)
     after = AFTER.parse(request.query)
+    settle = WAIT_SETTLE.parse(request.query)
     update = await request.app[HUB].wait_for_callback(
-        request.match_info["token"], after, timeout, caller(request).owner
+        request.match_info["token"], after, timeout, caller(request).owner, settle
     )
     if update is None:
         return web.Response(status=204)
-    return json_response(
-        {"callback": _callback_json(request, update.callback), "deliveries": _deliveries_json(update.deliveries)}
-    )
+    answer: dict[str, Any] = {
+        "callback": _callback_json(request, update.callback),
+        "deliveries": _deliveries_json(update.deliveries),
+    }
+    if update.settled is not None:
+        answer["settled"] = update.settled
+    return json_response(answer)
 
 
 async def missing_ids(request: web.Request) -> web.Response:
@@ -250,7 +295,7 @@ def _sendable_header(value: str | None) -> str | None:
 async def group_status(request: web.Request) -> web.Response:
     group = request.match_info["group"]
     counts = await request.app[HUB].group_counts(group, caller(request).owner)
-    return json_response(_group_json(group, counts))
+    return json_response(await _group_summary(request, group, counts))
 
 
 async def wait_group(request: web.Request) -> web.StreamResponse:
@@ -259,11 +304,17 @@ async def wait_group(request: web.Request) -> web.StreamResponse:
     counts = await request.app[HUB].wait_for_group(group, timeout, caller(request).owner)
     if counts is None:
         return web.Response(status=204)
-    return json_response(_group_json(group, counts))
+    return json_response(await _group_summary(request, group, counts))
 
 
 def _group_json(group: str, counts: dict[str, int]) -> dict[str, Any]:
     return {"group": group, "total": sum(counts.values()), **counts}
+
+
+async def _group_summary(request: web.Request, group: str, counts: dict[str, int]) -> dict[str, Any]:
+    """The counts by status, and how many turned overdue (of any status now)."""
+    overdue = await request.app[HUB].group_overdue(group, caller(request).owner)
+    return {**_group_json(group, counts), "overdue": overdue}
 
 
 # A token is never "batch" (tokens are 43 characters): /v1/callbacks/batch is the batch route's

@@ -152,6 +152,15 @@ SCHEMAS: dict[str, Any] = {
             },
             "contract": {"type": "object", "nullable": True, "description": "what its deliveries must look like"},
             "response": {"type": "object", "nullable": True, "description": "what its URL answers a sender; null: the default"},
+            "settle": {"type": "number", "nullable": True, "description": "its settle window in seconds"},
+            "settled_at": {
+                "type": "string",
+                "format": "date-time",
+                "nullable": True,
+                "description": "when its latest delivery settled; null until then, and again after a newer one",
+            },
+            "expect_within": {"type": "integer", "nullable": True, "description": "seconds it was expected within"},
+            "overdue": {"type": "boolean", "description": "still pending when it was expected; stays true"},
         },
     },
     "ReadyCallbacks": {
@@ -186,7 +195,11 @@ SCHEMAS: dict[str, Any] = {
     "CallbackUpdate": {
         "type": "object",
         "required": ["callback", "deliveries"],
-        "properties": {"callback": _ref("Callback"), "deliveries": {"type": "array", "items": _ref("Delivery")}},
+        "properties": {
+            "callback": _ref("Callback"),
+            "deliveries": {"type": "array", "items": _ref("Delivery")},
+            "settled": {"type": "boolean", "description": "with a settle window: whether the answer is final"},
+        },
     },
     "DeliveryPage": {
         "type": "object",
@@ -201,7 +214,10 @@ SCHEMAS: dict[str, Any] = {
         "required": ["group", "total", "pending", "received", "expired", "cancelled"],
         "properties": {
             "group": {"type": "string"},
-            **{name: {"type": "integer"} for name in ("total", "pending", "received", "expired", "cancelled")},
+            **{
+                name: {"type": "integer"}
+                for name in ("total", "pending", "received", "expired", "cancelled", "overdue")
+            },
         },
     },
     "Receipt": {
@@ -332,10 +348,12 @@ PATHS: dict[str, Any] = {
     "/v1/callbacks/{token}/wait": {
         "get": {
             "summary": "Long-poll until the callback has deliveries after the cursor (with an expected set: until"
-            " it is complete), or is closed",
+            " it is complete), is closed or turns overdue; with settle, until its latest delivery settled",
             "parameters": [TOKEN, *_query(api.WAIT_CALLBACK_PARAMS)],
             "responses": {
-                "200": _json(_ref("CallbackUpdate"), "new deliveries, or the callback's final status"),
+                "200": _json(
+                    _ref("CallbackUpdate"), "new deliveries, the callback's final status, or it turned overdue"
+                ),
                 "204": {"description": "nothing arrived before the timeout"},
                 "400": BAD_REQUEST,
                 "404": NOT_FOUND,

@@ -16,7 +16,7 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from cbhub.domain.filters import DeliveryFilter
-from cbhub.domain.model import RECEIVED, TERMINAL, Callback, now_ms
+from cbhub.domain.model import RECEIVED, SETTLED, TERMINAL, Callback, now_ms, rfc3339
 from cbhub.errors import (
     CbhubError,
     InvalidField,
@@ -177,6 +177,8 @@ def _render_frame(item: Notice | Reply) -> str:
     if isinstance(item, Notice):
         if item.delivery is not None:
             item = {"type": "delivery", "id": item.name, "delivery": item.delivery.to_json()}
+        elif item.timer is not None:
+            item = {"type": item.timer, "id": item.name, **_timer_json(item)}
         else:
             item = {"type": "status", "id": item.name, "token": item.token, "status": item.status}
     return orjson.dumps(item).decode()
@@ -368,7 +370,29 @@ def _render_event(notice: Notice, base: str) -> bytes:
     if notice.created is not None:
         # No `id:`, like status events: the last event id stays the last delivery's.
         return b"event: created\ndata: %s\n\n" % orjson.dumps(notice.created.to_json(base))
+    if notice.timer is not None:
+        # No `id:` either: a timer's event is not a delivery to resume from.
+        return b"event: %s\ndata: %s\n\n" % (notice.timer.encode(), orjson.dumps(_timer_json(notice)))
     return b"event: status\ndata: %s\n\n" % orjson.dumps({"token": notice.token, "status": notice.status})
+
+
+def _timer_json(notice: Notice) -> dict[str, Any]:
+    """What a settled or overdue event says, on a websocket and over SSE alike."""
+    callback = notice.callback
+    assert callback is not None  # a timer's notice carries its callback
+    if notice.timer == SETTLED:
+        result = callback.result
+        return {
+            "token": callback.token,
+            "settled_at": rfc3339(callback.settled_at) if callback.settled_at is not None else None,
+            "delivery_id": result.id if result is not None else None,
+        }
+    return {
+        "token": callback.token,
+        "status": callback.status,
+        "overdue": True,
+        "expect_within": callback.expect_within,
+    }
 
 
 async def _subscribe_or_refuse(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -29,6 +29,18 @@ class _WaitersCollector:
         for kind in sorted(set(WAITER_KINDS) | set(counts)):
             family.add_metric([kind], counts.get(kind, 0))
         yield family
+
+
+class _OverdueCollector:
+    """Reads the hub's count at scrape time, as the waiters collector reads the registry."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count = count
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "cbhub_overdue", "Callbacks this instance found still pending when expected (expect_within).", value=self._count()
+        )
 
 
 class Metrics:
@@ -63,6 +75,10 @@ class Metrics:
         )
         self.registry.register(_WaitersCollector(count_waiters))
         self._outcomes: dict[str, Counter] = {}
+
+    def count_overdue(self, count: Callable[[], int]) -> None:
+        """Publish cbhub_overdue_total, read from `count` at each scrape."""
+        self.registry.register(_OverdueCollector(count))
 
     def count_delivery(self, outcome: str) -> None:
         """Count one callback request by its outcome. Each outcome's counter is looked up once,

@@ -15,6 +15,7 @@ export function merge(callback) {
   if (fields.expected && fields.expected.missing == null && old?.expected?.missing) {
     merged.expected = { ...fields.expected, missing: old.expected.missing };
   }
+  if (old?.overdue) merged.overdue = true; // it never stops having been overdue
   known.set(merged.token, merged);
   return merged;
 }
@@ -26,7 +27,21 @@ export function delivered(delivery) {
   const callback = known.get(delivery.token);
   if (!callback) return null;
   if (delivery.late) callback.late_deliveries = (callback.late_deliveries || 0) + 1;
-  else if (callback.status === "pending" && !callback.expected && !(delivery.problems || []).length) callback.status = "received";
+  else if (!(delivery.problems || []).length) {
+    if (callback.status === "pending" && !callback.expected) callback.status = "received";
+    callback.deliveries = Math.max(callback.deliveries || 0, 1);
+    callback.settled_at = null; // a newer delivery: settling again (the latest wins)
+  }
+  return callback;
+}
+
+// A timer's event: "overdue" (still pending when expected), or "settled" (the latest delivery
+// stayed the latest for the settle window).
+export function timerFired(kind, { token, settled_at }) {
+  const callback = known.get(token);
+  if (!callback) return null;
+  if (kind === "overdue") callback.overdue = true;
+  else callback.settled_at = settled_at;
   return callback;
 }
 

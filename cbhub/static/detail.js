@@ -3,7 +3,7 @@
 import { ApiError, api, apiKey, query, request } from "./api.js";
 import { known, merge } from "./callbacks.js";
 import { bodyKind, curlCommand, pairsTable, renderBody } from "./body.js";
-import { clock, copyButton, fill, h, shortToken, statusBadge, timeLeft, toast } from "./dom.js";
+import { clock, copyButton, fill, h, shortToken, statusBadge, timeLeft, timingBadges, toast } from "./dom.js";
 
 const PAGE = 1000;
 // The latest this many are shown: a callback posted to 100 000 times stays readable.
@@ -164,6 +164,15 @@ export class DeliveryView {
       this.el,
       h("div", { class: "detail-head" }),
       h("h3", { class: "deliveries-title" }, "Deliveries ", h("span", { class: "count-pill" }, String(total))),
+      callback?.settle != null && latestFirst.length
+        ? h(
+            "p",
+            { class: "settle-note muted small-text" },
+            callback.settled_at
+              ? `Final: no newer delivery came for ${callback.settle}s.`
+              : `Settling: the latest is final once no newer delivery comes for ${callback.settle}s.`,
+          )
+        : null,
       total > latestFirst.length ? h("p", { class: "muted small-text" }, `The latest ${latestFirst.length} are shown.`) : null,
       h("div", { class: "deliveries" }, list),
     );
@@ -187,6 +196,7 @@ export class DeliveryView {
         { class: "title-row" },
         h("h2", {}, callback.label || shortToken(callback.token)),
         statusBadge(callback.status),
+        timingBadges(callback),
         this.closeButton(),
       ),
       h(

@@ -46,6 +46,24 @@ export function statusBadge(status) {
   return h("span", { class: `badge s-${status}` }, STATUS_TEXT[status] || status);
 }
 
+// What a callback's timers say beside its status: "Overdue" (still pending when it was
+// expected), and with a settle window, "Settling" until its latest delivery stayed the latest
+// for the window, then "Final".
+export function timingBadges(callback) {
+  const badges = [];
+  if (callback.overdue) {
+    badges.push(h("span", { class: "badge overdue", title: `Still pending ${callback.expect_within}s after it was minted.` }, "Overdue"));
+  }
+  if (callback.settle != null && callback.deliveries > 0) {
+    badges.push(
+      callback.settled_at
+        ? h("span", { class: "badge final", title: `No newer delivery came for ${callback.settle}s: the latest is final.` }, "Final")
+        : h("span", { class: "badge settling", title: `Final once no newer delivery comes for ${callback.settle}s.` }, "Settling"),
+    );
+  }
+  return badges;
+}
+
 // "42s", "5m", "3h 12m", "2d 4h": short enough for a table cell.
 export function duration(ms) {
   const s = Math.max(0, Math.floor(ms / 1000));

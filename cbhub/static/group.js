@@ -102,10 +102,10 @@ export class GroupView {
 
   cell(callback) {
     const name = callback.label || shortToken(callback.token);
-    const text = `${name}: ${STATUS_TEXT[callback.status]}`;
+    const text = `${name}: ${STATUS_TEXT[callback.status]}${callback.overdue ? " (overdue)" : ""}`;
     return h("button", {
       type: "button",
-      class: `cell s-${callback.status}`,
+      class: `cell s-${callback.status}${callback.overdue ? " overdue" : ""}`,
       role: "listitem",
       title: text,
       "aria-label": text,
@@ -120,10 +120,13 @@ export class GroupView {
     const chip = (status, n, text) =>
       h("div", { class: `count s-${status}`, dataset: { status } }, h("span", { class: "n" }, String(n)), h("span", { class: "what" }, text));
     const done = this.cells.size - counts.pending;
+    // Those still pending when expected (expect_within), whatever became of them since.
+    const overdue = [...this.cells.keys()].filter((token) => known.get(token).overdue).length;
     fill(
       this.countsEl,
       chip("total", this.cells.size, "Total"),
       ...Object.entries(counts).map(([status, n]) => chip(status, n, STATUS_TEXT[status])),
+      overdue ? chip("overdue", overdue, "Overdue") : null,
       h(
         "div",
         { class: "progress" },

@@ -5,7 +5,7 @@
 
 import { api, query } from "./api.js";
 import { known, merge, newestFirst } from "./callbacks.js";
-import { age, clear, h, shortToken, statusBadge, timeLeft, toast } from "./dom.js";
+import { age, clear, h, shortToken, statusBadge, timeLeft, timingBadges, toast } from "./dom.js";
 
 const PAGE = 50;
 
@@ -195,7 +195,7 @@ export class CallbackList {
       h("td", { class: "group" }, group),
       h("td", { class: "age num" }, age(callback)),
       h("td", { class: "left num" }, timeLeft(callback)),
-      h("td", { class: "status" }, statusBadge(callback.status)),
+      h("td", { class: "status" }, statusBadge(callback.status), timingBadges(callback)),
       h("td", { class: "actions" }, cancel),
     );
     this.rows.set(callback.token, tr);

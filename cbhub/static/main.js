@@ -2,7 +2,7 @@
 // and routes by the address's #fragment (#/, #/callbacks/TOKEN, #/groups/NAME).
 
 import { api, apiKey, forgetKey, onKeyChange, onKeyPrompt } from "./api.js";
-import { delivered, known, merge, statusChanged } from "./callbacks.js";
+import { delivered, known, merge, statusChanged, timerFired } from "./callbacks.js";
 import { DeliveryView } from "./detail.js";
 import { copyText, toast } from "./dom.js";
 import { GroupView } from "./group.js";
@@ -135,6 +135,10 @@ const stream = new LiveStream({
     detail.delivery(delivery);
   },
   onStatus,
+  onTimer(kind, change) {
+    // Redrawn as a status change is: the badges beside the status say it.
+    if (timerFired(kind, change)) onStatus({ token: change.token, status: known.get(change.token).status });
+  },
   onState: showConnection,
 });
 

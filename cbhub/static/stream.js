@@ -2,8 +2,8 @@
 //
 // The browser reconnects by itself after a drop and sends Last-Event-ID (the last delivery id),
 // so the server replays the deliveries missed. When the browser gives up (the server answered
-// with an error, e.g. 401 or 503) this reconnects itself with ?after= the last id. Creations and
-// statuses carry no id and are not replayed: after any reconnection `onOpen(true)` tells the
+// with an error, e.g. 401 or 503) this reconnects itself with ?after= the last id. Creations,
+// statuses and timers (settled, overdue) carry no id and are not replayed: after any reconnection `onOpen(true)` tells the
 // page to read its lists again (rows are keyed by token, so nothing is doubled).
 
 import { checkAccess, eventsUrl } from "./api.js";
@@ -11,8 +11,8 @@ import { checkAccess, eventsUrl } from "./api.js";
 const MAX_BACKOFF_MS = 10000;
 
 export class LiveStream {
-  constructor({ onOpen, onCreated, onDelivery, onStatus, onState }) {
-    this.handlers = { onOpen, onCreated, onDelivery, onStatus, onState };
+  constructor({ onOpen, onCreated, onDelivery, onStatus, onTimer, onState }) {
+    this.handlers = { onOpen, onCreated, onDelivery, onStatus, onTimer, onState };
     this.lastId = null;
     this.source = null;
     this.everOpened = false;
@@ -48,6 +48,9 @@ export class LiveStream {
       }),
     );
     source.addEventListener("status", mine((e) => this.handlers.onStatus(JSON.parse(e.data))));
+    for (const kind of ["settled", "overdue"]) {
+      source.addEventListener(kind, mine((e) => this.handlers.onTimer(kind, JSON.parse(e.data))));
+    }
     source.addEventListener(
       "error",
       mine(() => {

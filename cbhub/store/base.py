@@ -111,6 +111,26 @@ class Store(abc.ABC):
         """Turn pending callbacks past their expiry into expired ones; returns those."""
 
     @abc.abstractmethod
+    async def mark_settled(self, now: int, limit: int = 500) -> list[Callback]:
+        """Mark settled (settled_at) every callback whose latest delivery's settle time has
+        passed, each once per latest delivery; returns those, with their result (a SETTLED
+        event each is announced)."""
+
+    @abc.abstractmethod
+    async def mark_overdue(self, now: int, limit: int = 500) -> list[Callback]:
+        """Look at callbacks past their overdue time, each once: those still pending turn
+        overdue (an OVERDUE event each is announced), the others stay as they are. Returns
+        every callback looked at (call again until []); `overdue` tells which turned."""
+
+    @abc.abstractmethod
+    async def has_timers_due(self, now: int) -> bool:
+        """Whether some callback is due to settle or to be looked at for overdue (cheap, index only)."""
+
+    @abc.abstractmethod
+    async def overdue_count(self, group: str, owner: str | None = None) -> int:
+        """How many callbacks of a group (minted by `owner`, if given) turned overdue."""
+
+    @abc.abstractmethod
     async def probe_write(self, now: int) -> None:
         """A small real write, to learn whether a store that failed to commit can again: only
         a commit of one turns `writable` True again."""

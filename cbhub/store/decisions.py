@@ -23,6 +23,7 @@ from cbhub.domain.model import (
     MintSpec,
 )
 from cbhub.domain.responses import Answer, ResponseSpec, answer_for
+from cbhub.domain.timing import settle_due
 from cbhub.errors import CallbackNotFound, IdempotencyConflict, SchemaTooNew
 from cbhub.store.base import IngestResult
 from cbhub.store.rows import arrives_late, new_delivery
@@ -118,6 +119,14 @@ class InsertExpected(NamedTuple):
     correlation_ids: tuple[str, ...]
 
 
+class StartSettle(NamedTuple):
+    """-> None: the callback's latest delivery settles at `due` unless a newer one comes, and
+    it is not settled meanwhile (latest wins)."""
+
+    callback_id: int
+    due: int
+
+
 class MarkCancelled(NamedTuple):
     """-> None."""
 
@@ -157,7 +166,7 @@ class LoadCallbacks(NamedTuple):
 
 Step = (
     LoadCallback | LoadDelivery | FindDuplicate | InsertDelivery | MarkCancelled | ClaimKey | InsertCallbacks | RecordKey
-    | LoadCallbacks | MarkArrived | AddArrival | IsExpected | CountExpected | InsertExpected
+    | LoadCallbacks | MarkArrived | AddArrival | IsExpected | CountExpected | InsertExpected | StartSettle
 )
 Steps = Generator[Step, Any, T]
 
@@ -198,6 +207,10 @@ def ingest(
             complete = yield from _arrive(found.id, callback.expected, incoming.correlation_id)
         new_status = RECEIVED if complete and callback.status == PENDING else None
     delivery_id = yield InsertDelivery(found.id, callback.group, incoming, late, new_status, problems, answered)
+    if not late and not problems and callback.settle_ms is not None:
+        # Latest wins: a newer result starts its settle window again.
+        yield StartSettle(found.id, settle_due(incoming.received_at, callback.settle_ms))
+        callback.settled_at = None
     delivery = new_delivery(incoming, delivery_id, callback, late, problems, new_status, answered)
     return IngestResult(delivery, callback, duplicate=False, answered=answered)
 

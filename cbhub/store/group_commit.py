@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generic, Iterable, TypeVar
 
-from cbhub.domain.model import CREATED, Callback, Event
+from cbhub.domain.model import CREATED, OVERDUE, SETTLED, Callback, Event
 from cbhub.errors import StoreUnavailable
 from cbhub.store.base import IngestResult
 
@@ -50,6 +50,15 @@ def cancelled(result: tuple[Callback, bool]) -> Iterable[Event]:
 
 def expired(result: list[Callback]) -> Iterable[Event]:
     return (Event("status", callback) for callback in result)
+
+
+def settled(result: list[Callback]) -> Iterable[Event]:
+    return (Event(SETTLED, callback) for callback in result)
+
+
+def overdue(result: list[Callback]) -> Iterable[Event]:
+    # Those looked at that had already received a delivery did not turn overdue.
+    return (Event(OVERDUE, callback) for callback in result if callback.overdue)
 
 
 class OpFailed(Exception):

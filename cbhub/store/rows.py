@@ -25,6 +25,7 @@ from cbhub.domain.model import (
 )
 from cbhub.domain.responses import Answer, parse_response
 from cbhub.domain.signatures import VerifySpec
+from cbhub.domain.timing import overdue_due
 from cbhub.errors import CallbackClosed
 from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage
 
@@ -32,7 +33,7 @@ from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage
 CALLBACK_COLUMNS = (
     "id, token, status, created_at, expires_at, label, group_name, metadata, deliveries, last_delivery_id,"
     " created_by, allow_ips, verify, late_deliveries, expect_total, expect_named, expect_arrived, expect_unexpected,"
-    " contract, response"
+    " contract, response, settle_ms, settled_at, expect_within, overdue"
 )
 DELIVERY_COLUMNS = (
     "d.id, c.token, d.received_at, d.method, d.content_type, d.remote_addr, d.headers, d.query,"
@@ -83,6 +84,10 @@ def callback_from_row(row: Sequence[Any], text: Text = _same) -> Callback:
         expected=Expected(row[14], bool(row[15]), row[16], row[17]) if row[14] is not None else None,
         contract=contract_from_text(row[18]) if row[18] is not None else None,
         response=parse_response(orjson.loads(row[19])) if row[19] is not None else None,
+        settle_ms=row[20],
+        settled_at=row[21],
+        expect_within=row[22],
+        overdue=bool(row[23]),
     )
 
 
@@ -214,6 +219,9 @@ def callback_where(
     for column, value in (("status", where.status), ("created_by", where.owner)):
         if value is not None:
             clauses.append(f"{column} = {bind(value)}")
+    if where.overdue is not None:
+        # A literal, as the partial index on overdue callbacks states it.
+        clauses.append("overdue = TRUE" if where.overdue else "overdue = FALSE")
     if where.correlation_id is not None:
         clauses.append(f"id IN (SELECT callback_id FROM deliveries WHERE correlation_id = {bind(name(where.correlation_id))})")
     return " AND ".join(clauses) or "TRUE"
@@ -240,7 +248,8 @@ def delivery_values(
 
 def callback_values(spec: MintSpec, now: int, name: Callable[[str | None], Any] = _same) -> tuple[Any, ...]:
     """A new callback's columns: token, expires_at, label, group_name, metadata, created_by,
-    allow_ips, verify, expect_total, expect_named, contract, response."""
+    allow_ips, verify, expect_total, expect_named, contract, response, settle_ms, expect_within,
+    overdue_due."""
     return (
         new_token(),
         now + spec.ttl * 1000,
@@ -252,7 +261,13 @@ def callback_values(spec: MintSpec, now: int, name: Callable[[str | None], Any] 
         spec.expect is not None and spec.expect.named,
         spec.contract.text() if spec.contract is not None else None,
         orjson.dumps(spec.response.to_json()).decode() if spec.response is not None else None,
+        *timing_columns(spec, now),
     )
+
+
+def timing_columns(spec: MintSpec, now: int) -> tuple[int | None, int | None, int | None]:
+    """A mint's timers as stored: settle_ms, expect_within and overdue_due."""
+    return spec.settle_ms, spec.expect_within, overdue_due(now, spec.expect_within)
 
 
 def problems_value(problems: tuple[str, ...]) -> str | None:

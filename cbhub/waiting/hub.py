@@ -25,7 +25,10 @@ from cbhub.domain.expectations import Contract, ContractCheck
 from cbhub.domain.filters import CallbackFilter, DeliveryFilter
 from cbhub.domain.guards import check_address, delivery_guard
 from cbhub.domain.model import (
+    OVERDUE,
     PENDING,
+    RECEIVED,
+    SETTLED,
     Callback,
     Delivery,
     Incoming,
@@ -34,6 +37,7 @@ from cbhub.domain.model import (
     short_token,
 )
 from cbhub.domain.responses import Answer, answer_for
+from cbhub.domain.timing import has_settled, quiet_until
 from cbhub.errors import (
     CallbackNotFound,
     DeliveryNotFound,
@@ -69,6 +73,8 @@ MAX_TOKEN = 128
 class CallbackUpdate:
     callback: Callback
     deliveries: list[Delivery]
+    # For a wait with a settle window: whether the answer is final (None: no window).
+    settled: bool | None = None
 
 
 class Hub:
@@ -88,6 +94,8 @@ class Hub:
         # Each recently seen callback's contract (None: it has none), by token. A contract never
         # changes after the mint, so a remembered one is never stale.
         self._contracts: OrderedDict[str, Contract | None] = OrderedDict()
+        # Callbacks this instance's sweep found overdue since the start.
+        self.overdue_total = 0
 
     async def start(self) -> None:
         self._expiry_task = asyncio.create_task(self._expire_forever(), name="cbhub-expiry")
@@ -261,21 +269,31 @@ class Hub:
     # Waiting
 
     async def wait_for_callback(
-        self, token: str, after: int, timeout: float, owner: str | None = None
+        self, token: str, after: int, timeout: float, owner: str | None = None, settle: float | None = None
     ) -> CallbackUpdate | None:
         """The callback's deliveries with id > after as soon as there are some, or the callback
-        once it can receive no more; None when `timeout` passes first. With an `owner`, another
-        key's callback is not found. A callback with an expected set answers only once it is
-        complete (received) or closed. Invalid deliveries (see Delivery.problems) wake nobody."""
+        once it can receive no more, or once it turns overdue; None when `timeout` passes
+        first. With an `owner`, another key's callback is not found. A callback with an
+        expected set answers only once it is complete (received), closed or overdue. With a
+        settle window (`settle` seconds, else the callback's own), see _wait_settled. Invalid
+        deliveries (see Delivery.problems) wake nobody."""
         # Late deliveries are left out: they come once the callback has nothing more to say.
         waiter = Waiter(DeliveryFilter(token=token, owner=owner, late=False))
         self.registry.add(waiter)
         try:
             callback = await self._find(token, owner)
+            settle_ms = max(1, round(settle * 1000)) if settle is not None else callback.settle_ms
             if callback.expected is not None:
                 # The hook for issue-level `until=first_error`: a set's wait could also end at
                 # the first delivery classified as an error, tested on each event below.
-                return await self._wait_for_set(waiter, callback, after, timeout, owner)
+                deadline = time.monotonic() + timeout
+                update = await self._wait_for_set(waiter, callback, after, timeout, owner)
+                if update is None or settle_ms is None or update.callback.status != RECEIVED:
+                    return update
+                # Complete: from here on, the latest delivery must also stay the latest.
+                callback, timeout = update.callback, max(0.0, deadline - time.monotonic())
+            if settle_ms is not None:
+                return await self._wait_settled(waiter, callback, after, timeout, settle_ms)
             deliveries: list[Delivery] = []
             if callback.result is not None and callback.result.id > after:
                 deliveries = await self.store.find_deliveries(waiter.where, after, WAIT_BATCH)
@@ -290,31 +308,69 @@ class Hub:
             while True:
                 if not await waiter.wait(deadline - time.monotonic()):
                     return CallbackUpdate(callback, []) if callback.closed(now_ms()) else None
-                events = waiter.events
+                # A settling answers only a wait with a settle window.
+                events = [e for e in waiter.events if e.kind != SETTLED]
                 fresh = [e.delivery for e in events if e.delivery is not None and e.delivery.id > after]
                 valid = [delivery for delivery in fresh if not delivery.problems]
                 if valid or any(e.delivery is None for e in events):
                     return CallbackUpdate(events[-1].callback, valid[:WAIT_BATCH])
-                waiter.rearm()  # only invalid deliveries: still waiting for one that fits
+                waiter.rearm()  # only invalid deliveries or a settling: still waiting
         finally:
             self.registry.remove(waiter)
 
     async def _wait_for_set(
         self, waiter: Waiter, callback: Callback, after: int, timeout: float, owner: str | None
     ) -> CallbackUpdate | None:
-        """Until the callback's expected set is complete (it turns received) or it closes; then
-        the callback as read now (with its missing ids) and its deliveries after `after`."""
+        """Until the callback's expected set is complete (it turns received), it closes, or it
+        turns overdue; then the callback as read now (with its missing ids) and its deliveries
+        after `after`."""
         deadline = time.monotonic() + timeout
+        overdue_before = callback.overdue  # a wait begun after it turned overdue is not told again
         while callback.status == PENDING and not callback.closed(now_ms()):
+            if callback.overdue and not overdue_before:
+                return CallbackUpdate(callback, [])
             # A pending callback gets an event when it expires: no need to wake at its expiry.
             if not await waiter.wait(deadline - time.monotonic()):
                 return None
-            done = any(event.callback.status != PENDING for event in waiter.events)
+            done = any(event.callback.status != PENDING or event.kind == OVERDUE for event in waiter.events)
             waiter.rearm()  # no await since the events were read: none is missed
             if done:
                 callback = await self._find(token=callback.token, owner=owner)
         deliveries = await self.store.find_deliveries(waiter.where, after, WAIT_BATCH)
         return CallbackUpdate(callback, deliveries)
+
+    async def _wait_settled(
+        self, waiter: Waiter, callback: Callback, after: int, timeout: float, settle_ms: int
+    ) -> CallbackUpdate | None:
+        """Answer once the callback's latest delivery stayed the latest for `settle_ms` (or it
+        can receive no more): settled, with the deliveries after `after`. At the timeout: not
+        settled, with those deliveries, or None when there are none. A callback turning
+        overdue meanwhile answers too (not settled, no deliveries). Each round re-reads the
+        callback after re-arming the waiter (registered by the caller): nothing slips between."""
+        deadline = time.monotonic() + timeout
+        overdue_before = callback.overdue  # a wait begun after it turned overdue is not told again
+        while True:
+            now = now_ms()
+            if has_settled(callback, settle_ms, now):
+                return CallbackUpdate(callback, await self._deliveries_after(waiter, callback, after), settled=True)
+            if callback.overdue and not overdue_before:
+                return CallbackUpdate(callback, [], settled=False)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                deliveries = await self._deliveries_after(waiter, callback, after)
+                return CallbackUpdate(callback, deliveries, settled=False) if deliveries else None
+            until = quiet_until(callback, settle_ms)
+            wake = min(left, (callback.expires_at - now) / 1000)
+            if until is not None:
+                wake = min(wake, (until - now) / 1000)
+            await waiter.wait(max(wake, 0.0))
+            waiter.rearm()
+            callback = await self._find(callback.token, waiter.where.owner)
+
+    async def _deliveries_after(self, waiter: Waiter, callback: Callback, after: int) -> list[Delivery]:
+        if callback.result is None or callback.result.id <= after:
+            return []
+        return await self.store.find_deliveries(waiter.where, after, WAIT_BATCH)
 
     async def follow(self, token: str, after: int, owner: str | None = None) -> Callback | None:
         """Where a stream of one callback's deliveries starts: the callback, or None when it is
@@ -349,6 +405,10 @@ class Hub:
         if not any(counts.values()):
             raise GroupNotFound()
         return counts
+
+    async def group_overdue(self, group: str, owner: str | None = None) -> int:
+        """How many of a group's callbacks turned overdue."""
+        return await self.store.overdue_count(group, owner)
 
     async def wait_for_group(self, group: str, timeout: float, owner: str | None = None) -> dict[str, int] | None:
         """The group's counts as soon as none of its callbacks is pending; None on timeout."""
@@ -409,6 +469,21 @@ class Hub:
             if not expired:
                 return total
 
+    async def mark_timers_due(self) -> int:
+        """Mark overdue the pending callbacks past their expected time, and settled those whose
+        latest delivery stayed the latest for their settle window (the store announces each)."""
+        now = now_ms()
+        if not await self.store.has_timers_due(now):
+            return 0
+        total = 0
+        while looked := await self.store.mark_overdue(now):
+            turned = sum(1 for callback in looked if callback.overdue)
+            self.overdue_total += turned
+            total += turned
+        while marked := await self.store.mark_settled(now):
+            total += len(marked)
+        return total
+
     async def _expire_forever(self) -> None:
         while True:
             await asyncio.sleep(EXPIRY_INTERVAL)
@@ -416,6 +491,9 @@ class Hub:
                 if not self.store.writable:
                     await self.store.probe_write(now_ms())
                     log.info("the store accepts writes again")
+                # Timers first: a callback overdue and expired in the same round is told in
+                # the order it happened.
+                await self.mark_timers_due()
                 await self.expire_due()
             except asyncio.CancelledError:
                 raise
@@ -461,4 +539,6 @@ def _fingerprint(spec: MintSpec, count: int, batch: bool) -> str:
         shape += [expect, spec.contract.text() if spec.contract is not None else None]
     if spec.response is not None:
         shape.append(spec.response.to_json())  # appended only when set: older keys still match
+    if spec.settle_ms is not None or spec.expect_within is not None:
+        shape += [spec.settle_ms, spec.expect_within]  # only then: older keys keep their fingerprint
     return hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)).hexdigest()

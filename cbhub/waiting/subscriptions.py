@@ -25,7 +25,15 @@ from typing import Any, Callable, Final
 
 from cbhub.config import RealtimeConfig
 from cbhub.domain.filters import DeliveryFilter
-from cbhub.domain.model import CREATED, TERMINAL, Callback, Delivery, Event
+from cbhub.domain.model import (
+    CREATED,
+    OVERDUE,
+    SETTLED,
+    TERMINAL,
+    Callback,
+    Delivery,
+    Event,
+)
 from cbhub.errors import CallbackNotFound, ShuttingDown, SubscribeRefused
 from cbhub.store import Store
 from cbhub.waiting.registry import Key, Registry, keys_for
@@ -34,6 +42,8 @@ from cbhub.waiting.registry import Key, Registry, keys_for
 REPLAY_PAGE = 200
 # The most tokens one subscription may name.
 MAX_TOKENS = 1000
+# The kinds of event a callback's timers raise (domain/timing.py).
+TIMERS = (SETTLED, OVERDUE)
 
 
 class End(enum.Enum):
@@ -66,6 +76,9 @@ class Notice:
     token: str | None = None
     status: str | None = None
     created: Callback | None = None
+    # A timer's event (SETTLED or OVERDUE) and the callback as it then was.
+    timer: str | None = None
+    callback: Callback | None = None
 
     @property
     def name(self) -> str | int:
@@ -143,6 +156,8 @@ class Subscription:
             return Notice(self, delivery=event.delivery)
         if event.kind == CREATED:
             return Notice(self, token=event.token, created=event.callback)
+        if event.kind in TIMERS:
+            return Notice(self, token=event.token, timer=event.kind, callback=event.callback)
         return Notice(self, token=event.token, status=event.callback.status)
 
     def _go_live(self) -> None:
@@ -151,16 +166,26 @@ class Subscription:
         self._feed._uncount(len(held))
         deliveries: dict[int, Delivery] = {}
         statuses = self._closed or {}
+        timers: list[Event] = []
         for event in held:
             if event.kind == CREATED:
                 # First: a callback's creation comes before anything else about it.
                 self._feed._enqueue(self._notice(event))
+            elif event.kind in TIMERS:
+                timers.append(event)
             elif event.delivery is None:
                 statuses[event.token] = event.callback.status
             elif event.delivery.id > self._seam:
                 deliveries[event.delivery.id] = event.delivery
+        # A callback turns overdue before its first delivery, and settles after its latest.
+        for event in timers:
+            if event.kind == OVERDUE:
+                self._feed._enqueue(self._notice(event))
         for delivery_id in sorted(deliveries):
             self._feed._enqueue(Notice(self, delivery=deliveries[delivery_id]))
+        for event in timers:
+            if event.kind == SETTLED:
+                self._feed._enqueue(self._notice(event))
         for token, status in statuses.items():
             self._feed._enqueue(Notice(self, token=token, status=status))
         self._closed = None

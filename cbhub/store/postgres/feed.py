@@ -40,18 +40,23 @@ CHECK_TIMEOUT = 5.0
 RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
-# The kinds of event, each with its own position in commit order, in the order one callback's
-# events happen: it is created, receives deliveries, and is closed.
-KINDS = ("creation", "delivery", "closing")
+# The kinds of event, each with its own position in commit order (the order of Position's
+# fields, and of the store's queries of the last positions).
+KINDS = ("creation", "delivery", "closing", "overdue", "settled")
+# The order they are read in, the order one callback's events happen: it is created, may turn
+# overdue while pending, receives deliveries, settles, and is closed.
+READ_ORDER = ("creation", "overdue", "delivery", "settled", "closing")
 
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """A point in commit order: the last creation, delivery id and closing of each kind."""
+    """A point in commit order: the last position taken of each kind."""
 
     creation: int = 0
     delivery: int = 0
     closing: int = 0
+    overdue: int = 0
+    settled: int = 0
 
     def __le__(self, other: Position) -> bool:
         return all(getattr(self, kind) <= getattr(other, kind) for kind in KINDS)
@@ -149,7 +154,7 @@ class EventFeed:
         snapshot, so that a callback's events come in the order they happened."""
         async with self._snapshot() as conn:
             reached = {kind: getattr(self.cursor, kind) for kind in KINDS}
-            for kind in KINDS:
+            for kind in READ_ORDER:
                 bound = getattr(upto, kind) if upto is not None else None
                 reached[kind] = await self._read(conn, kind, reached[kind], bound)
                 # Kept as it goes: after a failure, what was announced stays announced.

@@ -118,4 +118,25 @@ _SENDER_ANSWERS = [
     "ALTER TABLE deliveries ADD COLUMN answer TEXT",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4, _EXPECTED_SETS_AND_CONTRACTS, _SENDER_ANSWERS]
+# Timing, as in SQLite's timing step; and the places of settlings and overdue markings in
+# commit order, how the other instances learn of them (see feed.py).
+_TIMING = [
+    "ALTER TABLE callbacks ADD COLUMN settle_ms BIGINT",
+    "ALTER TABLE callbacks ADD COLUMN settle_due BIGINT",
+    "ALTER TABLE callbacks ADD COLUMN settled_at BIGINT",
+    "ALTER TABLE callbacks ADD COLUMN expect_within BIGINT",
+    "ALTER TABLE callbacks ADD COLUMN overdue_due BIGINT",
+    "ALTER TABLE callbacks ADD COLUMN overdue BOOLEAN NOT NULL DEFAULT false",
+    "ALTER TABLE callbacks ADD COLUMN overdue_seq BIGINT",
+    "ALTER TABLE callbacks ADD COLUMN settled_seq BIGINT",
+    "CREATE SEQUENCE overdue_positions",
+    "CREATE SEQUENCE settled_positions",
+    "CREATE INDEX callbacks_settle_due ON callbacks (settle_due) WHERE settle_due IS NOT NULL",
+    "CREATE INDEX callbacks_overdue_due ON callbacks (overdue_due) WHERE overdue_due IS NOT NULL",
+    "CREATE INDEX callbacks_overdue ON callbacks (group_name, id) WHERE overdue = TRUE",
+    "CREATE INDEX callbacks_overdue_created ON callbacks (id) WHERE overdue = TRUE",
+    "CREATE UNIQUE INDEX callbacks_overdue_seq ON callbacks (overdue_seq) WHERE overdue_seq IS NOT NULL",
+    "CREATE UNIQUE INDEX callbacks_settled_seq ON callbacks (settled_seq) WHERE settled_seq IS NOT NULL",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4, _EXPECTED_SETS_AND_CONTRACTS, _SENDER_ANSWERS, _TIMING]

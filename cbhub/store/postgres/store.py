@@ -30,7 +30,9 @@ from cbhub.domain.model import (
     CANCELLED,
     CREATED,
     EXPIRED,
+    OVERDUE,
     PENDING,
+    SETTLED,
     Callback,
     Delivery,
     Event,
@@ -53,8 +55,10 @@ from cbhub.store.group_commit import (
     ingested,
     minted,
     no_events,
+    overdue,
+    settled,
 )
-from cbhub.store.postgres.feed import CHANNEL, EventFeed, Position
+from cbhub.store.postgres.feed import CHANNEL, KINDS, EventFeed, Position
 from cbhub.store.postgres.schema import MIGRATIONS
 from cbhub.store.rows import (
     CALLBACK_COLUMNS,
@@ -92,13 +96,14 @@ C_CALLBACK_COLUMNS = ", ".join(f"c.{column}" for column in CALLBACK_COLUMNS.spli
 # The last number each sequence handed out (a Position: creation, delivery, closing).
 _LAST_VALUES = ", ".join(
     f"(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {sequence})"
-    for sequence in ("creation_seq", "delivery_ids", "closing_seq")
+    for sequence in ("creation_seq", "delivery_ids", "closing_seq", "overdue_positions", "settled_positions")
 )
 LAST_POSITION = f"SELECT {_LAST_VALUES}"
 NOTIFY_AND_LAST_POSITION = f"SELECT {_LAST_VALUES}, pg_notify($1, $2)"
 COMMITTED_POSITION = (
     "SELECT (SELECT coalesce(max(created_seq), 0) FROM callbacks), (SELECT coalesce(max(id), 0) FROM deliveries),"
-    " (SELECT coalesce(max(closed_seq), 0) FROM callbacks)"
+    " (SELECT coalesce(max(closed_seq), 0) FROM callbacks), (SELECT coalesce(max(overdue_seq), 0) FROM callbacks),"
+    " (SELECT coalesce(max(settled_seq), 0) FROM callbacks)"
 )
 CREATIONS_AFTER = (
     f"SELECT created_seq, {CALLBACK_COLUMNS} FROM callbacks"
@@ -115,14 +120,48 @@ CLOSINGS_AFTER = (
 )
 INSERT_CALLBACKS = (
     "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata, created_by,"
-    " allow_ips, verify, expect_total, expect_named, contract, response, created_seq)"
+    " allow_ips, verify, expect_total, expect_named, contract, response, settle_ms, expect_within, overdue_due,"
+    " created_seq)"
     " SELECT t.token, 'pending', $2, t.expires_at, t.label, t.group_name, t.metadata, t.created_by, t.allow_ips,"
-    " t.verify, t.expect_total, t.expect_named, t.contract, t.response, nextval('creation_seq')"
+    " t.verify, t.expect_total, t.expect_named, t.contract, t.response, t.settle_ms, t.expect_within,"
+    " t.overdue_due, nextval('creation_seq')"
     " FROM unnest($1::text[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[], $7::text[], $8::text[],"
-    " $9::text[], $10::integer[], $11::boolean[], $12::text[], $13::text[])"
+    " $9::text[], $10::integer[], $11::boolean[], $12::text[], $13::text[], $14::bigint[], $15::bigint[],"
+    " $16::bigint[])"
     " AS t (token, expires_at, label, group_name, metadata, created_by, allow_ips, verify, expect_total,"
-    " expect_named, contract, response)"
+    " expect_named, contract, response, settle_ms, expect_within, overdue_due)"
     f" RETURNING {CALLBACK_COLUMNS}"
+)
+# Timers (domain/timing.py), as on SQLite; each marking takes a place in commit order, so that
+# the other instances announce it too (feed.py). A settling undone by a newer delivery is
+# not told.
+START_SETTLE = "UPDATE callbacks SET settle_due = $1, settled_at = NULL WHERE id = $2"
+MARK_SETTLED = (
+    "UPDATE callbacks SET settled_at = settle_due, settle_due = NULL, settled_seq = nextval('settled_positions')"
+    " WHERE id IN (SELECT id FROM callbacks WHERE settle_due <= $1 ORDER BY settle_due LIMIT $2"
+    f" FOR UPDATE SKIP LOCKED) RETURNING {CALLBACK_COLUMNS}"
+)
+MARK_OVERDUE = (
+    f"UPDATE callbacks SET overdue = (status = '{PENDING}'), overdue_due = NULL,"
+    f" overdue_seq = CASE WHEN status = '{PENDING}' THEN nextval('overdue_positions') END"
+    " WHERE id IN (SELECT id FROM callbacks WHERE overdue_due <= $1 ORDER BY overdue_due LIMIT $2"
+    f" FOR UPDATE SKIP LOCKED) RETURNING {CALLBACK_COLUMNS}"
+)
+HAS_TIMERS_DUE = (
+    "SELECT EXISTS (SELECT 1 FROM callbacks WHERE settle_due <= $1)"
+    " OR EXISTS (SELECT 1 FROM callbacks WHERE overdue_due <= $1)"
+)
+OVERDUE_COUNT = (
+    "SELECT COUNT(*) FROM callbacks WHERE group_name = $1 AND overdue = TRUE AND ($2::text IS NULL OR created_by = $2)"
+)
+OVERDUES_AFTER = (
+    f"SELECT overdue_seq, {CALLBACK_COLUMNS} FROM callbacks"
+    " WHERE overdue_seq > $1 AND overdue_seq <= $2 ORDER BY overdue_seq LIMIT $3"
+)
+SETTLINGS_AFTER = (
+    f"SELECT c.settled_seq, {C_CALLBACK_COLUMNS}, {DELIVERY_COLUMNS}"
+    " FROM callbacks c LEFT JOIN deliveries d ON d.id = c.last_delivery_id"
+    " WHERE c.settled_seq > $1 AND c.settled_seq <= $2 AND c.settled_at IS NOT NULL ORDER BY c.settled_seq LIMIT $3"
 )
 # Claims an idempotency key: a new key, or one past its window. No row back: the key is live.
 CLAIM_KEY = (
@@ -291,7 +330,13 @@ class PostgresStore(Store):
         self._feed = EventFeed(
             lambda: self._connect("listener"),
             self._snapshot,
-            {"creation": self._creations_after, "delivery": self._deliveries_after, "closing": self._closings_after},
+            {
+                "creation": self._creations_after,
+                "delivery": self._deliveries_after,
+                "closing": self._closings_after,
+                "overdue": self._overdues_after,
+                "settled": self._settlings_after,
+            },
             self._tell,
         )
         # Where the batch being announced started and ended in commit order.
@@ -412,7 +457,9 @@ class PostgresStore(Store):
                     # The notification is delivered by the server only if, and once, this
                     # transaction commits.
                     end = Position(
-                        *tuple(await conn.fetchrow(NOTIFY_AND_LAST_POSITION, CHANNEL, self._feed.instance))[:3]
+                        *tuple(await conn.fetchrow(NOTIFY_AND_LAST_POSITION, CHANNEL, self._feed.instance))[
+                            : len(KINDS)
+                        ]
                     )
                 committing = True
         except Exception as exc:
@@ -492,6 +539,25 @@ class PostgresStore(Store):
         result: list[Callback] = await self._submit(op, ordered=True, announce=expired)
         return result
 
+    async def mark_settled(self, now: int, limit: int = 500) -> list[Callback]:
+        async def op(conn: asyncpg.Connection) -> list[Callback]:
+            callbacks = []
+            for row in await conn.fetch(MARK_SETTLED, now, limit):
+                callback = _callback(row)
+                callback.result = await _load_delivery(conn, row[LAST_DELIVERY_ID])
+                callbacks.append(callback)
+            return callbacks
+
+        result: list[Callback] = await self._submit(op, ordered=True, announce=settled)
+        return result
+
+    async def mark_overdue(self, now: int, limit: int = 500) -> list[Callback]:
+        async def op(conn: asyncpg.Connection) -> list[Callback]:
+            return [_callback(row) for row in await conn.fetch(MARK_OVERDUE, now, limit)]
+
+        result: list[Callback] = await self._submit(op, ordered=True, announce=overdue)
+        return result
+
     async def probe_write(self, now: int) -> None:
         async def op(conn: asyncpg.Connection) -> None:
             await conn.execute(WRITE_PROBE, now)
@@ -551,6 +617,21 @@ class PostgresStore(Store):
             events.append((row[0], Event("status", callback)))
         return events
 
+    @staticmethod
+    async def _overdues_after(conn: asyncpg.Connection, after: int, upto: int, limit: int) -> list[tuple[int, Event]]:
+        rows = await conn.fetch(OVERDUES_AFTER, after, upto, limit)
+        return [(row[0], Event(OVERDUE, _callback(tuple(row)[1:]))) for row in rows]
+
+    @staticmethod
+    async def _settlings_after(conn: asyncpg.Connection, after: int, upto: int, limit: int) -> list[tuple[int, Event]]:
+        events = []
+        for row in map(tuple, await conn.fetch(SETTLINGS_AFTER, after, upto, limit)):
+            callback = _callback(row[1 : 1 + CALLBACK_WIDTH])
+            if row[1 + CALLBACK_WIDTH] is not None:
+                callback.result = _delivery(row[1 + CALLBACK_WIDTH :])
+            events.append((row[0], Event(SETTLED, callback)))
+        return events
+
     # Reads
 
     async def _fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -574,6 +655,14 @@ class PostgresStore(Store):
             HAS_DUE, now
         )
         return row is not None
+
+    async def has_timers_due(self, now: int) -> bool:
+        row = await self._fetchone(HAS_TIMERS_DUE, now)
+        return row is not None and bool(row[0])
+
+    async def overdue_count(self, group: str, owner: str | None = None) -> int:
+        row = await self._fetchone(OVERDUE_COUNT, _name(group), owner)
+        return int(row[0]) if row is not None else 0
 
     async def get_callback(self, token: str) -> Callback | None:
         if _no_such_token(token):
@@ -679,6 +768,9 @@ async def _answer(conn: asyncpg.Connection, step: decisions.Step) -> Any:
             return await conn.fetchval(INSERT_DELIVERY, *values, new_status)
         case decisions.MarkCancelled(callback_id):
             await conn.execute(MARK_CANCELLED, callback_id)
+            return None
+        case decisions.StartSettle(callback_id, due):
+            await conn.execute(START_SETTLE, due, callback_id)
             return None
         case decisions.ClaimKey(scope, key, fingerprint, now):
             claimed = await conn.fetchval(CLAIM_KEY, scope, key, fingerprint, now, now - IDEMPOTENCY_WINDOW_MS)

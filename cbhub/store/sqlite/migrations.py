@@ -127,6 +127,19 @@ def _sender_answers(conn: sqlite3.Connection) -> None:
     # what each delivery was answered when it was not the receipt (JSON, NULL: the receipt).
     conn.execute("ALTER TABLE callbacks ADD COLUMN response TEXT")
     conn.execute("ALTER TABLE deliveries ADD COLUMN answer TEXT")
+def _timing(conn: sqlite3.Connection) -> None:
+    # The settle window (ms) and when the latest delivery settles (its arrival + the window;
+    # NULL once settled, or without a window) and did (settled_at); the seconds within which a
+    # callback is expected, when it is overdue if still pending (NULL once looked at), and
+    # whether it was. The sweep finds what is due through the two partial indexes.
+    for column in ("settle_ms", "settle_due", "settled_at", "expect_within", "overdue_due"):
+        conn.execute(f"ALTER TABLE callbacks ADD COLUMN {column} INTEGER")
+    conn.execute("ALTER TABLE callbacks ADD COLUMN overdue INTEGER NOT NULL DEFAULT 0")
+    conn.execute("CREATE INDEX callbacks_settle_due ON callbacks (settle_due) WHERE settle_due IS NOT NULL")
+    conn.execute("CREATE INDEX callbacks_overdue_due ON callbacks (overdue_due) WHERE overdue_due IS NOT NULL")
+    # GET /v1/callbacks?overdue=true, newest first, and the overdue count of a group.
+    conn.execute("CREATE INDEX callbacks_overdue ON callbacks (group_name) WHERE overdue = TRUE")
+    conn.execute("CREATE INDEX callbacks_overdue_created ON callbacks (overdue) WHERE overdue = TRUE")
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
@@ -136,4 +149,5 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v4_late_deliveries,
     _expected_sets_and_contracts,
     _sender_answers,
+    _timing,
 ]

@@ -49,6 +49,8 @@ from cbhub.store.group_commit import (
     expired,
     ingested,
     minted,
+    overdue,
+    settled,
 )
 from cbhub.store.rows import (
     CALLBACK_COLUMNS,
@@ -125,9 +127,28 @@ CLAIM_KEY = (
 RECORD_KEY = "UPDATE idempotency_keys SET callback_ids = ? WHERE scope = ? AND key = ?"
 INSERT_CALLBACK = (
     "INSERT INTO callbacks (token, expires_at, label, group_name, metadata, created_by, allow_ips, verify,"
-    " expect_total, expect_named, contract, response,"
-    f" created_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{PENDING}') RETURNING {CALLBACK_COLUMNS}"
+    " expect_total, expect_named, contract, response, settle_ms, expect_within, overdue_due, created_at, status)"
+    f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{PENDING}') RETURNING {CALLBACK_COLUMNS}"
 )
+# Timers (domain/timing.py): a delivery restarts its callback's settle window; the sweep marks
+# what is due, each once, through the partial indexes on the due times.
+START_SETTLE = "UPDATE callbacks SET settle_due = ?, settled_at = NULL WHERE id = ?"
+MARK_SETTLED = (
+    "UPDATE callbacks SET settled_at = settle_due, settle_due = NULL WHERE id IN"
+    " (SELECT id FROM callbacks WHERE settle_due <= ? ORDER BY settle_due LIMIT ?)"
+    f" RETURNING {CALLBACK_COLUMNS}"
+)
+MARK_OVERDUE = (
+    f"UPDATE callbacks SET overdue = (status = '{PENDING}'), overdue_due = NULL WHERE id IN"
+    " (SELECT id FROM callbacks WHERE overdue_due <= ? ORDER BY overdue_due LIMIT ?)"
+    f" RETURNING {CALLBACK_COLUMNS}"
+)
+HAS_TIMERS_DUE = (
+    "SELECT EXISTS (SELECT 1 FROM callbacks WHERE settle_due <= ?)"
+    " OR EXISTS (SELECT 1 FROM callbacks WHERE overdue_due <= ?)"
+)
+OVERDUE_COUNT = "SELECT COUNT(*) FROM callbacks WHERE group_name = ? AND overdue = TRUE"
+OWNED_OVERDUE_COUNT = "SELECT COUNT(*) FROM callbacks WHERE group_name = ? AND overdue = TRUE AND created_by = ?"
 EXPIRE_DUE = (
     f"UPDATE callbacks SET status = '{EXPIRED}' WHERE id IN"
     f" (SELECT id FROM callbacks WHERE status = '{PENDING}' AND expires_at <= ? ORDER BY expires_at LIMIT ?)"
@@ -367,6 +388,20 @@ class SQLiteStore(Store):
         result: list[Callback] = await self._writes.submit(op, expired)
         return result
 
+    async def mark_settled(self, now: int, limit: int = 500) -> list[Callback]:
+        def op(conn: sqlite3.Connection) -> list[Callback]:
+            return [_with_result(conn, row) for row in conn.execute(MARK_SETTLED, (now, limit)).fetchall()]
+
+        result: list[Callback] = await self._writes.submit(op, settled)
+        return result
+
+    async def mark_overdue(self, now: int, limit: int = 500) -> list[Callback]:
+        def op(conn: sqlite3.Connection) -> list[Callback]:
+            return [callback_from_row(row) for row in conn.execute(MARK_OVERDUE, (now, limit)).fetchall()]
+
+        result: list[Callback] = await self._writes.submit(op, overdue)
+        return result
+
     async def probe_write(self, now: int) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(WRITE_PROBE, (now,))
@@ -405,6 +440,17 @@ class SQLiteStore(Store):
     async def has_due(self, now: int) -> bool:
         row = await self._fetchone(HAS_DUE, (now,))
         return row is not None
+
+    async def has_timers_due(self, now: int) -> bool:
+        row = await self._fetchone(HAS_TIMERS_DUE, (now, now))
+        return bool(row and row[0])
+
+    async def overdue_count(self, group: str, owner: str | None = None) -> int:
+        if owner is None:
+            row = await self._fetchone(OVERDUE_COUNT, (group,))
+        else:
+            row = await self._fetchone(OWNED_OVERDUE_COUNT, (group, owner))
+        return int(row[0]) if row is not None else 0
 
     async def get_callback(self, token: str) -> Callback | None:
         row = await self._fetchone(SELECT_CALLBACK_BY_TOKEN, (token,))
@@ -506,6 +552,9 @@ def _answer(conn: sqlite3.Connection, step: decisions.Step) -> Any:
             return delivery_from_row(row) if row is not None else None
         case decisions.MarkCancelled(callback_id):
             conn.execute(MARK_CANCELLED, (callback_id,))
+            return None
+        case decisions.StartSettle(callback_id, due):
+            conn.execute(START_SETTLE, (due, callback_id))
             return None
         case decisions.ClaimKey(scope, key, fingerprint, now):
             row = conn.execute(SELECT_KEY, (scope, key)).fetchone()
