@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from cbhub.domain.bodies import ParsedBody, parse_body
+from cbhub.domain.outcomes import UNKNOWN, OutcomeRule
 
 if TYPE_CHECKING:
     from cbhub.domain.signatures import VerifySpec
@@ -63,6 +64,9 @@ class Delivery:
     # Arrived after its callback stopped accepting deliveries (expired, cancelled, or received
     # and past its expiry): kept, since most senders never retry, but never the result.
     late: bool = False
+    # How it went (cbhub.domain.outcomes), decided once when it was stored.
+    outcome: str = UNKNOWN
+    error: dict[str, str | None] | None = None
     _parsed: ParsedBody | None = field(default=None, repr=False)
     _json: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -91,6 +95,8 @@ class Delivery:
                 "query": self.query,
                 "correlation_id": self.correlation_id,
                 "late": self.late,
+                "outcome": self.outcome,
+                "error": self.error,
             }
         return self._json
 
@@ -115,6 +121,9 @@ class Callback:
     # Guards on its public URL, set at mint: source networks (CIDRs) and a signature scheme.
     allow_ips: tuple[str, ...] = ()
     verify: VerifySpec | None = None
+    # Its result's outcome (None while it has none), and its own outcome rule, given at mint.
+    outcome: str | None = None
+    outcome_rule: OutcomeRule | None = None
 
     def to_json(self, base_url: str) -> dict[str, Any]:
         return {
@@ -132,6 +141,8 @@ class Callback:
             "created_by": self.created_by,
             "allow_ips": list(self.allow_ips),
             "verify": self.verify.describe() if self.verify is not None else None,
+            "outcome": self.outcome,
+            "outcome_rule": self.outcome_rule.to_json() if self.outcome_rule is not None else None,
         }
 
     def closed(self, at_ms: int) -> bool:
@@ -166,6 +177,7 @@ class MintSpec:
     created_by: str | None = None
     allow_ips: tuple[str, ...] = ()
     verify: VerifySpec | None = None
+    outcome_rule: OutcomeRule | None = None
 
 
 @dataclass(frozen=True, slots=True)

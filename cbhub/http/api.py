@@ -9,6 +9,7 @@ from aiohttp import web
 from cbhub.config import CallbacksConfig
 from cbhub.domain.filters import CallbackFilter
 from cbhub.domain.model import STATUSES, Callback, Delivery, MintSpec
+from cbhub.domain.outcomes import OUTCOMES
 from cbhub.errors import DeliveryNotFound, InvalidHeader
 from cbhub.http.errors import json_response
 from cbhub.http.keys import CONFIG, HUB, base_url, caller
@@ -22,11 +23,14 @@ from cbhub.http.params import (
     NameField,
     NetworksField,
     ObjectField,
+    OutcomeRuleField,
     SecondsParam,
     TextParam,
     VerifyField,
     query_filter,
 )
+from cbhub.store.base import GroupSummary
+from cbhub.waiting.hub import UNTIL_ALL, UNTILS
 
 MAX_BATCH = 1000
 
@@ -41,6 +45,7 @@ ALLOW_IPS = NetworksField(
 )
 VERIFY = VerifyField("verify", "signature check of every request: docs/security.md")
 COUNT = IntField("count", 1, 1, MAX_BATCH, "how many callbacks to mint", required=True)
+OUTCOME_RULE = OutcomeRuleField("outcome", "how to read each delivery's outcome: which field, which values")
 
 
 def ttl_field(limits: CallbacksConfig) -> IntField:
@@ -49,7 +54,7 @@ def ttl_field(limits: CallbacksConfig) -> IntField:
 
 
 def mint_body(limits: CallbacksConfig) -> JsonBody:
-    return JsonBody((ttl_field(limits), LABEL, GROUP, METADATA, ALLOW_IPS, VERIFY))
+    return JsonBody((ttl_field(limits), LABEL, GROUP, METADATA, ALLOW_IPS, VERIFY, OUTCOME_RULE))
 
 
 def batch_body(limits: CallbacksConfig) -> JsonBody:
@@ -61,13 +66,15 @@ LISTED_GROUP = TextParam("group", "only this group's")
 LISTED_LABEL = TextParam("label", "only those with this label")
 LISTED_STATUS = TextParam("status", "only those with this status", choices=STATUSES)
 LISTED_CORRELATION = TextParam("correlation_id", "only those that received a delivery with this correlation id")
+LISTED_OUTCOME = TextParam("outcome", "only those whose result has this outcome", choices=OUTCOMES)
 LISTING_LIMIT = IntParam("limit", 50, 1, 500, "page size")
 BEFORE = IntParam("before", MAX_CURSOR, 1, MAX_CURSOR, "the next_before of the previous page")
-LISTING_PARAMS = (LISTED_GROUP, LISTED_LABEL, LISTED_STATUS, LISTED_CORRELATION, LISTING_LIMIT, BEFORE)
+LISTING_PARAMS = (LISTED_GROUP, LISTED_LABEL, LISTED_STATUS, LISTED_CORRELATION, LISTED_OUTCOME, LISTING_LIMIT, BEFORE)
 # GET /v1/callbacks/{token}/wait and /v1/groups/{group}/wait
 TIMEOUT = SecondsParam("timeout", 30.0, "seconds to hold the request (capped at callbacks.max_wait)")
 WAIT_CALLBACK_PARAMS = (TIMEOUT, AFTER)
-WAIT_GROUP_PARAMS = (TIMEOUT,)
+UNTIL = TextParam("until", "all (default): no callback pending; first_error: that, or any error result", choices=UNTILS)
+WAIT_GROUP_PARAMS = (TIMEOUT, UNTIL)
 # GET /v1/deliveries
 PAGE_LIMIT = IntParam("limit", 100, 1, 1000, "page size")
 WAIT = SecondsParam("wait", 0.0, "seconds to long-poll while nothing matches (capped at callbacks.max_wait)")
@@ -92,6 +99,7 @@ def _mint_spec(request: web.Request, body: dict[str, Any]) -> MintSpec:
         created_by=caller(request).name,
         allow_ips=ALLOW_IPS.parse(body),
         verify=VERIFY.parse(body),
+        outcome_rule=OUTCOME_RULE.parse(body),
     )
 
 
@@ -130,6 +138,7 @@ async def list_callbacks(request: web.Request) -> web.Response:
         label=LISTED_LABEL.parse(query),
         status=status,
         correlation_id=LISTED_CORRELATION.parse(query),
+        outcome=LISTED_OUTCOME.parse(query),
     )
     before = BEFORE.parse(query)
     limit = LISTING_LIMIT.parse(query)
@@ -202,21 +211,30 @@ def _sendable_header(value: str | None) -> str | None:
 
 async def group_status(request: web.Request) -> web.Response:
     group = request.match_info["group"]
-    counts = await request.app[HUB].group_counts(group, caller(request).owner)
-    return json_response(_group_json(group, counts))
+    summary = await request.app[HUB].group_summary(group, caller(request).owner)
+    return json_response(_group_json(group, summary))
 
 
 async def wait_group(request: web.Request) -> web.StreamResponse:
     group = request.match_info["group"]
     timeout = TIMEOUT.parse(request.query, request.app[CONFIG].callbacks.max_wait)
-    counts = await request.app[HUB].wait_for_group(group, timeout, caller(request).owner)
-    if counts is None:
+    until = UNTIL.parse(request.query) or UNTIL_ALL
+    summary = await request.app[HUB].wait_for_group(group, timeout, caller(request).owner, until)
+    if summary is None:
         return web.Response(status=204)
-    return json_response(_group_json(group, counts))
+    return json_response(_group_json(group, summary))
 
 
-def _group_json(group: str, counts: dict[str, int]) -> dict[str, Any]:
-    return {"group": group, "total": sum(counts.values()), **counts}
+def _group_json(group: str, summary: GroupSummary) -> dict[str, Any]:
+    counts = summary.counts
+    return {
+        "group": group,
+        "total": sum(counts.values()),
+        **counts,
+        "outcomes": summary.outcomes,
+        "errors": [error.to_json() for error in summary.errors],
+        "pending_tokens": summary.pending_tokens,
+    }
 
 
 # A token is never "batch" (tokens are 43 characters): /v1/callbacks/batch is the batch route's

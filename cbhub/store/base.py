@@ -11,9 +11,39 @@ from cbhub.domain.guards import Guard
 from cbhub.domain.model import Callback, Delivery, Event, Incoming, MintSpec
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
+# The most errors and pending tokens a group summary lists.
+GROUP_LIST_LIMIT = 100
 
 
+@dataclass(frozen=True, slots=True)
+class GroupError:
+    """A callback of a group whose result is an error."""
 
+    token: str
+    label: str | None
+    correlation_id: str | None
+    error: dict[str, str | None] | None
+    delivery_id: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "token": self.token,
+            "label": self.label,
+            "correlation_id": self.correlation_id,
+            "error": self.error,
+            "delivery_id": self.delivery_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSummary:
+    """A group's callbacks by status, those with a result by its outcome, and (when asked
+    for) the first errors and pending tokens, oldest first."""
+
+    counts: dict[str, int]
+    outcomes: dict[str, int]
+    errors: list[GroupError]
+    pending_tokens: list[str]
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
@@ -80,10 +110,14 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def ingest(self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True) -> IngestResult:
+    async def ingest(
+        self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True, builtin_outcomes: bool = True
+    ) -> IngestResult:
         """Store a delivery; raises CallbackNotFound or DeliveryRefused (from `guard`, run on the
         callback before the closed and duplicate checks). To a callback that takes no more
-        deliveries, it is stored as late (`keep_late`), or refused with CallbackClosed."""
+        deliveries, it is stored as late (`keep_late`), or refused with CallbackClosed. Its
+        outcome is decided by the callback's own rule, then (`builtin_outcomes`) the built-in
+        ones, and stored with it."""
 
     @abc.abstractmethod
     async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
@@ -136,6 +170,14 @@ class Store(abc.ABC):
     async def group_counts(self, group: str, owner: str | None = None) -> dict[str, int]:
         """Callbacks of a group (minted by `owner`, if given) by status (every status present,
         zero included)."""
+
+    @abc.abstractmethod
+    async def group_summary(
+        self, group: str, owner: str | None = None, details: bool = True, limit: int = GROUP_LIST_LIMIT
+    ) -> GroupSummary:
+        """A group's callbacks (minted by `owner`, if given) by status and, those with a result,
+        by its outcome (every status and result outcome present, zero included); with
+        `details`, its first `limit` errors (by delivery id) and pending tokens (by creation)."""
 
     @abc.abstractmethod
     async def status_counts(self) -> dict[str, int]:

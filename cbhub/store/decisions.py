@@ -21,6 +21,7 @@ from cbhub.domain.model import (
     Incoming,
     MintSpec,
 )
+from cbhub.domain.outcomes import Verdict, classify
 from cbhub.errors import CallbackNotFound, IdempotencyConflict, SchemaTooNew
 from cbhub.store.base import IngestResult
 from cbhub.store.rows import arrives_late, new_delivery
@@ -61,14 +62,15 @@ class FindDuplicate(NamedTuple):
 
 class InsertDelivery(NamedTuple):
     """-> the new delivery's id. On time, the callback counts it in `deliveries`, takes it as
-    its latest (`last_delivery_id`) and, when `new_status` is set, changes status; late, it only
-    counts it in `late_deliveries`."""
+    its latest (`last_delivery_id`) and its verdict's outcome as its own and, when `new_status`
+    is set, changes status; late, it only counts it in `late_deliveries`."""
 
     callback_id: int
     group: str | None
     incoming: Incoming
     late: bool
     new_status: str | None
+    verdict: Verdict
 
 
 class MarkCancelled(NamedTuple):
@@ -115,7 +117,7 @@ Step = (
 Steps = Generator[Step, Any, T]
 
 
-def ingest(incoming: Incoming, guard: Guard | None, keep_late: bool) -> Steps[IngestResult]:
+def ingest(incoming: Incoming, guard: Guard | None, keep_late: bool, builtin_outcomes: bool = True) -> Steps[IngestResult]:
     found = yield LoadCallback(incoming.token)
     if found is None:
         raise CallbackNotFound(incoming.token)
@@ -134,8 +136,11 @@ def ingest(incoming: Incoming, guard: Guard | None, keep_late: bool) -> Steps[In
         # Its result stays what it was: the waiters of a late delivery are shown it.
         callback.result = yield LoadDelivery(found.last_delivery_id)
     new_status = RECEIVED if not late and callback.status == PENDING else None
-    delivery_id = yield InsertDelivery(found.id, callback.group, incoming, late, new_status)
-    return IngestResult(new_delivery(incoming, delivery_id, callback, late), callback, duplicate=False)
+    # Decided once, here, where the callback's own rule is known; a duplicate (above) keeps
+    # the first one's.
+    verdict = classify(incoming.raw, incoming.content_type, incoming.parsed, callback.outcome_rule, builtin_outcomes)
+    delivery_id = yield InsertDelivery(found.id, callback.group, incoming, late, new_status, verdict)
+    return IngestResult(new_delivery(incoming, delivery_id, callback, late, verdict), callback, duplicate=False)
 
 
 def cancel(token: str) -> Steps[tuple[Callback, bool]]:

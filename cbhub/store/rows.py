@@ -22,18 +22,19 @@ from cbhub.domain.model import (
     Incoming,
     MintSpec,
 )
+from cbhub.domain.outcomes import RESULT_OUTCOMES, Verdict, parse_rule
 from cbhub.domain.signatures import VerifySpec
 from cbhub.errors import CallbackClosed
-from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage
+from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage, GroupError
 
 # Both schemas name their columns alike; the row mappers below read them in this order.
 CALLBACK_COLUMNS = (
     "id, token, status, created_at, expires_at, label, group_name, metadata, deliveries, last_delivery_id,"
-    " created_by, allow_ips, verify, late_deliveries"
+    " created_by, allow_ips, verify, late_deliveries, outcome, outcome_rule"
 )
 DELIVERY_COLUMNS = (
     "d.id, c.token, d.received_at, d.method, d.content_type, d.remote_addr, d.headers, d.query,"
-    " d.body, d.correlation_id, d.group_name, d.late"
+    " d.body, d.correlation_id, d.group_name, d.late, d.outcome, d.error"
 )
 DELIVERY_FROM = "deliveries d JOIN callbacks c ON c.id = d.callback_id"
 # Indexes into a CALLBACK_COLUMNS row, and its width.
@@ -77,6 +78,8 @@ def callback_from_row(row: Sequence[Any], text: Text = _same) -> Callback:
         allow_ips=tuple(orjson.loads(row[11])) if row[11] is not None else (),
         verify=VerifySpec(**orjson.loads(row[12])) if row[12] is not None else None,
         late_deliveries=row[13],
+        outcome=row[14],
+        outcome_rule=parse_rule(orjson.loads(row[15])) if row[15] is not None else None,
     )
 
 
@@ -94,6 +97,8 @@ def delivery_from_row(row: Sequence[Any], text: Text = _same) -> Delivery:
         correlation_id=text(row[9]),
         group=text(row[10]),
         late=bool(row[11]),
+        outcome=row[12],
+        error=orjson.loads(row[13]) if row[13] is not None else None,
     )
 
 
@@ -119,6 +124,23 @@ def by_status(rows: Sequence[Sequence[Any]]) -> dict[str, int]:
     return counts
 
 
+def by_status_and_outcome(rows: Sequence[Sequence[Any]]) -> tuple[dict[str, int], dict[str, int]]:
+    """(status, outcome, count) rows as counts of every status and of every result outcome,
+    zero included; a NULL outcome (no result yet) counts only by status."""
+    counts = dict.fromkeys(STATUSES, 0)
+    outcomes = dict.fromkeys(RESULT_OUTCOMES, 0)
+    for status, outcome, count in rows:
+        counts[status] = counts.get(status, 0) + count
+        if outcome is not None:
+            outcomes[outcome] = outcomes.get(outcome, 0) + count
+    return counts, outcomes
+
+
+def group_error(row: Sequence[Any], text: Text = _same) -> GroupError:
+    """A (token, label, correlation_id, error, delivery id) row."""
+    return GroupError(row[0], text(row[1]), text(row[2]), orjson.loads(row[3]) if row[3] is not None else None, row[4])
+
+
 def arrives_late(callback: Callback, at: int, keep_late: bool) -> bool:
     """Whether a delivery received at `at` comes after `callback` stopped taking deliveries
     (expired, cancelled, or received and past its expiry). Such a delivery is kept as late when
@@ -130,9 +152,11 @@ def arrives_late(callback: Callback, at: int, keep_late: bool) -> bool:
     raise CallbackClosed(callback.status if callback.status in TERMINAL else EXPIRED)
 
 
-def new_delivery(incoming: Incoming, delivery_id: int, callback: Callback, late: bool = False) -> Delivery:
+def new_delivery(
+    incoming: Incoming, delivery_id: int, callback: Callback, late: bool = False, verdict: Verdict | None = None
+) -> Delivery:
     """The stored delivery, counted on its callback: an on-time one makes it received, with the
-    delivery as its result; a late one is only counted, in `late_deliveries`."""
+    delivery as its result (and its outcome); a late one is only counted, in `late_deliveries`."""
     delivery = Delivery(
         id=delivery_id,
         token=incoming.token,
@@ -148,6 +172,8 @@ def new_delivery(incoming: Incoming, delivery_id: int, callback: Callback, late:
         late=late,
         _parsed=incoming.parsed,
     )
+    if verdict is not None:
+        delivery.outcome, delivery.error = verdict.outcome, verdict.error
     if late:
         callback.late_deliveries += 1
         return delivery
@@ -155,6 +181,7 @@ def new_delivery(incoming: Incoming, delivery_id: int, callback: Callback, late:
         callback.status = RECEIVED
     callback.deliveries += 1
     callback.result = delivery
+    callback.outcome = delivery.outcome
     return delivery
 
 
@@ -177,6 +204,8 @@ def delivery_where(
         clauses.append(f"c.created_by = {bind(where.owner)}")
     if where.late is not None:
         clauses.append(f"d.late = {bind(where.late)}")
+    if where.outcome is not None:
+        clauses.append(f"d.outcome = {bind(where.outcome)}")
     return " AND ".join(clauses)
 
 
@@ -190,7 +219,7 @@ def callback_where(
     for column, value in (("group_name", where.group), ("label", where.label)):
         if value is not None:
             clauses.append(f"{column} = {bind(name(value))}")
-    for column, value in (("status", where.status), ("created_by", where.owner)):
+    for column, value in (("status", where.status), ("created_by", where.owner), ("outcome", where.outcome)):
         if value is not None:
             clauses.append(f"{column} = {bind(value)}")
     if where.correlation_id is not None:
@@ -198,9 +227,11 @@ def callback_where(
     return " AND ".join(clauses) or "TRUE"
 
 
-def delivery_values(incoming: Incoming, name: Callable[[str | None], Any] = _same) -> tuple[Any, ...]:
-    """A delivery's stored columns from received_at to dedupe_key, in the order both schemas
-    insert them (after callback_id and group_name)."""
+def delivery_values(
+    incoming: Incoming, verdict: Verdict, name: Callable[[str | None], Any] = _same
+) -> tuple[Any, ...]:
+    """A delivery's stored columns from received_at to error, in the order both schemas
+    insert them (after callback_id and group_name): ..., dedupe_key, outcome, error."""
     return (
         incoming.received_at,
         incoming.method,
@@ -211,12 +242,14 @@ def delivery_values(incoming: Incoming, name: Callable[[str | None], Any] = _sam
         incoming.raw,
         name(incoming.correlation_id),
         name(incoming.dedupe_key),
+        verdict.outcome,
+        verdict.error_json(),
     )
 
 
 def callback_values(spec: MintSpec, now: int, name: Callable[[str | None], Any] = _same) -> tuple[Any, ...]:
     """A new callback's columns: token, expires_at, label, group_name, metadata, created_by,
-    allow_ips, verify."""
+    allow_ips, verify, outcome_rule."""
     return (
         new_token(),
         now + spec.ttl * 1000,
@@ -224,6 +257,7 @@ def callback_values(spec: MintSpec, now: int, name: Callable[[str | None], Any] 
         name(spec.group),
         orjson.dumps(spec.metadata).decode(),
         *guard_columns(spec),
+        orjson.dumps(spec.outcome_rule.to_json()).decode() if spec.outcome_rule is not None else None,
     )
 
 

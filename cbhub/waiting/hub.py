@@ -32,6 +32,7 @@ from cbhub.domain.model import (
     now_ms,
     short_token,
 )
+from cbhub.domain.outcomes import ERROR
 from cbhub.errors import (
     CallbackNotFound,
     DeliveryNotFound,
@@ -41,6 +42,7 @@ from cbhub.errors import (
     StoreUnavailable,
 )
 from cbhub.store import CallbackPage, IngestResult, Store
+from cbhub.store.base import GroupSummary
 from cbhub.waiting.registry import Registry, Waiter
 
 log = logging.getLogger("cbhub.waiting.hub")
@@ -53,6 +55,10 @@ RETENTION_INTERVAL = 60.0
 DAY_MS = 86_400_000
 # The most deliveries one long-poll answer on a callback carries.
 WAIT_BATCH = 100
+# What a group's wait waits for: no callback pending, or that or a first error result.
+UNTIL_ALL = "all"
+UNTIL_FIRST_ERROR = "first_error"
+UNTILS = (UNTIL_ALL, UNTIL_FIRST_ERROR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +127,9 @@ class Hub:
         self.admit(incoming.token, incoming.remote_addr)
         guard = delivery_guard(incoming, self._default_verify, self.config.ingest.verify_tolerance)
         try:
-            result = await self.store.ingest(incoming, guard, self.config.callbacks.keep_late)
+            result = await self.store.ingest(
+                incoming, guard, self.config.callbacks.keep_late, self.config.outcomes.builtin
+            )
         except DeliveryRefused as exc:
             self._count_refusal(incoming.token, incoming.remote_addr, exc)
             raise
@@ -252,8 +260,18 @@ class Hub:
             raise GroupNotFound()
         return counts
 
-    async def wait_for_group(self, group: str, timeout: float, owner: str | None = None) -> dict[str, int] | None:
-        """The group's counts as soon as none of its callbacks is pending; None on timeout."""
+    async def group_summary(self, group: str, owner: str | None = None) -> GroupSummary:
+        """The group's counts, outcomes, first errors and pending tokens."""
+        summary = await self.store.group_summary(group, owner)
+        if not any(summary.counts.values()):
+            raise GroupNotFound()
+        return summary
+
+    async def wait_for_group(
+        self, group: str, timeout: float, owner: str | None = None, until: str = UNTIL_ALL
+    ) -> GroupSummary | None:
+        """The group's summary as soon as none of its callbacks is pending or, `until`
+        first_error, as soon as one has an error result; None on timeout."""
         waiter = Waiter(DeliveryFilter(group=group, owner=owner))
         self.registry.add(waiter)
         try:
@@ -261,9 +279,12 @@ class Hub:
             while True:
                 # Re-armed before the read: an event during the read triggers one more read.
                 waiter.rearm()
-                counts = await self.group_counts(group, owner)
-                if counts[PENDING] == 0:
-                    return counts
+                # The counts alone while waiting: the lists are read once, for the answer.
+                summary = await self.store.group_summary(group, owner, details=False)
+                if not any(summary.counts.values()):
+                    raise GroupNotFound()
+                if summary.counts[PENDING] == 0 or (until == UNTIL_FIRST_ERROR and summary.outcomes[ERROR]):
+                    return await self.group_summary(group, owner)
                 if not await waiter.wait(deadline - time.monotonic()):
                     return None
         finally:
@@ -329,5 +350,8 @@ class Hub:
 def _fingerprint(spec: MintSpec, count: int, batch: bool) -> str:
     """What a mint request asked for, so that a key reused for another request is told apart."""
     verify = spec.verify.to_json() if spec.verify is not None else None
+    rule = spec.outcome_rule.to_json() if spec.outcome_rule is not None else None
     shape = ["batch" if batch else "one", count, spec.ttl, spec.label, spec.group, spec.metadata, spec.allow_ips, verify]
+    if rule is not None:
+        shape.append(rule)  # only then: keys used before rules existed keep their fingerprint
     return hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)).hexdigest()

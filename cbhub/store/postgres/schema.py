@@ -93,4 +93,15 @@ _V4 = [
     "ALTER TABLE callbacks ADD COLUMN late_deliveries INTEGER NOT NULL DEFAULT 0",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4]
+# Outcomes, as in SQLite's _outcomes step.
+_OUTCOMES = [
+    "ALTER TABLE deliveries ADD COLUMN outcome TEXT NOT NULL DEFAULT 'unknown'",
+    "ALTER TABLE deliveries ADD COLUMN error TEXT",
+    "ALTER TABLE callbacks ADD COLUMN outcome TEXT",
+    "ALTER TABLE callbacks ADD COLUMN outcome_rule TEXT",
+    "UPDATE callbacks SET outcome = 'unknown' WHERE last_delivery_id IS NOT NULL",
+    "CREATE INDEX callbacks_group_outcome ON callbacks (group_name, status, outcome, id) WHERE group_name IS NOT NULL",
+    "CREATE INDEX callbacks_outcome_created ON callbacks (outcome, id) WHERE outcome IS NOT NULL",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4, _OUTCOMES]

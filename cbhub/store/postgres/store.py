@@ -36,12 +36,13 @@ from cbhub.domain.model import (
     Incoming,
     MintSpec,
 )
+from cbhub.domain.outcomes import ERROR
 from cbhub.errors import (
     CbhubError,
     StoreUnavailable,
 )
 from cbhub.store import decisions
-from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage, IngestResult, Store
+from cbhub.store.base import GROUP_LIST_LIMIT, IDEMPOTENCY_WINDOW_MS, CallbackPage, GroupSummary, IngestResult, Store
 from cbhub.store.group_commit import (
     Announce,
     GroupCommit,
@@ -64,12 +65,14 @@ from cbhub.store.rows import (
     LAST_DELIVERY_ID,
     Params,
     by_status,
+    by_status_and_outcome,
     callback_from_row,
     callback_values,
     callback_where,
     delivery_from_row,
     delivery_values,
     delivery_where,
+    group_error,
     listing_page,
     purge_order,
 )
@@ -112,10 +115,11 @@ CLOSINGS_AFTER = (
 )
 INSERT_CALLBACKS = (
     "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata, created_by,"
-    " allow_ips, verify, created_seq)"
+    " allow_ips, verify, outcome_rule, created_seq)"
     " SELECT t.token, 'pending', $2, t.expires_at, t.label, t.group_name, t.metadata, t.created_by, t.allow_ips,"
-    " t.verify, nextval('creation_seq') FROM unnest($1::text[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[], $7::text[], $8::text[],"
-    " $9::text[]) AS t (token, expires_at, label, group_name, metadata, created_by, allow_ips, verify)"
+    " t.verify, t.outcome_rule, nextval('creation_seq') FROM unnest($1::text[], $3::bigint[], $4::bytea[], $5::bytea[],"
+    " $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])"
+    " AS t (token, expires_at, label, group_name, metadata, created_by, allow_ips, verify, outcome_rule)"
     f" RETURNING {CALLBACK_COLUMNS}"
 )
 # Claims an idempotency key: a new key, or one past its window. No row back: the key is live.
@@ -127,12 +131,12 @@ CLAIM_KEY = (
 # The delivery and its callback's new state in one round trip.
 _INSERT_DELIVERY = (
     "WITH d AS (INSERT INTO deliveries (callback_id, group_name, received_at, method, content_type, remote_addr,"
-    " headers, query, body, correlation_id, dedupe_key, late)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {late}) RETURNING id)"
+    " headers, query, body, correlation_id, dedupe_key, outcome, error, late)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, {late}) RETURNING id)"
 )
 INSERT_DELIVERY = _INSERT_DELIVERY.format(late="false") + (
-    " UPDATE callbacks SET status = COALESCE($12, status), deliveries = deliveries + 1,"
-    " last_delivery_id = (SELECT id FROM d) WHERE id = $1 RETURNING last_delivery_id"
+    " UPDATE callbacks SET status = COALESCE($14, status), deliveries = deliveries + 1,"
+    " last_delivery_id = (SELECT id FROM d), outcome = $12 WHERE id = $1 RETURNING last_delivery_id"
 )
 # A late one only counts on its callback: status and result stay as they were.
 INSERT_LATE_DELIVERY = _INSERT_DELIVERY.format(late="true") + (
@@ -156,6 +160,19 @@ GROUP_COUNTS = (
     " GROUP BY status"
 )
 STATUS_COUNTS = "SELECT status, COUNT(*) FROM callbacks GROUP BY status"
+GROUP_OUTCOME_COUNTS = (
+    "SELECT status, outcome, COUNT(*) FROM callbacks WHERE group_name = $1 AND ($2::text IS NULL OR created_by = $2)"
+    " GROUP BY status, outcome"
+)
+GROUP_ERRORS = (
+    "SELECT c.token, c.label, d.correlation_id, d.error, d.id FROM callbacks c JOIN deliveries d"
+    " ON d.id = c.last_delivery_id WHERE c.group_name = $1 AND c.outcome = 'error'"
+    " AND ($2::text IS NULL OR c.created_by = $2) ORDER BY d.id LIMIT $3"
+)
+GROUP_PENDING = (
+    f"SELECT token FROM callbacks WHERE group_name = $1 AND status = '{PENDING}'"
+    " AND ($2::text IS NULL OR created_by = $2) ORDER BY id LIMIT $3"
+)
 PING = "SELECT 1"
 HAS_SCHEMA_TABLE = "SELECT to_regclass('cbhub_schema') IS NOT NULL"
 SCHEMA_VERSION = "SELECT version FROM cbhub_schema"
@@ -420,8 +437,10 @@ class PostgresStore(Store):
         # Ordered: creations take positions too, for the other instances' inspectors.
         return await self._decide(lambda: decisions.mint(specs, now, idempotency), minted)
 
-    async def ingest(self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True) -> IngestResult:
-        return await self._decide(lambda: decisions.ingest(incoming, guard, keep_late), ingested)
+    async def ingest(
+        self, incoming: Incoming, guard: Guard | None = None, keep_late: bool = True, builtin_outcomes: bool = True
+    ) -> IngestResult:
+        return await self._decide(lambda: decisions.ingest(incoming, guard, keep_late, builtin_outcomes), ingested)
 
     async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
         return await self._decide(lambda: decisions.cancel(token), cancelled)
@@ -581,6 +600,16 @@ class PostgresStore(Store):
             )
         )
 
+    async def group_summary(
+        self, group: str, owner: str | None = None, details: bool = True, limit: int = GROUP_LIST_LIMIT
+    ) -> GroupSummary:
+        counts, outcomes = by_status_and_outcome(await self._fetch(GROUP_OUTCOME_COUNTS, _name(group), owner))
+        if not details:
+            return GroupSummary(counts, outcomes, [], [])
+        errors = await self._fetch(GROUP_ERRORS, _name(group), owner, limit) if outcomes[ERROR] else []
+        pending = await self._fetch(GROUP_PENDING, _name(group), owner, limit) if counts[PENDING] else []
+        return GroupSummary(counts, outcomes, [group_error(row, _text) for row in errors], [row[0] for row in pending])
+
     async def status_counts(self) -> dict[str, int]:
         return by_status(await self._fetch(STATUS_COUNTS))
 
@@ -601,8 +630,8 @@ async def _answer(conn: asyncpg.Connection, step: decisions.Step) -> Any:
         case decisions.FindDuplicate(callback_id, dedupe_key):
             row = await conn.fetchrow(SELECT_DUPLICATE, callback_id, _name(dedupe_key))
             return _delivery(row) if row is not None else None
-        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status):
-            values = (callback_id, _name(group), *delivery_values(incoming, _name))
+        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status, verdict):
+            values = (callback_id, _name(group), *delivery_values(incoming, verdict, _name))
             if late:
                 return await conn.fetchval(INSERT_LATE_DELIVERY, *values)
             return await conn.fetchval(INSERT_DELIVERY, *values, new_status)

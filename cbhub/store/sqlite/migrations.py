@@ -99,9 +99,28 @@ def _v4_late_deliveries(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE callbacks ADD COLUMN late_deliveries INTEGER NOT NULL DEFAULT 0")
 
 
+def _outcomes(conn: sqlite3.Connection) -> None:
+    # How each delivery went (ok, error, unknown, invalid) and what went wrong (JSON or NULL),
+    # decided when it was stored; rows stored before this are unknown.
+    conn.execute("ALTER TABLE deliveries ADD COLUMN outcome TEXT NOT NULL DEFAULT 'unknown'")
+    conn.execute("ALTER TABLE deliveries ADD COLUMN error TEXT")
+    # A callback's result's outcome (NULL while it has none), and its own rule (JSON or NULL).
+    conn.execute("ALTER TABLE callbacks ADD COLUMN outcome TEXT")
+    conn.execute("ALTER TABLE callbacks ADD COLUMN outcome_rule TEXT")
+    # Existing results keep the outcome their deliveries were given.
+    conn.execute("UPDATE callbacks SET outcome = 'unknown' WHERE last_delivery_id IS NOT NULL")
+    # A group's summary (counts by status and outcome, its errors, its pending tokens) from the
+    # index alone; and the listing by outcome, newest first.
+    conn.execute(
+        "CREATE INDEX callbacks_group_outcome ON callbacks (group_name, status, outcome) WHERE group_name IS NOT NULL"
+    )
+    conn.execute("CREATE INDEX callbacks_outcome_created ON callbacks (outcome) WHERE outcome IS NOT NULL")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_initial,
     _v2_owner_and_guards,
     _callback_listing_indexes,
     _v4_late_deliveries,
+    _outcomes,
 ]
