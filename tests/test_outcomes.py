@@ -7,9 +7,16 @@ import asyncio
 from urllib.parse import urlencode
 
 import orjson
+from helpers import (
+    MARKETING_CLOUD_FIELDS,
+    assert_error,
+    mint,
+    post_callback,
+    read_event,
+    start_waiting,
+)
 
 from cbhub.store.sqlite.migrations import MIGRATIONS
-from helpers import MARKETING_CLOUD_FIELDS, assert_error, mint, post_callback, read_event, start_waiting
 
 # Every test here runs on SQLite and on PostgreSQL.
 ALL_BACKENDS = True

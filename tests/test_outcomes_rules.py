@@ -7,10 +7,18 @@ from urllib.parse import urlencode
 
 import orjson
 import pytest
+from helpers import MARKETING_CLOUD_FIELDS
 
 from cbhub.domain.bodies import correlation_of, parse_body
-from cbhub.domain.outcomes import ERROR, OK, UNKNOWN, RuleError, Verdict, classify, parse_rule
-from helpers import MARKETING_CLOUD_FIELDS
+from cbhub.domain.outcomes import (
+    ERROR,
+    OK,
+    UNKNOWN,
+    RuleError,
+    Verdict,
+    classify,
+    parse_rule,
+)
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"

@@ -21,7 +21,7 @@ from cbhub.client.errors import (
     Unreachable,
 )
 from cbhub.client.hub import CallbackHandle, CbHub
-from cbhub.client.models import Callback, Delivery, DeliveryPage, GroupStatus
+from cbhub.client.models import Callback, Delivery, DeliveryError, DeliveryPage, GroupError, GroupStatus
 from cbhub.client.streaming import Auto, Backoff, LongPoll, Transport, WebSocket
 from cbhub.client.sync import SyncCallbackHandle, SyncCbHub
 
@@ -35,8 +35,10 @@ __all__ = [
     "CbHub",
     "CbHubError",
     "Delivery",
+    "DeliveryError",
     "DeliveryPage",
     "Expired",
+    "GroupError",
     "GroupStatus",
     "InvalidRequest",
     "LongPoll",

@@ -14,6 +14,8 @@ from typing import Any
 # modules: it needs only aiohttp and orjson.
 PENDING, RECEIVED, EXPIRED, CANCELLED = "pending", "received", "expired", "cancelled"
 FORM_TYPE = "application/x-www-form-urlencoded"
+# How a delivery went, as the server decided when it stored it.
+OK, ERROR, UNKNOWN, INVALID = "ok", "error", "unknown", "invalid"
 
 
 def media_type(content_type: str | None) -> str:
@@ -24,6 +26,21 @@ def media_type(content_type: str | None) -> str:
 def parse_time(text: str) -> datetime:
     """An RFC 3339 UTC time as the server writes it ("...T12:00:00.000Z"), timezone-aware."""
     return datetime.fromisoformat(text)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryError:
+    """What a sender said went wrong: its error code and message, either possibly None."""
+
+    code: str | None
+    message: str | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> DeliveryError | None:
+        return None if data is None else cls(code=data.get("code"), message=data.get("message"))
+
+    def __str__(self) -> str:
+        return ": ".join(part for part in (self.code, self.message) if part) or "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +63,9 @@ class Delivery:
     raw: dict[str, Any] = field(repr=False, compare=False)
     # Came after its callback closed: kept, but never its result.
     late: bool = False
+    # "ok", "error", "unknown" or "invalid"; `error` is set only for "error".
+    outcome: str = UNKNOWN
+    error: DeliveryError | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Delivery:
@@ -65,6 +85,8 @@ class Delivery:
             correlation_id=data["correlation_id"],
             raw=data,
             late=data.get("late", False),
+            outcome=data.get("outcome", UNKNOWN),
+            error=DeliveryError.from_json(data.get("error")),
         )
 
     @property
@@ -102,6 +124,8 @@ class Callback:
     raw: dict[str, Any] = field(repr=False, compare=False)
     # Deliveries kept after it closed (each `Delivery.late`).
     late_deliveries: int = 0
+    # Its result's outcome; None while it has no result.
+    outcome: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Callback:
@@ -119,6 +143,7 @@ class Callback:
             result=Delivery.from_json(result) if result is not None else None,
             raw=data,
             late_deliveries=data.get("late_deliveries", 0),
+            outcome=data.get("outcome"),
         )
 
 
@@ -131,8 +156,30 @@ class DeliveryPage:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupError:
+    """A callback of a group whose result is an error."""
+
+    token: str
+    label: str | None
+    correlation_id: str | None
+    error: DeliveryError | None
+    delivery_id: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GroupError:
+        return cls(
+            token=data["token"],
+            label=data["label"],
+            correlation_id=data["correlation_id"],
+            error=DeliveryError.from_json(data["error"]),
+            delivery_id=data["delivery_id"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class GroupStatus:
-    """How many callbacks of a group are in each status."""
+    """A group's summary: its callbacks by status; those with a result by outcome (`ok`,
+    `error`, `unknown`); the first 100 errors and pending tokens."""
 
     group: str
     total: int
@@ -140,9 +187,16 @@ class GroupStatus:
     received: int
     expired: int
     cancelled: int
+    ok: int = 0
+    error: int = 0
+    unknown: int = 0
+    errors: list[GroupError] = field(default_factory=list)
+    pending_tokens: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GroupStatus:
+        outcomes = data.get("outcomes", {})
         return cls(
             group=data["group"],
             total=data["total"],
@@ -150,4 +204,15 @@ class GroupStatus:
             received=data[RECEIVED],
             expired=data[EXPIRED],
             cancelled=data[CANCELLED],
+            ok=outcomes.get(OK, 0),
+            error=outcomes.get(ERROR, 0),
+            unknown=outcomes.get(UNKNOWN, 0),
+            errors=[GroupError.from_json(item) for item in data.get("errors", [])],
+            pending_tokens=list(data.get("pending_tokens", [])),
+            raw=data,
         )
+
+    @property
+    def all_ok(self) -> bool:
+        """Every callback of the group has a result, and every result is ok."""
+        return self.ok == self.total

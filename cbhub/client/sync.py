@@ -11,7 +11,7 @@ import threading
 from types import TracebackType
 from typing import Any, Awaitable, Iterator, Mapping, TypeVar
 
-from cbhub.client.hub import CbHub, HandleBase
+from cbhub.client.hub import CbHub, HandleBase, Until
 from cbhub.client.models import Callback, Delivery, DeliveryPage, GroupStatus
 
 T = TypeVar("T")
@@ -101,12 +101,15 @@ class SyncCbHub:
         metadata: Mapping[str, Any] | None = None,
         *,
         idempotency_key: str | None = None,
+        outcome: Mapping[str, Any] | None = None,
     ) -> SyncCallbackHandle:
-        handle = self._run(self.hub.create(ttl, label, group, metadata, idempotency_key=idempotency_key))
+        handle = self._run(
+            self.hub.create(ttl, label, group, metadata, idempotency_key=idempotency_key, outcome=outcome)
+        )
         return SyncCallbackHandle(self, handle.callback)
 
     def create_batch(self, count: int, **fields: Any) -> list[SyncCallbackHandle]:
-        """`count` callbacks alike; `fields` as for `create` (ttl, label, group, metadata)."""
+        """`count` callbacks alike; `fields` as for `create` (ttl, label, group, metadata, outcome)."""
         handles = self._run(self.hub.create_batch(count, **fields))
         return [SyncCallbackHandle(self, handle.callback) for handle in handles]
 
@@ -138,5 +141,5 @@ class SyncCbHub:
     def group(self, group: str) -> GroupStatus:
         return self._run(self.hub.group(group))
 
-    def wait_group(self, group: str, timeout: float) -> GroupStatus | None:
-        return self._run(self.hub.wait_group(group, timeout))
+    def wait_group(self, group: str, timeout: float, until: Until = "all") -> GroupStatus | None:
+        return self._run(self.hub.wait_group(group, timeout, until))
