@@ -101,6 +101,8 @@ async def test_500_marketing_cloud_calls_3_errors_2_never_answered(client):
     listed = await (await client.get("/v1/callbacks?group=upsert-500&outcome=error")).json()
     assert {c["token"] for c in listed["callbacks"]} == set(failing)
     assert all(c["outcome"] == "error" for c in listed["callbacks"])
+    # The listing shows each result's error without the result itself.
+    assert {c["error"]["code"] for c in listed["callbacks"]} == {"12014", "310007", None}
     found = await (await client.get("/v1/deliveries?group=upsert-500&outcome=error")).json()
     assert [d["correlation_id"] for d in found["deliveries"]] == ["req-100", "req-250", "req-499"]
     assert found["deliveries"][0]["error"] == {"code": "12014", "message": "Invalid data extension"}
@@ -136,10 +138,10 @@ async def test_delivery_and_callback_outcomes(client):
     await post_callback(client, callback, json={"status": "failed", "error": {"code": "E1", "message": "no"}})
     state = await (await client.get(f"/v1/callbacks/{callback['token']}")).json()
     assert state["outcome"] == "error"
-    assert state["result"]["error"] == {"code": "E1", "message": "no"}
+    assert state["result"]["error"] == state["error"] == {"code": "E1", "message": "no"}
     await post_callback(client, callback, json={"status": "succeeded"})
     state = await (await client.get(f"/v1/callbacks/{callback['token']}")).json()
-    assert state["outcome"] == "ok" and state["result"]["error"] is None  # the latest result counts
+    assert state["outcome"] == "ok" and state["error"] is None  # the latest result counts
 
     found = await (await client.get(f"/v1/deliveries?token={callback['token']}")).json()
     assert [d["outcome"] for d in found["deliveries"]] == ["unknown", "error", "ok"]

@@ -124,8 +124,9 @@ class Callback:
     raw: dict[str, Any] = field(repr=False, compare=False)
     # Deliveries kept after it closed (each `Delivery.late`).
     late_deliveries: int = 0
-    # Its result's outcome; None while it has no result.
+    # Its result's outcome and error; None while it has no result.
     outcome: str | None = None
+    error: DeliveryError | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Callback:
@@ -144,6 +145,7 @@ class Callback:
             raw=data,
             late_deliveries=data.get("late_deliveries", 0),
             outcome=data.get("outcome"),
+            error=DeliveryError.from_json(data.get("error")),
         )
 
 

@@ -121,8 +121,10 @@ class Callback:
     # Guards on its public URL, set at mint: source networks (CIDRs) and a signature scheme.
     allow_ips: tuple[str, ...] = ()
     verify: VerifySpec | None = None
-    # Its result's outcome (None while it has none), and its own outcome rule, given at mint.
+    # Its result's outcome and error (None while it has no result), and its own outcome rule,
+    # given at mint.
     outcome: str | None = None
+    error: dict[str, str | None] | None = None
     outcome_rule: OutcomeRule | None = None
 
     def to_json(self, base_url: str) -> dict[str, Any]:
@@ -142,6 +144,7 @@ class Callback:
             "allow_ips": list(self.allow_ips),
             "verify": self.verify.describe() if self.verify is not None else None,
             "outcome": self.outcome,
+            "error": self.error,
             "outcome_rule": self.outcome_rule.to_json() if self.outcome_rule is not None else None,
         }
 

@@ -15,14 +15,30 @@ export function merge(callback) {
   return merged;
 }
 
-// A delivery turns a pending callback received; a late one (it came after the callback
-// closed) changes nothing but its count.
+// A delivery turns a pending callback received, and its outcome and error become the
+// callback's; a late one (it came after the callback closed) changes nothing but its count, and
+// an invalid one (its contract refused it) is never the result.
 export function delivered(delivery) {
   const callback = known.get(delivery.token);
   if (!callback) return null;
   if (delivery.late) callback.late_deliveries = (callback.late_deliveries || 0) + 1;
-  else if (callback.status === "pending") callback.status = "received";
+  else if (delivery.outcome === "invalid") callback.invalid_deliveries = (callback.invalid_deliveries || 0) + 1;
+  else {
+    if (callback.status === "pending") callback.status = "received";
+    callback.outcome = delivery.outcome || "unknown";
+    callback.error = delivery.error || null;
+  }
   return callback;
+}
+
+// How a callback shows in a group's grid: its result's outcome (ok, error, unknown); without a
+// result, invalid (only refused deliveries came), late (only after it closed), pending, or
+// unanswered (it closed without one).
+export function gridState(callback) {
+  if (callback.outcome) return callback.outcome;
+  if (callback.invalid_deliveries) return "invalid";
+  if (callback.late_deliveries) return "late";
+  return callback.status === "pending" ? "pending" : "unanswered";
 }
 
 export function statusChanged({ token, status }) {

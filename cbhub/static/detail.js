@@ -3,7 +3,7 @@
 import { ApiError, api, apiKey, query, request } from "./api.js";
 import { known, merge } from "./callbacks.js";
 import { bodyKind, curlCommand, pairsTable, renderBody } from "./body.js";
-import { clock, copyButton, fill, h, shortToken, statusBadge, timeLeft, toast } from "./dom.js";
+import { clock, copyButton, errorText, fill, h, outcomeBadge, shortToken, statusBadge, timeLeft, toast } from "./dom.js";
 
 const PAGE = 1000;
 // The latest this many are shown: a callback posted to 100 000 times stays readable.
@@ -157,6 +157,7 @@ export class DeliveryView {
         { class: "title-row" },
         h("h2", {}, callback.label || shortToken(callback.token)),
         statusBadge(callback.status),
+        outcomeBadge(callback.outcome),
         this.closeButton(),
       ),
       h(
@@ -170,7 +171,9 @@ export class DeliveryView {
         h("dd", {}, clock(callback.created_at)),
         h("dt", {}, "Expires"),
         h("dd", {}, clock(callback.expires_at), " ", h("span", { class: "muted" }, "(", h("span", { class: "time-left" }, timeLeft(callback)), " left)")),
+        callback.outcome_rule ? [h("dt", {}, "Outcome rule"), h("dd", {}, h("code", {}, JSON.stringify(callback.outcome_rule)))] : null,
       ),
+      callback.error ? errorBox(callback.error) : null,
       h(
         "div",
         { class: "url-row" },
@@ -216,6 +219,7 @@ export class DeliveryView {
         delivery.late
           ? h("span", { class: "badge late", title: "It came after the callback closed: kept, but not its result." }, "Late")
           : null,
+        outcomeBadge(delivery.outcome),
         h("time", { datetime: delivery.received_at }, clock(delivery.received_at)),
         h("span", { class: "from" }, "from ", h("code", {}, delivery.remote_addr || "unknown")),
         h("span", { class: "actions" }, rawLink, curl),
@@ -228,6 +232,7 @@ export class DeliveryView {
         h("span", {}, `${delivery.size} bytes`),
         delivery.correlation_id ? h("span", {}, "correlation id ", h("code", {}, delivery.correlation_id)) : null,
       ),
+      delivery.error ? errorBox(delivery.error) : null,
       delivery.parse_error ? h("p", { class: "parse-error" }, "Parse error: ", delivery.parse_error) : null,
       h("section", { class: "body" }, h("h4", {}, "Body ", h("span", { class: "kind" }, KIND_TEXT[bodyKind(delivery)])), renderBody(delivery)),
       h(
@@ -241,4 +246,16 @@ export class DeliveryView {
         : h("p", { class: "muted small-text" }, "No query string."),
     );
   }
+}
+
+// What the sender said went wrong: its code and message, as text.
+function errorBox(error) {
+  return h(
+    "p",
+    { class: "error-box", role: "note" },
+    h("strong", {}, "Error"),
+    error.code ? [" ", h("code", {}, error.code)] : null,
+    error.message ? [" ", h("span", { class: "message" }, error.message)] : null,
+    !errorText(error) ? " (no code or message given)" : null,
+  );
 }

@@ -30,7 +30,7 @@ from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage, GroupError
 # Both schemas name their columns alike; the row mappers below read them in this order.
 CALLBACK_COLUMNS = (
     "id, token, status, created_at, expires_at, label, group_name, metadata, deliveries, last_delivery_id,"
-    " created_by, allow_ips, verify, late_deliveries, outcome, outcome_rule"
+    " created_by, allow_ips, verify, late_deliveries, outcome, outcome_rule, error"
 )
 DELIVERY_COLUMNS = (
     "d.id, c.token, d.received_at, d.method, d.content_type, d.remote_addr, d.headers, d.query,"
@@ -80,6 +80,7 @@ def callback_from_row(row: Sequence[Any], text: Text = _same) -> Callback:
         late_deliveries=row[13],
         outcome=row[14],
         outcome_rule=parse_rule(orjson.loads(row[15])) if row[15] is not None else None,
+        error=orjson.loads(row[16]) if row[16] is not None else None,
     )
 
 
@@ -181,7 +182,7 @@ def new_delivery(
         callback.status = RECEIVED
     callback.deliveries += 1
     callback.result = delivery
-    callback.outcome = delivery.outcome
+    callback.outcome, callback.error = delivery.outcome, delivery.error
     return delivery
 
 

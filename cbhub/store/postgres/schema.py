@@ -98,6 +98,7 @@ _OUTCOMES = [
     "ALTER TABLE deliveries ADD COLUMN outcome TEXT NOT NULL DEFAULT 'unknown'",
     "ALTER TABLE deliveries ADD COLUMN error TEXT",
     "ALTER TABLE callbacks ADD COLUMN outcome TEXT",
+    "ALTER TABLE callbacks ADD COLUMN error TEXT",
     "ALTER TABLE callbacks ADD COLUMN outcome_rule TEXT",
     "UPDATE callbacks SET outcome = 'unknown' WHERE last_delivery_id IS NOT NULL",
     "CREATE INDEX callbacks_group_outcome ON callbacks (group_name, status, outcome, id) WHERE group_name IS NOT NULL",

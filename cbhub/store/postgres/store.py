@@ -136,7 +136,7 @@ _INSERT_DELIVERY = (
 )
 INSERT_DELIVERY = _INSERT_DELIVERY.format(late="false") + (
     " UPDATE callbacks SET status = COALESCE($14, status), deliveries = deliveries + 1,"
-    " last_delivery_id = (SELECT id FROM d), outcome = $12 WHERE id = $1 RETURNING last_delivery_id"
+    " last_delivery_id = (SELECT id FROM d), outcome = $12, error = $13 WHERE id = $1 RETURNING last_delivery_id"
 )
 # A late one only counts on its callback: status and result stay as they were.
 INSERT_LATE_DELIVERY = _INSERT_DELIVERY.format(late="true") + (

@@ -104,8 +104,10 @@ def _outcomes(conn: sqlite3.Connection) -> None:
     # decided when it was stored; rows stored before this are unknown.
     conn.execute("ALTER TABLE deliveries ADD COLUMN outcome TEXT NOT NULL DEFAULT 'unknown'")
     conn.execute("ALTER TABLE deliveries ADD COLUMN error TEXT")
-    # A callback's result's outcome (NULL while it has none), and its own rule (JSON or NULL).
+    # A callback's result's outcome (NULL while it has none) and error, so that a listing shows
+    # them without reading results; and its own rule (JSON or NULL).
     conn.execute("ALTER TABLE callbacks ADD COLUMN outcome TEXT")
+    conn.execute("ALTER TABLE callbacks ADD COLUMN error TEXT")
     conn.execute("ALTER TABLE callbacks ADD COLUMN outcome_rule TEXT")
     # Existing results keep the outcome their deliveries were given.
     conn.execute("UPDATE callbacks SET outcome = 'unknown' WHERE last_delivery_id IS NOT NULL")

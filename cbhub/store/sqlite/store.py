@@ -92,10 +92,13 @@ INSERT_DELIVERY = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 COUNT_ON_TIME_WITH_STATUS = (
-    "UPDATE callbacks SET status = ?, deliveries = deliveries + 1, last_delivery_id = ?, outcome = ? WHERE id = ?"
+    "UPDATE callbacks SET status = ?, deliveries = deliveries + 1, last_delivery_id = ?, outcome = ?, error = ?"
+    " WHERE id = ?"
 )
 # Without the status, SQLite leaves the three indexes that hold it alone.
-COUNT_ON_TIME = "UPDATE callbacks SET deliveries = deliveries + 1, last_delivery_id = ?, outcome = ? WHERE id = ?"
+COUNT_ON_TIME = (
+    "UPDATE callbacks SET deliveries = deliveries + 1, last_delivery_id = ?, outcome = ?, error = ? WHERE id = ?"
+)
 COUNT_LATE = "UPDATE callbacks SET late_deliveries = late_deliveries + 1 WHERE id = ?"
 MARK_CANCELLED = f"UPDATE callbacks SET status = '{CANCELLED}' WHERE id = ?"
 SELECT_KEY = "SELECT fingerprint, created_at, callback_ids FROM idempotency_keys WHERE scope = ? AND key = ?"
@@ -458,12 +461,13 @@ def _answer(conn: sqlite3.Connection, step: decisions.Step) -> Any:
         case decisions.InsertDelivery(callback_id, group, incoming, late, new_status, verdict):
             values = (callback_id, group, *delivery_values(incoming, verdict), late)
             delivery_id = conn.execute(INSERT_DELIVERY, values).lastrowid
+            stored_verdict = values[-3:-1]  # (outcome, error) as the delivery's row has them
             if late:
                 conn.execute(COUNT_LATE, (callback_id,))
             elif new_status is not None:
-                conn.execute(COUNT_ON_TIME_WITH_STATUS, (new_status, delivery_id, verdict.outcome, callback_id))
+                conn.execute(COUNT_ON_TIME_WITH_STATUS, (new_status, delivery_id, *stored_verdict, callback_id))
             else:
-                conn.execute(COUNT_ON_TIME, (delivery_id, verdict.outcome, callback_id))
+                conn.execute(COUNT_ON_TIME, (delivery_id, *stored_verdict, callback_id))
             return delivery_id
         case decisions.LoadDelivery(delivery_id):
             return _delivery(conn, delivery_id)
