@@ -8,14 +8,20 @@ from urllib.parse import urlencode
 
 import orjson
 from helpers import (
+    HOUR,
     MARKETING_CLOUD_FIELDS,
     assert_error,
+    incoming,
     mint,
     post_callback,
     read_event,
     start_waiting,
+    written,
 )
 
+from cbhub.domain.filters import CallbackFilter, DeliveryFilter
+from cbhub.domain.model import Event, MintSpec, now_ms
+from cbhub.domain.outcomes import parse_rule
 from cbhub.store.sqlite.migrations import MIGRATIONS
 
 # Every test here runs on SQLite and on PostgreSQL.
@@ -232,3 +238,53 @@ def test_the_schema_knows_its_outcome_step():
     from cbhub.store.postgres.schema import MIGRATIONS as PG_MIGRATIONS
 
     assert len(MIGRATIONS) == len(PG_MIGRATIONS)
+
+
+# The store, without HTTP
+
+
+async def test_the_store_keeps_outcomes_and_summarises_a_group_per_owner(make_store):
+    events: list[Event] = []
+    store = await make_store(events.append)
+    rule = parse_rule({"field": "/state", "error": ["failed"], "error_message": "/why"})
+    (alice_ok, alice_bad, bob_bad, alice_waits), _ = await store.mint(
+        [
+            MintSpec(HOUR, "a1", "g", {}, created_by="alice"),
+            MintSpec(HOUR, "a2", "g", {}, created_by="alice", outcome_rule=rule),
+            MintSpec(HOUR, "b1", "g", {}, created_by="bob"),
+            MintSpec(HOUR, "a3", "g", {}, created_by="alice"),
+        ],
+        now_ms(),
+    )
+    json_type = "application/json"
+    await store.ingest(incoming(alice_ok.token, marketing_cloud("r1")))
+    result = await store.ingest(incoming(alice_bad.token, b'{"state": "FAILED", "why": "disk"}', json_type, correlation_id="r2"))
+    assert (result.delivery.outcome, result.delivery.error) == ("error", {"code": None, "message": "disk"})
+    assert (result.callback.outcome, result.callback.error) == ("error", {"code": None, "message": "disk"})
+    # What waiters are told carries the outcome too.
+    assert [e.delivery.outcome for e in written(events) if e.delivery is not None] == ["ok", "error"]
+    await store.ingest(incoming(bob_bad.token, marketing_cloud("r3", ("7", "no"))), builtin_outcomes=True)
+
+    summary = await store.group_summary("g", owner="alice")
+    assert summary.counts["pending"] == 1 and summary.outcomes == {"ok": 1, "error": 1, "unknown": 0}
+    assert [(e.token, e.label, e.correlation_id) for e in summary.errors] == [(alice_bad.token, "a2", "r2")]
+    assert summary.pending_tokens == [alice_waits.token]
+    everyone = await store.group_summary("g")
+    assert everyone.outcomes["error"] == 2 and len(everyone.errors) == 2
+    counts_only = await store.group_summary("g", details=False)
+    assert (counts_only.errors, counts_only.pending_tokens) == ([], [])
+
+    # Read back: the callback's outcome and rule, the delivery's error.
+    read = await store.get_callback(alice_bad.token)
+    assert (read.outcome, read.outcome_rule, read.error) == ("error", rule, {"code": None, "message": "disk"})
+    assert read.result is not None and read.result.error == {"code": None, "message": "disk"}
+    found = await store.find_deliveries(DeliveryFilter(group="g", outcome="error"), 0, 10)
+    assert [d.token for d in found] == [alice_bad.token, bob_bad.token]
+    page = await store.list_callbacks(CallbackFilter(outcome="ok"), None, 10)
+    assert [c.token for c in page.callbacks] == [alice_ok.token]
+
+    # A late delivery keeps its own outcome and leaves the callback's alone.
+    await store.cancel(alice_bad.token, now_ms())
+    late = await store.ingest(incoming(alice_bad.token, b'{"state": "done"}', json_type))
+    assert late.delivery.late and late.delivery.outcome == "ok"
+    assert (await store.get_callback(alice_bad.token)).outcome == "error"

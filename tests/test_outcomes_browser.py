@@ -34,7 +34,7 @@ def failed(request_id: str, code: str, message: str) -> dict[str, str]:
     }
 
 
-def test_a_groups_grid_is_coloured_by_outcome_with_a_summary_and_its_errors(hub, open_page):
+def test_a_groups_grid_is_coloured_by_outcome_with_a_summary_and_its_errors(hub, open_page):  # noqa: F811
     status, batch = call(f"{hub}/v1/callbacks/batch", "POST", {"count": 40, "group": "upsert-40", "label": "UpsertDE"})
     assert status == 201
     urls = [callback["callback_url"] for callback in batch["callbacks"]]
@@ -75,7 +75,7 @@ def test_a_groups_grid_is_coloured_by_outcome_with_a_summary_and_its_errors(hub,
     assert watched.errors == []
 
 
-def test_the_list_shows_each_outcome_and_filters_by_it(hub, open_page):
+def test_the_list_shows_each_outcome_and_filters_by_it(hub, open_page):  # noqa: F811
     good = mint(hub, label="went-well")
     bad = mint(hub, label="went-wrong")
     mint(hub, label="still-waiting")

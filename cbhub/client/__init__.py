@@ -21,7 +21,14 @@ from cbhub.client.errors import (
     Unreachable,
 )
 from cbhub.client.hub import CallbackHandle, CbHub
-from cbhub.client.models import Callback, Delivery, DeliveryError, DeliveryPage, GroupError, GroupStatus
+from cbhub.client.models import (
+    Callback,
+    Delivery,
+    DeliveryError,
+    DeliveryPage,
+    GroupError,
+    GroupStatus,
+)
 from cbhub.client.streaming import Auto, Backoff, LongPoll, Transport, WebSocket
 from cbhub.client.sync import SyncCallbackHandle, SyncCbHub
 

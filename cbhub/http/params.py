@@ -17,7 +17,14 @@ from aiohttp import web
 from cbhub.domain import networks
 from cbhub.domain.filters import DeliveryFilter
 from cbhub.domain.model import HIDDEN_HEADERS
-from cbhub.domain.outcomes import MAX_RULE_TEXT, MAX_RULE_VALUES, OUTCOMES, OutcomeRule, RuleError, parse_rule
+from cbhub.domain.outcomes import (
+    MAX_RULE_TEXT,
+    MAX_RULE_VALUES,
+    OUTCOMES,
+    OutcomeRule,
+    RuleError,
+    parse_rule,
+)
 from cbhub.domain.signatures import (
     ENCODINGS,
     HMAC_ONLY_FIELDS,

@@ -40,7 +40,14 @@ from cbhub.errors import (
     StoreUnavailable,
 )
 from cbhub.store import decisions
-from cbhub.store.base import GROUP_LIST_LIMIT, IDEMPOTENCY_WINDOW_MS, CallbackPage, GroupSummary, IngestResult, Store
+from cbhub.store.base import (
+    GROUP_LIST_LIMIT,
+    IDEMPOTENCY_WINDOW_MS,
+    CallbackPage,
+    GroupSummary,
+    IngestResult,
+    Store,
+)
 from cbhub.store.group_commit import (
     GroupCommit,
     OpFailed,
