@@ -7,6 +7,8 @@ from urllib.parse import urlencode
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from helpers import MARKETING_CLOUD_FIELDS
 
 from cbhub.domain.bodies import correlation_of, parse_body
@@ -184,3 +186,20 @@ def test_a_rule_round_trips_through_its_json():
     rule = parse_rule({"field": "/s", "ok": ["Done"], "error": ["FAIL", 3], "error_code": "c"})
     assert rule.ok == ("done",) and rule.error == ("fail", "3")
     assert parse_rule(rule.to_json()) == rule
+
+
+# The form scan reads as parse_body reads
+
+
+_PIECES = st.sampled_from(
+    ["StatusCode", "OverallStatusCode", "ErrorCode", "StatusMessage", "Result", "=", "&", "+", "%20", "%3D", "%26",
+     "OK", "ok", "Error", "12014", "x", "", "%", "%zz", "Status%43ode"]
+)
+
+
+@given(st.lists(_PIECES, max_size=14).map("".join))
+def test_a_scanned_form_reads_as_a_parsed_one(text):
+    raw = text.encode()
+    rule = parse_rule({"field": "Result", "error": ["x"], "error_code": "ErrorCode"})
+    for own in (None, rule):
+        assert classify(raw, FORM, None, own) == classify(raw, FORM, parse_body(raw, FORM), own)

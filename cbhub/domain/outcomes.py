@@ -37,6 +37,7 @@ RESULT_OUTCOMES = (OK, ERROR, UNKNOWN)
 MARKETING_CLOUD_STATUS = ("OverallStatusCode", "StatusCode")
 MARKETING_CLOUD_OK = "ok"
 MARKETING_CLOUD_FIELDS = (*MARKETING_CLOUD_STATUS, "ErrorCode", "StatusMessage")
+_BUILTIN_FORM_FIELDS = frozenset(MARKETING_CLOUD_FIELDS)
 JSON_STATUS_KEYS = ("status", "state")
 JSON_OK = frozenset({"ok", "success", "succeeded", "completed", "done"})
 JSON_ERROR = frozenset({"error", "failed", "failure"})
@@ -191,12 +192,18 @@ def _resolve(document: Any, tokens: tuple[str, ...]) -> Any:
 
 def _form_fields(text: str, names: frozenset[str]) -> dict[str, str]:
     """The first value of each of `names` present in a form, decoding nothing else (splits and
-    decodes as parse_qsl(keep_blank_values=True) does)."""
+    decodes as parse_qsl(keep_blank_values=True) does). It stops once all are found: Marketing
+    Cloud's fields come before its long ResultDetailXML."""
     found: dict[str, str] = {}
-    for name_value in text.split("&"):
-        if not name_value:
+    start, end = 0, len(text)
+    while start < end and len(found) < len(names):
+        stop = text.find("&", start)
+        if stop < 0:
+            stop = end
+        segment, start = text[start:stop], stop + 1
+        if not segment:
             continue
-        name, _, value = name_value.partition("=")
+        name, _, value = segment.partition("=")
         if "%" in name or "+" in name:
             name = unquote(name.replace("+", " "))
         if name in names and name not in found:
@@ -210,16 +217,16 @@ def _read_body(raw: bytes, content_type: str | None, parsed: ParsedBody | None, 
         return None
     kind, charset = media_type(content_type)
     if kind == FORM_TYPE:
-        names = set(rule.fields() if rule is not None else ())
-        if builtin:
-            names.update(MARKETING_CLOUD_FIELDS)
+        names = _BUILTIN_FORM_FIELDS if builtin else frozenset()
+        if rule is not None:
+            names = names.union(rule.fields())
         if parsed is not None and isinstance(parsed.body, dict):
             return _Body({name: v for name in names if (v := _text(parsed.body.get(name))) is not None}, None)
         try:
             text = raw.decode(charset or "utf-8")
         except (UnicodeDecodeError, LookupError):
             return None
-        return _Body(_form_fields(text, frozenset(names)), None)
+        return _Body(_form_fields(text, names), None)
     if parsed is None:
         parsed = parse_body(raw, content_type)
     if isinstance(parsed.body, (dict, list)):
