@@ -140,7 +140,7 @@ def _rule_values(value: dict[str, Any], key: str, name: str) -> tuple[str, ...] 
         text = _text(item)
         if text is None or isinstance(item, (dict, list)) or len(text) > MAX_RULE_TEXT:
             raise RuleError(f"{name}.{key}[{index}]: must be a string, number or boolean of at most {MAX_RULE_TEXT} characters")
-        words.append(text.casefold())
+        words.append(text.strip().casefold())  # as a body's value is read
     return tuple(words)
 
 
