@@ -194,6 +194,13 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class OutcomesConfig:
+    # Decide a delivery's outcome by the built-in rules (Marketing Cloud's form, a JSON
+    # status/state/error) when its callback's own rule does not; false: only own rules.
+    builtin: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -205,6 +212,7 @@ class Config:
     realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    outcomes: OutcomesConfig = field(default_factory=OutcomesConfig)
 
 
 def _positive(value: Any) -> bool:

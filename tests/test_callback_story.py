@@ -225,8 +225,10 @@ async def test_batch_mints_count_callbacks_in_one_group(client):
     assert len(callbacks) == 5 and len({c["token"] for c in callbacks}) == 5
     assert all(c["group"] == "g1" and c["metadata"] == {"k": 1} for c in callbacks)
     counts = await (await client.get("/v1/groups/g1")).json()
+    pending = [c["token"] for c in callbacks]
     assert counts == {
-        "group": "g1", "total": 5, "pending": 5, "received": 0, "expired": 0, "cancelled": 0, "overdue": 0
+        "group": "g1", "total": 5, "pending": 5, "received": 0, "expired": 0, "cancelled": 0, "overdue": 0,
+        "outcomes": {"ok": 0, "error": 0, "unknown": 0}, "errors": [], "pending_tokens": pending,
     }
 
 

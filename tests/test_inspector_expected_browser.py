@@ -54,5 +54,5 @@ def test_an_expected_set_shows_its_progress_its_missing_ids_and_invalid_deliveri
         post_form(callback["callback_url"], {**MARKETING_CLOUD_FIELDS, "RequestID": request_id})
     expect(progress).to_contain_text("Expected: 12 of 12 arrived", timeout=WITHIN)
     expect(progress.locator(".missing")).to_have_count(0)
-    expect(page.locator("#detail .title-row .badge")).to_have_text(re.compile("Received"))
+    expect(page.locator("#detail .title-row .badge[class*=\"s-\"]")).to_have_text(re.compile("Received"))
     assert watched.errors == []

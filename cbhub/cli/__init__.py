@@ -1,6 +1,6 @@
 """The `cbhub` command line: the parser, and a dispatch that imports only the command it runs.
 
-The client commands (new, wait, show, tail, cancel; `cbhub.cli.client`) load the client alone,
+The client commands (new, wait, show, tail, cancel, group; `cbhub.cli.client`) load the client alone,
 so `url=$(cbhub new)` in a shell loop starts fast and needs none of the server's modules; serve
 and backup (`cbhub.cli.serve`) load the server. Logging is configured by `serve` only.
 """
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cbhub", description="Where asynchronous callbacks land and are awaited.")
     parser.add_argument("--version", action="version", version=f"cbhub {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_commands(commands)  # new, wait, show, tail, cancel: the client side
+    add_commands(commands)  # new, wait, show, tail, cancel, group: the client side
 
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--config", metavar="PATH", help="a TOML configuration file")

@@ -1,4 +1,4 @@
-"""The client commands of the `cbhub` command line: new, wait, show, tail, cancel.
+"""The client commands of the `cbhub` command line: new, wait, show, tail, cancel, group.
 
 Made for shell scripts: `url=$(cbhub new)`, hand the URL out, `cbhub wait "$url"`. What a
 command produces goes to stdout; messages go to stderr as one line starting "cbhub: ".
@@ -19,19 +19,24 @@ from urllib.parse import urlsplit
 import orjson
 
 from cbhub.cli.progress import Spinner
-from cbhub.client import CallbackClosed, CbHub, CbHubError, Delivery
+from cbhub.client import CallbackClosed, CbHub, CbHubError, Delivery, GroupStatus
 from cbhub.client.hub import API_KEY_ENV, DEFAULT_URL, URL_ENV
+from cbhub.client.models import ERROR
 
-# `cbhub wait` exit codes.
+# `cbhub wait` and `cbhub group` exit codes.
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_TIMEOUT = 2
 EXIT_CLOSED = 3  # expired or cancelled
+EXIT_FAILED = 4  # the result's outcome is error (wait --fail-on-error); a group has an error result
+EXIT_NOT_ALL_OK = 5  # a group without errors, but not all ok: pending, unknown, or never answered
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+# A group wait asks at most this long per request, then asks again until its own deadline.
+GROUP_POLL_SECONDS = 60.0
 
 Command = Callable[[CbHub, argparse.Namespace], Awaitable[int]]
 
-COMMANDS = ("new", "wait", "show", "tail", "cancel")
+COMMANDS = ("new", "wait", "show", "tail", "cancel", "group")
 # A token is URL-safe base64, so one in 64 starts with "-" and would pass for an option. No option
 # of ours is this long or looks like this, so an argument that does is a token (or a group name).
 TOKEN_LIKE = re.compile(r"-[-\w]{19,}")
@@ -91,7 +96,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "With several callbacks (or --any, --all), print {\"ready\": [tokens], \"callbacks\": [...]} once "
         "any or all of them have a result or are closed (all by default). "
         "Exit codes: 0 delivered (with several: each callback printed has a result), 2 timed out, "
-        "3 expired or cancelled (with several: one printed has no result), 1 any other error, 130 interrupted.",
+        "3 expired or cancelled (with several: one printed has no result), 4 delivered with an error outcome "
+        "(with --fail-on-error), 1 any other error, 130 interrupted.",
     )
     wait.add_argument("token", metavar="TOKEN", nargs="+", help="the callback's token or URL (several: up to 1000)")
     mode = wait.add_mutually_exclusive_group()
@@ -104,6 +110,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=_seconds,
         metavar="S",
         help="only once the latest delivery stayed the latest for S seconds (up to 300): the final one",
+    )
+    wait.add_argument(
+        "--fail-on-error",
+        action="store_true",
+        help="exit 4 when the delivery's outcome is error (the body is printed, the error on stderr)",
     )
     wait.set_defaults(run=_runner(_wait))
 
@@ -134,6 +145,26 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     cancel.add_argument("token", metavar="TOKEN", help="the callback's token or URL")
     cancel.set_defaults(run=_runner(_cancel))
+
+    group = commands.add_parser(
+        "group",
+        parents=[server],
+        help="print a group's summary: outcomes, errors, pending callbacks",
+        description="Print how a group's callbacks went: a table, or the API's JSON with --json. "
+        "Exit codes: 0 every callback answered ok, 4 any answered with an error, 5 no error but not all "
+        "ok (pending, unknown, or closed unanswered), 2 timed out (--wait), 1 any other error, 130 interrupted.",
+    )
+    group.add_argument("group", metavar="GROUP", help="the group's name")
+    group.add_argument("--wait", action="store_true", help="wait until none is pending (or see --until)")
+    group.add_argument(
+        "--until",
+        choices=("all", "first_error"),
+        default="all",
+        help="with --wait: all (default) waits until none is pending; first_error stops at the first error too",
+    )
+    group.add_argument("--timeout", type=_seconds, metavar="S", help="with --wait: give up after S seconds (default: never)")
+    group.add_argument("--json", action="store_true", help="print the summary as the API returns it")
+    group.set_defaults(run=_runner(_group))
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -228,14 +259,16 @@ async def _wait(hub: CbHub, args: argparse.Namespace) -> int:
     except CallbackClosed as exc:
         return _fail(str(exc), EXIT_CLOSED)
     await _print_body(hub, delivery)
+    if args.fail_on_error and delivery.outcome == ERROR:
+        return _fail(f"callback {token} answered with an error: {delivery.error or 'error'}", EXIT_FAILED)
     return EXIT_OK
 
 
 async def _wait_many(hub: CbHub, args: argparse.Namespace) -> int:
     tokens = [token_of(arg) for arg in args.token]
     mode = args.mode or "all"
-    if args.after:
-        return _fail("--after applies to one callback; not with several, --any or --all")
+    if args.after or args.settle is not None:
+        return _fail("--after and --settle apply to one callback; not with several, --any or --all")
     waiting = hub.wait_any if mode == "any" else hub.wait_all
     try:
         async with Spinner(f"waiting for {mode} of {len(tokens)} callbacks…", sys.stderr):
@@ -243,6 +276,8 @@ async def _wait_many(hub: CbHub, args: argparse.Namespace) -> int:
     except TimeoutError:
         return _fail(f"timed out after {args.timeout:g} s waiting for {mode} of {len(tokens)} callbacks", EXIT_TIMEOUT)
     _write_json({"ready": [callback.token for callback in ready], "callbacks": [callback.raw for callback in ready]})
+    if args.fail_on_error and any(callback.outcome == ERROR for callback in ready):
+        return _fail(f"a callback of the {len(tokens)} answered with an error", EXIT_FAILED)
     return EXIT_OK if all(callback.result is not None for callback in ready) else EXIT_CLOSED
 
 
@@ -287,3 +322,79 @@ async def _tail(hub: CbHub, args: argparse.Namespace) -> int:
     except asyncio.CancelledError:
         return EXIT_OK
     return EXIT_OK
+
+
+async def _group(hub: CbHub, args: argparse.Namespace) -> int:
+    if not args.wait:
+        summary = await hub.group(args.group)
+    else:
+        async with Spinner(f"waiting for group {args.group[:40]}…", sys.stderr):
+            found = await _wait_group(hub, args.group, args.until, args.timeout)
+        if found is None:
+            assert args.timeout is not None
+            return _fail(f"timed out after {args.timeout:g} s waiting for group {args.group}", EXIT_TIMEOUT)
+        summary = found
+    if args.json:
+        _write_json(summary.raw)
+    else:
+        sys.stdout.write(group_table(summary))
+        sys.stdout.flush()
+    if summary.error:
+        return EXIT_FAILED
+    return EXIT_OK if summary.all_ok else EXIT_NOT_ALL_OK
+
+
+async def _wait_group(hub: CbHub, group: str, until: Any, timeout: float | None) -> GroupStatus | None:
+    """The group's summary once its wait is answered; None when `timeout` passes first. The
+    server caps one wait (callbacks.max_wait): it is asked again until the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    while True:
+        remaining = GROUP_POLL_SECONDS if deadline is None else min(GROUP_POLL_SECONDS, deadline - loop.time())
+        summary = await hub.wait_group(group, max(0.0, remaining), until)
+        if summary is not None:
+            return summary
+        if deadline is not None and loop.time() >= deadline:
+            return None
+
+
+def group_summary_line(summary: GroupStatus) -> str:
+    """"497 ok · 2 error · 1 pending": the counts that are not zero, as the inspector shows them."""
+    parts = [
+        (summary.ok, "ok"),
+        (summary.error, "error"),
+        (summary.unknown, "unknown"),
+        (summary.pending, "pending"),
+        # Closed without a result: they will never answer.
+        (summary.total - summary.pending - summary.ok - summary.error - summary.unknown, "unanswered"),
+    ]
+    return " · ".join(f"{count} {word}" for count, word in parts if count) or "no callbacks"
+
+
+def group_table(summary: GroupStatus) -> str:
+    """A group's summary for a person: the counts, then each error and each pending token."""
+    lines = [f"group {summary.group}: {summary.total} callbacks, {group_summary_line(summary)}", ""]
+    rows = [
+        ("ok", summary.ok),
+        ("error", summary.error),
+        ("unknown", summary.unknown),
+        ("pending", summary.pending),
+        ("received", summary.received),
+        ("expired", summary.expired),
+        ("cancelled", summary.cancelled),
+    ]
+    lines += [f"  {name:<10}{count:>8}" for name, count in rows]
+    if summary.errors:
+        more = f" (first {len(summary.errors)} of {summary.error})" if summary.error > len(summary.errors) else ""
+        lines += ["", f"errors{more}:"]
+        width = max(len(e.correlation_id or "-") for e in summary.errors)
+        for item in summary.errors:
+            error = item.error
+            code = (error.code if error is not None else None) or "-"
+            message = (error.message if error is not None else None) or ""
+            lines.append(f"  {item.correlation_id or '-':<{width}}  {code:<8}  {item.token}  {message}".rstrip())
+    if summary.pending_tokens:
+        more = f" (first {len(summary.pending_tokens)} of {summary.pending})" if summary.pending > len(summary.pending_tokens) else ""
+        lines += ["", f"pending{more}:"]
+        lines += [f"  {token}" for token in summary.pending_tokens]
+    return "\n".join(lines) + "\n"

@@ -24,8 +24,10 @@ from cbhub.client.hub import CallbackHandle, CbHub
 from cbhub.client.models import (
     Callback,
     Delivery,
+    DeliveryError,
     DeliveryPage,
     Expected,
+    GroupError,
     GroupStatus,
     TimerEvent,
 )
@@ -42,9 +44,11 @@ __all__ = [
     "CbHub",
     "CbHubError",
     "Delivery",
+    "DeliveryError",
     "DeliveryPage",
     "Expected",
     "Expired",
+    "GroupError",
     "GroupStatus",
     "InvalidRequest",
     "LongPoll",

@@ -46,6 +46,8 @@ API_KEY_ENV = "CBHUB_API_KEY"
 # Seconds an ordinary request may take; long-polls get their wait on top of it.
 REQUEST_TIMEOUT = 30.0
 TransportName = Literal["auto", "websocket", "long-poll"]
+# What a group's wait waits for: no callback pending, or that or a first error result.
+Until = Literal["all", "first_error"]
 
 
 class HandleBase:
@@ -143,6 +145,7 @@ class CbHub:
         response: Mapping[str, Any] | None = None,
         settle: float | None = None,
         expect_within: int | None = None,
+        outcome: Mapping[str, Any] | None = None,
     ) -> CallbackHandle:
         """Mint a callback; `ttl` in seconds (the server's default when None).
 
@@ -157,9 +160,12 @@ class CbHub:
         `settle` (seconds): its waits answer once the latest delivery stayed the latest that
         long, and a "settled" event follows (`events`). `expect_within` (seconds, below ttl):
         still pending then, it turns overdue (an "overdue" event; its waits answer once).
+        `outcome` is the callback's own rule for reading each delivery's outcome, e.g.
+        `{"field": "/status", "ok": ["done"], "error": ["failed"], "error_message": "/reason"}`
+        (docs/api.md).
         """
         body = {
-            **_mint_body(ttl, label, group, metadata, response=response, settle=settle, expect_within=expect_within),
+            **_mint_body(ttl, label, group, metadata, response, settle, expect_within, outcome),
             **_expectations(expect, contract),
         }
         data = await self._request("POST", "/v1/callbacks", body=body, headers=_idempotency(idempotency_key))
@@ -178,11 +184,12 @@ class CbHub:
         response: Mapping[str, Any] | None = None,
         settle: float | None = None,
         expect_within: int | None = None,
+        outcome: Mapping[str, Any] | None = None,
     ) -> list[CallbackHandle]:
         """Mint `count` callbacks (1 to 1000) in one transaction, all alike."""
         body = {
             "count": count,
-            **_mint_body(ttl, label, group, metadata, response=response, settle=settle, expect_within=expect_within),
+            **_mint_body(ttl, label, group, metadata, response, settle, expect_within, outcome),
             **_expectations(None, contract),
         }
         data = await self._request("POST", "/v1/callbacks/batch", body=body, headers=_idempotency(idempotency_key))
@@ -327,11 +334,12 @@ class CbHub:
         after: int = 0,
         limit: int = 100,
         wait: float = 0,
+        outcome: str | None = None,
     ) -> DeliveryPage:
         """One page of deliveries with id > after, oldest first; with `wait`, holds up to that
-        many seconds for the first one."""
+        many seconds for the first one. `outcome` ("ok", "error", ...): only those."""
         params: dict[str, Any] = {"after": after, "limit": limit, "wait": f"{wait:.3f}"}
-        params.update(_filters(token, group, correlation_id))
+        params.update(_filters(token, group, correlation_id, outcome))
         data = await self._request("GET", "/v1/deliveries", params=params, wait=wait)
         return DeliveryPage([Delivery.from_json(item) for item in data["deliveries"]], data["next_after"])
 
@@ -343,6 +351,7 @@ class CbHub:
         correlation_id: str | None = None,
         after: int = 0,
         transport: TransportName | Transport = "auto",
+        outcome: str | None = None,
     ) -> AsyncGenerator[Delivery, None]:
         """Every matching delivery with id > after, oldest first, then live ones as they arrive;
         it never ends by itself (break out of the loop). Network errors, 503 answers and
@@ -351,8 +360,9 @@ class CbHub:
 
         `transport`: "auto" (the websocket when the server offers it and it can express the
         filters, long-poll otherwise), "websocket", "long-poll", or a `Transport` of your own.
+        `outcome="error"`: only the deliveries that went wrong.
         """
-        return resume(self._transport(transport), _filters(token, group, correlation_id), after)
+        return resume(self._transport(transport), _filters(token, group, correlation_id, outcome), after)
 
     def events(
         self,
@@ -393,13 +403,15 @@ class CbHub:
     # Groups
 
     async def group(self, group: str) -> GroupStatus:
+        """The group's summary: counts by status and outcome, its first errors and pending tokens."""
         return GroupStatus.from_json(await self._request("GET", f"/v1/groups/{_segment(group)}"))
 
-    async def wait_group(self, group: str, timeout: float) -> GroupStatus | None:
-        """The group's counts once none of its callbacks is pending; None if `timeout` passes."""
-        data = await self._request(
-            "GET", f"/v1/groups/{_segment(group)}/wait", params={"timeout": f"{timeout:.3f}"}, wait=timeout
-        )
+    async def wait_group(self, group: str, timeout: float, until: Until = "all") -> GroupStatus | None:
+        """The group's summary once none of its callbacks is pending or, with
+        `until="first_error"`, as soon as one has an error result; None if `timeout` passes
+        first (with first_error: no error so far)."""
+        params = {"timeout": f"{timeout:.3f}", "until": until}
+        data = await self._request("GET", f"/v1/groups/{_segment(group)}/wait", params=params, wait=timeout)
         return GroupStatus.from_json(data) if data is not None else None
 
     # HTTP
@@ -466,13 +478,13 @@ def _mint_body(
     label: str | None,
     group: str | None,
     metadata: Mapping[str, Any] | None,
-    *,
     response: Mapping[str, Any] | None = None,
     settle: float | None = None,
     expect_within: int | None = None,
+    outcome: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"ttl": ttl, "label": label, "group": group, "metadata": metadata, "response": response}
-    body.update(settle=settle, expect_within=expect_within)
+    body: dict[str, Any] = {"ttl": ttl, "label": label, "group": group, "metadata": metadata}
+    body.update(response=response, settle=settle, expect_within=expect_within, outcome=outcome)
     return {name: value for name, value in body.items() if value is not None}
 
 
@@ -487,6 +499,8 @@ def _expectations(expect: Sequence[str] | int | None, contract: Mapping[str, Any
     if contract is not None:
         body["contract"] = dict(contract)
     return body
+
+
 def _token_of(item: Any) -> str:
     """A callback's token from a handle, a Callback record, or the token itself."""
     if isinstance(item, str):
@@ -497,8 +511,10 @@ def _token_of(item: Any) -> str:
     return token
 
 
-def _filters(token: str | None, group: str | None, correlation_id: str | None) -> dict[str, str]:
-    filters = {"token": token, "group": group, "correlation_id": correlation_id}
+def _filters(
+    token: str | None, group: str | None, correlation_id: str | None, outcome: str | None = None
+) -> dict[str, str]:
+    filters = {"token": token, "group": group, "correlation_id": correlation_id, "outcome": outcome}
     # An empty filter is no filter, as the server reads an empty query parameter.
     return {name: value for name, value in filters.items() if value}
 

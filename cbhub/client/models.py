@@ -14,6 +14,8 @@ from typing import Any
 # modules: it needs only aiohttp and orjson.
 PENDING, RECEIVED, EXPIRED, CANCELLED = "pending", "received", "expired", "cancelled"
 FORM_TYPE = "application/x-www-form-urlencoded"
+# How a delivery went, as the server decided when it stored it.
+OK, ERROR, UNKNOWN, INVALID = "ok", "error", "unknown", "invalid"
 
 
 def media_type(content_type: str | None) -> str:
@@ -24,6 +26,21 @@ def media_type(content_type: str | None) -> str:
 def parse_time(text: str) -> datetime:
     """An RFC 3339 UTC time as the server writes it ("...T12:00:00.000Z"), timezone-aware."""
     return datetime.fromisoformat(text)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryError:
+    """What a sender said went wrong: its error code and message, either possibly None."""
+
+    code: str | None
+    message: str | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> DeliveryError | None:
+        return None if data is None else cls(code=data.get("code"), message=data.get("message"))
+
+    def __str__(self) -> str:
+        return ": ".join(part for part in (self.code, self.message) if part) or "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,16 +63,19 @@ class Delivery:
     raw: dict[str, Any] = field(repr=False, compare=False)
     # Came after its callback closed: kept, but never its result.
     late: bool = False
+    # "ok", "error", "unknown" or "invalid"; `error` is set only for "error".
+    outcome: str = UNKNOWN
+    error: DeliveryError | None = None
     # Why it does not fit its callback's contract; empty: it fits (or there is none).
     problems: tuple[str, ...] = ()
+    # What the sender was answered ({"status", "content_type", "body", "headers"}) when a
+    # response spec set it; None: cbhub's JSON receipt.
+    answered: dict[str, Any] | None = None
 
     @property
     def invalid(self) -> bool:
         """Stored, but it does not fit the callback's contract: never the result."""
         return bool(self.problems)
-    # What the sender was answered ({"status", "content_type", "body", "headers"}) when a
-    # response spec set it; None: cbhub's JSON receipt.
-    answered: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Delivery:
@@ -77,6 +97,8 @@ class Delivery:
             late=data.get("late", False),
             problems=tuple(data.get("problems") or ()),
             answered=data.get("answered"),
+            outcome=data.get("outcome", UNKNOWN),
+            error=DeliveryError.from_json(data.get("error")),
         )
 
     @property
@@ -134,6 +156,9 @@ class Callback:
     raw: dict[str, Any] = field(repr=False, compare=False)
     # Deliveries kept after it closed (each `Delivery.late`).
     late_deliveries: int = 0
+    # Its result's outcome and error; None while it has no result.
+    outcome: str | None = None
+    error: DeliveryError | None = None
     # Its expected set, when minted with `expect` (None: the first delivery completes it).
     expected: Expected | None = None
     # What its deliveries must look like, as given at mint (None: anything).
@@ -165,6 +190,8 @@ class Callback:
             result=Delivery.from_json(result) if result is not None else None,
             raw=data,
             late_deliveries=data.get("late_deliveries", 0),
+            outcome=data.get("outcome"),
+            error=DeliveryError.from_json(data.get("error")),
             expected=Expected.from_json(expected) if expected is not None else None,
             contract=data.get("contract"),
             response=data.get("response"),
@@ -213,8 +240,30 @@ class DeliveryPage:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupError:
+    """A callback of a group whose result is an error."""
+
+    token: str
+    label: str | None
+    correlation_id: str | None
+    error: DeliveryError | None
+    delivery_id: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GroupError:
+        return cls(
+            token=data["token"],
+            label=data["label"],
+            correlation_id=data["correlation_id"],
+            error=DeliveryError.from_json(data["error"]),
+            delivery_id=data["delivery_id"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class GroupStatus:
-    """How many callbacks of a group are in each status."""
+    """A group's summary: its callbacks by status; those with a result by outcome (`ok`,
+    `error`, `unknown`); the first 100 errors and pending tokens."""
 
     group: str
     total: int
@@ -222,9 +271,16 @@ class GroupStatus:
     received: int
     expired: int
     cancelled: int
+    ok: int = 0
+    error: int = 0
+    unknown: int = 0
+    errors: list[GroupError] = field(default_factory=list)
+    pending_tokens: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GroupStatus:
+        outcomes = data.get("outcomes", {})
         return cls(
             group=data["group"],
             total=data["total"],
@@ -232,4 +288,15 @@ class GroupStatus:
             received=data[RECEIVED],
             expired=data[EXPIRED],
             cancelled=data[CANCELLED],
+            ok=outcomes.get(OK, 0),
+            error=outcomes.get(ERROR, 0),
+            unknown=outcomes.get(UNKNOWN, 0),
+            errors=[GroupError.from_json(item) for item in data.get("errors", [])],
+            pending_tokens=list(data.get("pending_tokens", [])),
+            raw=data,
         )
+
+    @property
+    def all_ok(self) -> bool:
+        """Every callback of the group has a result, and every result is ok."""
+        return self.ok == self.total

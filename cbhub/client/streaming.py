@@ -104,10 +104,11 @@ class WebSocket:
     @staticmethod
     def expresses(filters: Mapping[str, str]) -> bool:
         """Whether one subscribe frame asks for exactly these filters. It takes `tokens`, or
-        `group` and/or `correlation_id`, never both kinds, and at least one: so a token combined
-        with another filter, or no filter at all (every delivery of the hub), is long-poll's."""
+        `group` and/or `correlation_id`, never both kinds, and at least one, each with an optional
+        `outcome`: so a token combined with another filter, or no filter at all (every delivery
+        of the hub), is long-poll's."""
         if "token" in filters:
-            return len(filters) == 1
+            return len(filters) == (2 if "outcome" in filters else 1)
         return bool(filters)
 
     async def stream(self, filters: Mapping[str, str], after: int) -> AsyncGenerator[Delivery, None]:

@@ -11,7 +11,7 @@ import threading
 from types import TracebackType
 from typing import Any, Awaitable, Iterator, Mapping, Sequence, TypeVar
 
-from cbhub.client.hub import CbHub, HandleBase
+from cbhub.client.hub import CbHub, HandleBase, Until
 from cbhub.client.models import Callback, Delivery, DeliveryPage, GroupStatus
 
 T = TypeVar("T")
@@ -106,6 +106,7 @@ class SyncCbHub:
         response: Mapping[str, Any] | None = None,
         settle: float | None = None,
         expect_within: int | None = None,
+        outcome: Mapping[str, Any] | None = None,
     ) -> SyncCallbackHandle:
         handle = self._run(
             self.hub.create(
@@ -119,12 +120,13 @@ class SyncCbHub:
                 response=response,
                 settle=settle,
                 expect_within=expect_within,
+                outcome=outcome,
             )
         )
         return SyncCallbackHandle(self, handle.callback)
 
     def create_batch(self, count: int, **fields: Any) -> list[SyncCallbackHandle]:
-        """`count` callbacks alike; `fields` as for `create` (ttl, label, group, metadata)."""
+        """`count` callbacks alike; `fields` as for `create` (ttl, label, group, metadata, outcome)."""
         handles = self._run(self.hub.create_batch(count, **fields))
         return [SyncCallbackHandle(self, handle.callback) for handle in handles]
 
@@ -170,5 +172,5 @@ class SyncCbHub:
     def group(self, group: str) -> GroupStatus:
         return self._run(self.hub.group(group))
 
-    def wait_group(self, group: str, timeout: float) -> GroupStatus | None:
-        return self._run(self.hub.wait_group(group, timeout))
+    def wait_group(self, group: str, timeout: float, until: Until = "all") -> GroupStatus | None:
+        return self._run(self.hub.wait_group(group, timeout, until))

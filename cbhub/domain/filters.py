@@ -21,17 +21,19 @@ class DeliveryFilter:
     owner: str | None = None
     # Only late deliveries (True), only on-time ones (False), or both (None).
     late: bool | None = None
+    # Only deliveries with this outcome (cbhub.domain.outcomes); None: any.
+    outcome: str | None = None
 
     def accepts(self, event: Event, created: bool = False) -> bool:
         """Whether a waiter with these filters cares about `event`. A status change (no
         delivery) concerns the filters on the callback: its token and its group. A creation
         concerns only those who ask for creations (`created`), and never a correlation id,
-        which belongs to deliveries."""
+        which belongs to deliveries, nor an outcome, which a new callback has not."""
         if self.owner is not None and event.callback.created_by != self.owner:
             return False
         if event.delivery is not None:
             return self.matches(event.delivery)
-        if event.kind == CREATED and (not created or self.correlation_id is not None):
+        if event.kind == CREATED and (not created or self.correlation_id is not None or self.outcome is not None):
             return False
         return (
             (self.token is None or event.token == self.token)
@@ -48,6 +50,7 @@ class DeliveryFilter:
             and (self.group is None or delivery.group == self.group)
             and (self.correlation_id is None or delivery.correlation_id == self.correlation_id)
             and (self.late is None or delivery.late == self.late)
+            and (self.outcome is None or delivery.outcome == self.outcome)
         )
 
 
@@ -64,3 +67,5 @@ class CallbackFilter:
     owner: str | None = None
     # Only those that turned overdue (True), only those that did not (False), or both (None).
     overdue: bool | None = None
+    # Only callbacks whose result has this outcome (none while pending).
+    outcome: str | None = None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from cbhub.domain.bodies import ParsedBody, parse_body
 from cbhub.domain.expectations import Contract, Expect, Expected
+from cbhub.domain.outcomes import UNKNOWN, OutcomeRule
 
 if TYPE_CHECKING:
     from cbhub.domain.responses import Answer, ResponseSpec
@@ -74,6 +75,9 @@ class Delivery:
     problems: tuple[str, ...] = ()
     # What the sender was answered when it was not cbhub's JSON receipt (a response spec).
     answered: Answer | None = None
+    # How it went (cbhub.domain.outcomes), decided once when it was stored.
+    outcome: str = UNKNOWN
+    error: dict[str, str | None] | None = None
     _parsed: ParsedBody | None = field(default=None, repr=False)
     _json: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -104,6 +108,8 @@ class Delivery:
                 "late": self.late,
                 "problems": list(self.problems),
                 "answered": self.answered.to_json() if self.answered is not None else None,
+                "outcome": self.outcome,
+                "error": self.error,
             }
         return self._json
 
@@ -140,6 +146,11 @@ class Callback:
     settled_at: int | None = None
     expect_within: int | None = None
     overdue: bool = False
+    # Its result's outcome and error (None while it has no result), and its own outcome rule,
+    # given at mint.
+    outcome: str | None = None
+    error: dict[str, str | None] | None = None
+    outcome_rule: OutcomeRule | None = None
 
     def to_json(self, base_url: str) -> dict[str, Any]:
         return {
@@ -164,6 +175,9 @@ class Callback:
             "settled_at": rfc3339(self.settled_at) if self.settled_at is not None else None,
             "expect_within": self.expect_within,
             "overdue": self.overdue,
+            "outcome": self.outcome,
+            "error": self.error,
+            "outcome_rule": self.outcome_rule.to_json() if self.outcome_rule is not None else None,
         }
 
     def closed(self, at_ms: int) -> bool:
@@ -204,6 +218,7 @@ class MintSpec:
     # The settle window in ms and the seconds within which it is expected (None: neither).
     settle_ms: int | None = None
     expect_within: int | None = None
+    outcome_rule: OutcomeRule | None = None
 
 
 @dataclass(frozen=True, slots=True)

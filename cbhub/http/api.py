@@ -9,6 +9,7 @@ from aiohttp import web
 from cbhub.config import CallbacksConfig
 from cbhub.domain.filters import CallbackFilter
 from cbhub.domain.model import STATUSES, Callback, Delivery, MintSpec
+from cbhub.domain.outcomes import OUTCOMES
 from cbhub.errors import DeliveryNotFound, InvalidHeader
 from cbhub.http.errors import json_response
 from cbhub.http.keys import CONFIG, HUB, base_url, caller
@@ -26,6 +27,7 @@ from cbhub.http.params import (
     NetworksField,
     ObjectField,
     ResponseField,
+    OutcomeRuleField,
     SecondsParam,
     TextParam,
     TokensParam,
@@ -33,6 +35,8 @@ from cbhub.http.params import (
     query_filter,
 )
 from cbhub.http.timing import ExpectWithinField, SettleField, SettleParam, settle_ms
+from cbhub.store.base import GroupSummary
+from cbhub.waiting.hub import UNTIL_ALL, UNTILS
 
 MAX_BATCH = 1000
 
@@ -57,6 +61,7 @@ EXPECT = ExpectField(
 CONTRACT = ContractField(
     "contract", "what a delivery must look like; one that does not fit is stored as invalid, never the result"
 )
+OUTCOME_RULE = OutcomeRuleField("outcome", "how to read each delivery's outcome: which field, which values")
 
 
 def ttl_field(limits: CallbacksConfig) -> IntField:
@@ -92,6 +97,7 @@ def mint_body(limits: CallbacksConfig) -> JsonBody:
             RESPONSE,
             SETTLE,
             expect_within_field(limits),
+            OUTCOME_RULE,
         )
     )
 
@@ -106,17 +112,28 @@ LISTED_GROUP = TextParam("group", "only this group's")
 LISTED_LABEL = TextParam("label", "only those with this label")
 LISTED_STATUS = TextParam("status", "only those with this status", choices=STATUSES)
 LISTED_CORRELATION = TextParam("correlation_id", "only those that received a delivery with this correlation id")
+LISTED_OUTCOME = TextParam("outcome", "only those whose result has this outcome", choices=OUTCOMES)
 LISTING_LIMIT = IntParam("limit", 50, 1, 500, "page size")
 BEFORE = IntParam("before", MAX_CURSOR, 1, MAX_CURSOR, "the next_before of the previous page")
 LISTED_OVERDUE = FlagParam("overdue", "only those that turned overdue (expect_within)")
-LISTING_PARAMS = (LISTED_GROUP, LISTED_LABEL, LISTED_STATUS, LISTED_CORRELATION, LISTED_OVERDUE, LISTING_LIMIT, BEFORE)
+LISTING_PARAMS = (
+    LISTED_GROUP,
+    LISTED_LABEL,
+    LISTED_STATUS,
+    LISTED_CORRELATION,
+    LISTED_OUTCOME,
+    LISTED_OVERDUE,
+    LISTING_LIMIT,
+    BEFORE,
+)
 # GET /v1/callbacks/{token}/wait and /v1/groups/{group}/wait
 TIMEOUT = SecondsParam("timeout", 30.0, "seconds to hold the request (capped at callbacks.max_wait)")
 WAIT_SETTLE = SettleParam(
     "settle", "answer once the latest delivery stayed the latest this many seconds (default: the callback's settle)"
 )
-WAIT_CALLBACK_PARAMS = (TIMEOUT, AFTER, WAIT_SETTLE)
-WAIT_GROUP_PARAMS = (TIMEOUT,)
+UNTIL = TextParam("until", "all (default): no callback pending; first_error: that, or any error result", choices=UNTILS)
+WAIT_CALLBACK_PARAMS = (TIMEOUT, AFTER, WAIT_SETTLE, UNTIL)
+WAIT_GROUP_PARAMS = (TIMEOUT, UNTIL)
 # GET /v1/callbacks/{token}/missing
 MISSING_AFTER = TextParam("after", "the next_after of the previous page: the last id it showed")
 MISSING_LIMIT = IntParam("limit", 100, 1, 1000, "page size")
@@ -158,6 +175,7 @@ def _mint_spec(request: web.Request, body: dict[str, Any]) -> MintSpec:
         response=RESPONSE.parse(body),
         settle_ms=settle_ms(SETTLE.parse(body)),
         expect_within=expect_within.check(expect_within.parse(body), ttl),
+        outcome_rule=OUTCOME_RULE.parse(body),
     )
 
 
@@ -197,6 +215,7 @@ async def list_callbacks(request: web.Request) -> web.Response:
         status=status,
         correlation_id=LISTED_CORRELATION.parse(query),
         overdue=True if LISTED_OVERDUE.parse(query) else None,
+        outcome=LISTED_OUTCOME.parse(query),
     )
     before = BEFORE.parse(query)
     limit = LISTING_LIMIT.parse(query)
@@ -221,8 +240,9 @@ async def wait_callback(request: web.Request) -> web.StreamResponse:
     timeout = TIMEOUT.parse(request.query, request.app[CONFIG].callbacks.max_wait)
     after = AFTER.parse(request.query)
     settle = WAIT_SETTLE.parse(request.query)
+    until = UNTIL.parse(request.query) or UNTIL_ALL
     update = await request.app[HUB].wait_for_callback(
-        request.match_info["token"], after, timeout, caller(request).owner, settle
+        request.match_info["token"], after, timeout, caller(request).owner, settle, until
     )
     if update is None:
         return web.Response(status=204)
@@ -294,27 +314,31 @@ def _sendable_header(value: str | None) -> str | None:
 
 async def group_status(request: web.Request) -> web.Response:
     group = request.match_info["group"]
-    counts = await request.app[HUB].group_counts(group, caller(request).owner)
-    return json_response(await _group_summary(request, group, counts))
+    summary = await request.app[HUB].group_summary(group, caller(request).owner)
+    return json_response(_group_json(group, summary))
 
 
 async def wait_group(request: web.Request) -> web.StreamResponse:
     group = request.match_info["group"]
     timeout = TIMEOUT.parse(request.query, request.app[CONFIG].callbacks.max_wait)
-    counts = await request.app[HUB].wait_for_group(group, timeout, caller(request).owner)
-    if counts is None:
+    until = UNTIL.parse(request.query) or UNTIL_ALL
+    summary = await request.app[HUB].wait_for_group(group, timeout, caller(request).owner, until)
+    if summary is None:
         return web.Response(status=204)
-    return json_response(await _group_summary(request, group, counts))
+    return json_response(_group_json(group, summary))
 
 
-def _group_json(group: str, counts: dict[str, int]) -> dict[str, Any]:
-    return {"group": group, "total": sum(counts.values()), **counts}
-
-
-async def _group_summary(request: web.Request, group: str, counts: dict[str, int]) -> dict[str, Any]:
-    """The counts by status, and how many turned overdue (of any status now)."""
-    overdue = await request.app[HUB].group_overdue(group, caller(request).owner)
-    return {**_group_json(group, counts), "overdue": overdue}
+def _group_json(group: str, summary: GroupSummary) -> dict[str, Any]:
+    counts = summary.counts
+    return {
+        "group": group,
+        "total": sum(counts.values()),
+        **counts,
+        "outcomes": summary.outcomes,
+        "errors": [error.to_json() for error in summary.errors],
+        "pending_tokens": summary.pending_tokens,
+        "overdue": summary.overdue,
+    }
 
 
 # A token is never "batch" (tokens are 43 characters): /v1/callbacks/batch is the batch route's

@@ -145,6 +145,8 @@ async def receive(request: web.Request) -> web.Response:
         raise
     delivery = result.delivery
     metrics.count_delivery("duplicate" if result.duplicate else "late" if delivery.late else "stored")
+    if not result.duplicate:
+        metrics.count_outcome(delivery.outcome)
     metrics.ingest_seconds.observe(time.perf_counter() - started)
     contract = result.callback.contract
     if delivery.problems and contract is not None and contract.reject:

@@ -17,10 +17,12 @@ from aiohttp import web
 from cbhub import __version__
 from cbhub.config import CallbacksConfig, Config
 from cbhub.domain.model import STATUSES
+from cbhub.domain.outcomes import OUTCOMES, RESULT_OUTCOMES
 from cbhub.http import api, realtime
 from cbhub.http.errors import json_response
 from cbhub.http.keys import CONFIG
 from cbhub.http.params import MAX_CURSOR, JsonBody, QueryParam
+from cbhub.store.base import GROUP_LIST_LIMIT
 
 JSON = "application/json"
 
@@ -95,6 +97,12 @@ SCHEMAS: dict[str, Any] = {
             "query": {"type": "object"},
             "correlation_id": NULLABLE_STRING,
             "late": {"type": "boolean", "description": "came after its callback closed: kept, never its result"},
+            "outcome": {
+                "type": "string",
+                "enum": list(OUTCOMES),
+                "description": "how it went, decided when it was stored (docs/api.md: Outcomes)",
+            },
+            "error": {"allOf": [_ref("DeliveryError")], "nullable": True, "description": "set for an error only"},
             "problems": {
                 "type": "array",
                 "items": {"type": "string"},
@@ -115,6 +123,11 @@ SCHEMAS: dict[str, Any] = {
             "body": {"type": "string"},
             "headers": {"type": "object", "additionalProperties": {"type": "string"}},
         },
+    },
+    "DeliveryError": {
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {"code": NULLABLE_STRING, "message": NULLABLE_STRING},
     },
     "Callback": {
         "type": "object",
@@ -161,6 +174,14 @@ SCHEMAS: dict[str, Any] = {
             },
             "expect_within": {"type": "integer", "nullable": True, "description": "seconds it was expected within"},
             "overdue": {"type": "boolean", "description": "still pending when it was expected; stays true"},
+            "outcome": {
+                "type": "string",
+                "enum": list(RESULT_OUTCOMES),
+                "nullable": True,
+                "description": "its result's outcome; null while it has no result",
+            },
+            "error": {"allOf": [_ref("DeliveryError")], "nullable": True, "description": "its result's error"},
+            "outcome_rule": {"type": "object", "nullable": True, "description": "its own outcome rule, given at mint"},
         },
     },
     "ReadyCallbacks": {
@@ -211,12 +232,51 @@ SCHEMAS: dict[str, Any] = {
     },
     "GroupCounts": {
         "type": "object",
-        "required": ["group", "total", "pending", "received", "expired", "cancelled"],
+        "required": [
+            "group",
+            "total",
+            "pending",
+            "received",
+            "expired",
+            "cancelled",
+            "overdue",
+            "outcomes",
+            "errors",
+            "pending_tokens",
+        ],
         "properties": {
             "group": {"type": "string"},
             **{
                 name: {"type": "integer"}
                 for name in ("total", "pending", "received", "expired", "cancelled", "overdue")
+            },
+            "outcomes": {
+                "type": "object",
+                "description": "the callbacks that have a result, by its outcome",
+                "required": list(RESULT_OUTCOMES),
+                "properties": {name: {"type": "integer"} for name in RESULT_OUTCOMES},
+            },
+            "errors": {
+                "type": "array",
+                "maxItems": GROUP_LIST_LIMIT,
+                "description": "the first callbacks whose result is an error, in the order the errors came",
+                "items": {
+                    "type": "object",
+                    "required": ["token", "label", "correlation_id", "error", "delivery_id"],
+                    "properties": {
+                        "token": {"type": "string"},
+                        "label": NULLABLE_STRING,
+                        "correlation_id": NULLABLE_STRING,
+                        "error": {"allOf": [_ref("DeliveryError")], "nullable": True},
+                        "delivery_id": {"type": "integer"},
+                    },
+                },
+            },
+            "pending_tokens": {
+                "type": "array",
+                "maxItems": GROUP_LIST_LIMIT,
+                "items": {"type": "string"},
+                "description": "the first pending callbacks, oldest first",
             },
         },
     },
@@ -404,18 +464,18 @@ PATHS: dict[str, Any] = {
     },
     "/v1/groups/{group}": {
         "get": {
-            "summary": "A group's callbacks counted by status",
+            "summary": "A group's summary: callbacks by status and outcome, its errors, its pending tokens",
             "parameters": [_path("group")],
-            "responses": {"200": _json(_ref("GroupCounts"), "the counts"), "404": NOT_FOUND},
+            "responses": {"200": _json(_ref("GroupCounts"), "the summary"), "404": NOT_FOUND},
         }
     },
     "/v1/groups/{group}/wait": {
         "get": {
-            "summary": "Long-poll until no callback of the group is pending",
+            "summary": "Long-poll until no callback of the group is pending, or (until=first_error) one has an error",
             "parameters": [_path("group"), *_query(api.WAIT_GROUP_PARAMS)],
             "responses": {
-                "200": _json(_ref("GroupCounts"), "none is pending any more"),
-                "204": {"description": "some are still pending at the timeout"},
+                "200": _json(_ref("GroupCounts"), "none is pending any more, or (first_error) one has an error result"),
+                "204": {"description": "some are still pending at the timeout (first_error: and none has an error)"},
                 "400": BAD_REQUEST,
                 "404": NOT_FOUND,
                 "503": UNAVAILABLE,

@@ -30,6 +30,14 @@ from cbhub.domain.expectations import (
 )
 from cbhub.domain.filters import DeliveryFilter
 from cbhub.domain.model import HIDDEN_HEADERS
+from cbhub.domain.outcomes import (
+    MAX_RULE_TEXT,
+    MAX_RULE_VALUES,
+    OUTCOMES,
+    OutcomeRule,
+    RuleError,
+    parse_rule,
+)
 from cbhub.domain.responses import (
     MAX_BODY_CHARS,
     MAX_CONTENT_TYPE,
@@ -238,19 +246,21 @@ class QueryParam(Protocol):
 TOKEN_FILTER = TextParam("token", "only this callback's deliveries")
 GROUP_FILTER = TextParam("group", "only the deliveries of this group's callbacks")
 CORRELATION_FILTER = TextParam("correlation_id", "only deliveries carrying this correlation id (e.g. a RequestID)")
-DELIVERY_FILTERS = (TOKEN_FILTER, GROUP_FILTER, CORRELATION_FILTER)
+OUTCOME_FILTER = TextParam("outcome", "only deliveries with this outcome", choices=OUTCOMES)
+DELIVERY_FILTERS = (TOKEN_FILTER, GROUP_FILTER, CORRELATION_FILTER, OUTCOME_FILTER)
 # The cursor of deliveries: whoever has seen id N has seen every delivery below N.
 AFTER = IntParam("after", 0, 0, MAX_CURSOR, "only deliveries after this id: the last one seen")
 
 
 def query_filter(query: Query, owner: str | None) -> DeliveryFilter:
-    """The token, group and correlation_id parameters, combined with AND, within what
+    """The token, group, correlation_id and outcome parameters, combined with AND, within what
     `owner` may see (None: everything)."""
     return DeliveryFilter(
         token=TOKEN_FILTER.parse(query),
         group=GROUP_FILTER.parse(query),
         correlation_id=CORRELATION_FILTER.parse(query),
         owner=owner,
+        outcome=OUTCOME_FILTER.parse(query),
     )
 
 
@@ -482,6 +492,45 @@ class ResponseField:
 
     def schema(self) -> Schema:
         return {"nullable": True, "description": self.description, "oneOf": [_FIXED_ANSWER, _ECHO_ANSWER]}
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRuleField:
+    """A callback's own outcome rule (cbhub.domain.outcomes); absent or null: none."""
+
+    name: str
+    description: str
+    required = False
+
+    def parse(self, body: Body) -> OutcomeRule | None:
+        value = body.get(self.name)
+        if value is None:
+            return None
+        try:
+            return parse_rule(value, self.name)
+        except RuleError as exc:
+            raise BadRequest(str(exc), code=InvalidField.code) from None
+
+    def schema(self) -> Schema:
+        # What parse_rule accepts; that ok and error share no value, and that one of them is
+        # given, the description says.
+        field = {"type": "string", "minLength": 1, "maxLength": MAX_RULE_TEXT}
+        word = {"oneOf": [{"type": "string", "maxLength": MAX_RULE_TEXT}, {"type": "number"}, {"type": "boolean"}]}
+        words = {"type": "array", "items": word, "maxItems": MAX_RULE_VALUES, "nullable": True}
+        return {
+            "type": "object",
+            "nullable": True,
+            "additionalProperties": False,
+            "required": ["field"],
+            "properties": {
+                "field": {**field, "description": 'a form field, a top-level JSON key, or a JSON Pointer ("/result/state")'},
+                "ok": {**words, "description": "values meaning success (absent: any value not in error)"},
+                "error": {**words, "description": "values meaning failure"},
+                "error_code": {**field, "nullable": True, "description": "the field holding the error's code"},
+                "error_message": {**field, "nullable": True, "description": "the field holding the error's message"},
+            },
+            "description": self.description + " (ok, error or both; compared as text, case-insensitively)",
+        }
 
 
 # The patterns below say in JSON Schema (ECMAScript regular expressions) what Python accepts,

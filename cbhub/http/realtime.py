@@ -17,6 +17,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from cbhub.domain.filters import DeliveryFilter
 from cbhub.domain.model import RECEIVED, SETTLED, TERMINAL, Callback, now_ms, rfc3339
+from cbhub.domain.outcomes import OUTCOMES
 from cbhub.errors import (
     CbhubError,
     InvalidField,
@@ -44,7 +45,7 @@ from cbhub.waiting.subscriptions import IDLE, NOTHING, End, Feed, Idle, Notice, 
 
 log = logging.getLogger(__name__)
 
-SUBSCRIBE_FIELDS = frozenset({"op", "id", "tokens", "group", "correlation_id", "after"})
+SUBSCRIBE_FIELDS = frozenset({"op", "id", "tokens", "group", "correlation_id", "outcome", "after"})
 OTHER_FIELDS = frozenset({"op", "id"})
 # The largest frame a client may send: a subscribe naming 1000 tokens fits many times over.
 MAX_FRAME_BYTES = 1024 * 1024
@@ -240,16 +241,19 @@ def _frame_filter(frame: dict[str, Any], owner: str | None) -> DeliveryFilter:
     """What a subscribe frame asks for, within what its connection's API key may see."""
     group = field_name(frame, "group")
     correlation_id = field_name(frame, "correlation_id")
+    outcome = field_name(frame, "outcome")
+    if outcome is not None and outcome not in OUTCOMES:
+        raise InvalidField("outcome", f"must be one of {', '.join(OUTCOMES)}")
     tokens = frame.get("tokens")
     if tokens is None:
-        if group is None and correlation_id is None:
-            raise InvalidField("tokens", "one of tokens, group or correlation_id is required")
-        return DeliveryFilter(group=group, correlation_id=correlation_id, owner=owner)
+        if group is None and correlation_id is None and outcome is None:
+            raise InvalidField("tokens", "one of tokens, group, correlation_id or outcome is required")
+        return DeliveryFilter(group=group, correlation_id=correlation_id, owner=owner, outcome=outcome)
     if group is not None or correlation_id is not None:
         raise InvalidField("tokens", "give tokens, or group and/or correlation_id, not both")
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t for t in tokens):
         raise InvalidField("tokens", "must be a non-empty list of tokens")
-    return DeliveryFilter(tokens=frozenset(tokens), owner=owner)
+    return DeliveryFilter(tokens=frozenset(tokens), owner=owner, outcome=outcome)
 
 
 # Server-Sent Events

@@ -11,6 +11,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from cbhub.domain.model import STATUSES
+from cbhub.domain.outcomes import OUTCOMES
 
 FAST_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -73,6 +74,14 @@ class Metrics:
             "Connections closed because a request had not arrived whole within server.read_timeout.",
             registry=self.registry,
         )
+        delivery_outcomes = Counter(
+            "cbhub_delivery_outcomes",
+            "Deliveries stored, by how they went (ok, error, unknown, invalid).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        # Every outcome shows from the start, at 0; each counter is looked up once.
+        self._delivery_outcomes = {outcome: delivery_outcomes.labels(outcome) for outcome in OUTCOMES}
         self.registry.register(_WaitersCollector(count_waiters))
         self._outcomes: dict[str, Counter] = {}
 
@@ -87,6 +96,10 @@ class Metrics:
         if counter is None:
             counter = self._outcomes[outcome] = self.deliveries.labels(outcome)
         counter.inc()
+
+    def count_outcome(self, outcome: str) -> None:
+        """Count one stored delivery by its outcome."""
+        self._delivery_outcomes[outcome].inc()
 
     def on_commit(self, size: int, seconds: float) -> None:
         self.commit_batch.observe(size)

@@ -20,17 +20,22 @@ export function merge(callback) {
   return merged;
 }
 
-// A delivery turns a pending callback received; a late one (it came after the callback
-// closed) changes nothing but its count, an invalid one (it does not fit the contract) nothing.
-// One with an expected set turns received only once the set is complete: the page reads it.
+// A delivery turns a pending callback received, and its outcome and error become the
+// callback's; a late one (it came after the callback closed) changes nothing but its count, and
+// an invalid one (it does not fit the contract) is never the result. One with an expected set
+// turns received only once the set is complete: the page reads it.
 export function delivered(delivery) {
   const callback = known.get(delivery.token);
   if (!callback) return null;
   if (delivery.late) callback.late_deliveries = (callback.late_deliveries || 0) + 1;
-  else if (!(delivery.problems || []).length) {
+  else if ((delivery.problems || []).length || delivery.outcome === "invalid") {
+    callback.invalid_deliveries = (callback.invalid_deliveries || 0) + 1;
+  } else {
     if (callback.status === "pending" && !callback.expected) callback.status = "received";
     callback.deliveries = Math.max(callback.deliveries || 0, 1);
     callback.settled_at = null; // a newer delivery: settling again (the latest wins)
+    callback.outcome = delivery.outcome || "unknown";
+    callback.error = delivery.error || null;
   }
   return callback;
 }
@@ -43,6 +48,16 @@ export function timerFired(kind, { token, settled_at }) {
   if (kind === "overdue") callback.overdue = true;
   else callback.settled_at = settled_at;
   return callback;
+}
+
+// How a callback shows in a group's grid: its result's outcome (ok, error, unknown); without a
+// result, invalid (only refused deliveries came), late (only after it closed), pending, or
+// unanswered (it closed without one).
+export function gridState(callback) {
+  if (callback.outcome) return callback.outcome;
+  if (callback.invalid_deliveries) return "invalid";
+  if (callback.late_deliveries) return "late";
+  return callback.status === "pending" ? "pending" : "unanswered";
 }
 
 export function statusChanged({ token, status }) {

@@ -3,7 +3,7 @@
 import { ApiError, api, apiKey, query, request } from "./api.js";
 import { known, merge } from "./callbacks.js";
 import { bodyKind, curlCommand, pairsTable, renderBody } from "./body.js";
-import { clock, copyButton, fill, h, shortToken, statusBadge, timeLeft, timingBadges, toast } from "./dom.js";
+import { clock, copyButton, errorText, fill, h, outcomeBadge, shortToken, statusBadge, timeLeft, timingBadges, toast } from "./dom.js";
 
 const PAGE = 1000;
 // The latest this many are shown: a callback posted to 100 000 times stays readable.
@@ -196,6 +196,7 @@ export class DeliveryView {
         { class: "title-row" },
         h("h2", {}, callback.label || shortToken(callback.token)),
         statusBadge(callback.status),
+        outcomeBadge(callback.outcome),
         timingBadges(callback),
         this.closeButton(),
       ),
@@ -210,8 +211,10 @@ export class DeliveryView {
         h("dd", {}, clock(callback.created_at)),
         h("dt", {}, "Expires"),
         h("dd", {}, clock(callback.expires_at), " ", h("span", { class: "muted" }, "(", h("span", { class: "time-left" }, timeLeft(callback)), " left)")),
+        callback.outcome_rule ? [h("dt", {}, "Outcome rule"), h("dd", {}, h("code", {}, JSON.stringify(callback.outcome_rule)))] : null,
       ),
       expectedProgress(callback),
+      callback.error ? errorBox(callback.error) : null,
       h(
         "div",
         { class: "url-row" },
@@ -257,6 +260,7 @@ export class DeliveryView {
         delivery.late
           ? h("span", { class: "badge late", title: "It came after the callback closed: kept, but not its result." }, "Late")
           : null,
+        outcomeBadge(delivery.outcome),
         (delivery.problems || []).length
           ? h("span", { class: "badge invalid", title: "It does not fit the callback's contract: kept, but never its result." }, "Invalid")
           : null,
@@ -275,6 +279,7 @@ export class DeliveryView {
       (delivery.problems || []).length
         ? h("ul", { class: "problems", "aria-label": "Contract problems" }, delivery.problems.map((problem) => h("li", {}, problem)))
         : null,
+      delivery.error ? errorBox(delivery.error) : null,
       delivery.parse_error ? h("p", { class: "parse-error" }, "Parse error: ", delivery.parse_error) : null,
       h("section", { class: "body" }, h("h4", {}, "Body ", h("span", { class: "kind" }, KIND_TEXT[bodyKind(delivery)])), renderBody(delivery)),
       h(
@@ -313,5 +318,17 @@ function answeredView(answered) {
       ? h("pre", { class: "answered-body" }, answered.body)
       : h("p", { class: "muted small-text" }, "An empty body."),
     headerCount ? pairsTable(answered.headers, ["Header", "Value"], "pairs headers") : null,
+  );
+}
+
+// What the sender said went wrong: its code and message, as text.
+function errorBox(error) {
+  return h(
+    "p",
+    { class: "error-box", role: "note" },
+    h("strong", {}, "Error"),
+    error.code ? [" ", h("code", {}, error.code)] : null,
+    error.message ? [" ", h("span", { class: "message" }, error.message)] : null,
+    !errorText(error) ? " (no code or message given)" : null,
   );
 }

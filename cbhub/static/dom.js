@@ -64,6 +64,29 @@ export function timingBadges(callback) {
   return badges;
 }
 
+// How a delivery went (its outcome), and how a callback looks in a group's grid: its result's
+// outcome, else why it has none.
+export const OUTCOME_TEXT = {
+  ok: "OK",
+  error: "Error",
+  unknown: "Unknown",
+  invalid: "Invalid",
+  pending: "Pending",
+  late: "Late",
+  unanswered: "Unanswered",
+};
+
+export function outcomeBadge(outcome) {
+  if (!outcome) return null;
+  return h("span", { class: `badge o-${outcome}`, dataset: { outcome } }, OUTCOME_TEXT[outcome] || outcome);
+}
+
+// "12014: Invalid data extension"; "" when the sender said nothing.
+export function errorText(error) {
+  if (!error) return "";
+  return [error.code, error.message].filter(Boolean).join(": ");
+}
+
 // "42s", "5m", "3h 12m", "2d 4h": short enough for a table cell.
 export function duration(ms) {
   const s = Math.max(0, Math.floor(ms / 1000));

@@ -1,9 +1,15 @@
-// The group view: every callback of one group as a small cell coloured by its status, with the
-// counts on top, so that 500 callbacks of 500 asynchronous calls can be watched filling in.
+// The group view: every callback of one group as a small cell coloured by how it went (its
+// result's outcome, or pending, late, invalid, unanswered), with the counts and a summary line
+// on top and the errors below, so that 500 callbacks of 500 asynchronous calls can be watched
+// filling in, and the three that failed found at a glance.
 
 import { api, query } from "./api.js";
-import { known, merge } from "./callbacks.js";
-import { STATUS_TEXT, clear, fill, h, shortToken, toast } from "./dom.js";
+import { gridState, known, merge } from "./callbacks.js";
+import { OUTCOME_TEXT, STATUS_TEXT, clear, errorText, fill, h, shortToken, toast } from "./dom.js";
+
+// The grid's states, in the order the summary line tells them.
+const STATES = ["ok", "error", "unknown", "invalid", "pending", "late", "unanswered"];
+const MAX_ERRORS = 100;
 
 const PAGE = 500;
 const MAX_PAGES = 40; // 20 000 cells: more than a screen can say anything with
@@ -14,6 +20,10 @@ export class GroupView {
     this.nameEl = document.getElementById("group-name");
     this.countsEl = document.getElementById("group-counts");
     this.gridEl = document.getElementById("grid");
+    this.summaryEl = document.getElementById("group-summary");
+    this.errorsEl = document.getElementById("group-errors");
+    this.showEl = document.getElementById("group-show");
+    this.showEl.addEventListener("change", () => (this.gridEl.dataset.show = this.showEl.value));
     this.onSelect = onSelect;
     this.group = null;
     this.cells = new Map(); // token -> cell, oldest first
@@ -26,6 +36,8 @@ export class GroupView {
     this.nameEl.textContent = group;
     clear(this.gridEl);
     clear(this.countsEl);
+    clear(this.summaryEl);
+    clear(this.errorsEl);
     this.cells = new Map();
     await this.load();
   }
@@ -102,14 +114,18 @@ export class GroupView {
 
   cell(callback) {
     const name = callback.label || shortToken(callback.token);
-    const text = `${name}: ${STATUS_TEXT[callback.status]}${callback.overdue ? " (overdue)" : ""}`;
+    const state = gridState(callback);
+    const error = errorText(callback.error);
+    const overdue = callback.overdue ? " (overdue)" : "";
+    const text = `${name}: ${STATUS_TEXT[callback.status]}${overdue}, ${OUTCOME_TEXT[state]}${error ? ` (${error})` : ""}`;
     return h("button", {
       type: "button",
-      class: `cell s-${callback.status}${callback.overdue ? " overdue" : ""}`,
+      // s-: its status; o-: how it went, which colours it.
+      class: `cell s-${callback.status} o-${state}${callback.overdue ? " overdue" : ""}`,
       role: "listitem",
       title: text,
       "aria-label": text,
-      dataset: { token: callback.token, status: callback.status },
+      dataset: { token: callback.token, status: callback.status, outcome: state },
       onclick: () => this.onSelect(callback.token),
     });
   }
@@ -132,6 +148,54 @@ export class GroupView {
         { class: "progress" },
         h("progress", { max: Math.max(1, this.cells.size), value: done, "aria-label": "Callbacks no longer awaited" }),
         h("span", {}, this.cells.size ? `${Math.round((100 * done) / this.cells.size)}% done` : "empty"),
+      ),
+    );
+    this.renderSummary();
+  }
+
+  // "497 ok · 2 error · 1 pending", and the errors (code and message) below the grid.
+  renderSummary() {
+    const states = Object.fromEntries(STATES.map((state) => [state, 0]));
+    const errors = [];
+    for (const token of this.cells.keys()) {
+      const callback = known.get(token);
+      const state = gridState(callback);
+      states[state] += 1;
+      if (state === "error" && errors.length < MAX_ERRORS) errors.push(callback);
+    }
+    const parts = STATES.filter((state) => states[state]).map((state) =>
+      h("span", { class: `part o-${state}`, dataset: { outcome: state } }, h("span", { class: "dot", "aria-hidden": "true" }), `${states[state]} ${state}`),
+    );
+    const separated = parts.flatMap((part, i) => (i ? [h("span", { class: "sep", "aria-hidden": "true" }, " · "), part] : [part]));
+    fill(this.summaryEl, separated.length ? separated : "No callbacks.");
+    if (!errors.length) {
+      clear(this.errorsEl);
+      return;
+    }
+    fill(
+      this.errorsEl,
+      h("h3", {}, "Errors ", h("span", { class: "count-pill" }, String(states.error))),
+      h(
+        "table",
+        { class: "errors" },
+        h("thead", {}, h("tr", {}, h("th", {}, "Callback"), h("th", {}, "Code"), h("th", {}, "Message"))),
+        h(
+          "tbody",
+          {},
+          errors.map((callback) =>
+            h(
+              "tr",
+              { dataset: { token: callback.token }, tabindex: 0, onclick: () => this.onSelect(callback.token) },
+              h(
+                "td",
+                { class: "name" },
+                callback.label ? [callback.label, " ", h("code", { class: "muted" }, shortToken(callback.token))] : h("code", {}, shortToken(callback.token)),
+              ),
+              h("td", { class: "code" }, h("code", {}, callback.error?.code || "—")),
+              h("td", { class: "message", title: callback.error?.message || "" }, callback.error?.message || "—"),
+            ),
+          ),
+        ),
       ),
     );
   }

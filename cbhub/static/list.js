@@ -5,7 +5,7 @@
 
 import { api, query } from "./api.js";
 import { known, merge, newestFirst } from "./callbacks.js";
-import { age, clear, h, shortToken, statusBadge, timeLeft, timingBadges, toast } from "./dom.js";
+import { age, clear, errorText, h, outcomeBadge, shortToken, statusBadge, timeLeft, timingBadges, toast } from "./dom.js";
 
 const PAGE = 50;
 
@@ -79,6 +79,7 @@ export class CallbackList {
       (!f.group || callback.group === f.group) &&
       (!f.label || callback.label === f.label) &&
       (!f.status || callback.status === f.status) &&
+      (!f.outcome || callback.outcome === f.outcome) &&
       (!f.correlation_id || this.matchingCorrelation.has(callback.token))
     );
   }
@@ -112,8 +113,9 @@ export class CallbackList {
       else this.remove(token);
     } else if (callback && kind === "created") {
       if (this.matches(callback)) this.insert(callback);
-    } else if (!shown && (correlated || (kind !== "created" && this.filters.status))) {
-      // It may just have entered the filtered view: by its new status, or the correlation id.
+    } else if (!shown && (correlated || (kind !== "created" && (this.filters.status || this.filters.outcome)))) {
+      // It may just have entered the filtered view: by its new status or outcome, or the
+      // correlation id.
       // (A group or a label never changes: a callback outside the view stays outside.)
       this.fetchAndInsert(token);
     }
@@ -196,6 +198,12 @@ export class CallbackList {
       h("td", { class: "age num" }, age(callback)),
       h("td", { class: "left num" }, timeLeft(callback)),
       h("td", { class: "status" }, statusBadge(callback.status), timingBadges(callback)),
+      h(
+        "td",
+        { class: "outcome", title: errorText(callback.error) || null },
+        outcomeBadge(callback.outcome),
+        errorText(callback.error) ? [" ", h("span", { class: "error-text" }, errorText(callback.error))] : null,
+      ),
       h("td", { class: "actions" }, cancel),
     );
     this.rows.set(callback.token, tr);

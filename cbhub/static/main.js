@@ -190,6 +190,7 @@ filters.addEventListener("submit", (event) => {
   list.setFilters(formFields(filters));
 });
 filters.elements.status.addEventListener("change", () => filters.requestSubmit());
+filters.elements.outcome.addEventListener("change", () => filters.requestSubmit());
 
 const forget = document.getElementById("forget-key");
 forget.hidden = !apiKey();

@@ -13,8 +13,41 @@ from cbhub.domain.model import Callback, Delivery, Event, Incoming, MintSpec
 from cbhub.domain.responses import Answer, ResponseSpec
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
+# The most errors and pending tokens a group summary lists.
+GROUP_LIST_LIMIT = 100
 
 
+@dataclass(frozen=True, slots=True)
+class GroupError:
+    """A callback of a group whose result is an error."""
+
+    token: str
+    label: str | None
+    correlation_id: str | None
+    error: dict[str, str | None] | None
+    delivery_id: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "token": self.token,
+            "label": self.label,
+            "correlation_id": self.correlation_id,
+            "error": self.error,
+            "delivery_id": self.delivery_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSummary:
+    """A group's callbacks by status, those with a result by its outcome, and (when asked
+    for) the first errors and pending tokens, oldest first."""
+
+    counts: dict[str, int]
+    outcomes: dict[str, int]
+    errors: list[GroupError]
+    pending_tokens: list[str]
+    # How many turned overdue (expect_within), whatever their status now.
+    overdue: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +124,7 @@ class Store(abc.ABC):
         keep_late: bool = True,
         check: ContractCheck | None = None,
         default_response: ResponseSpec | None = None,
+        builtin_outcomes: bool = True,
     ) -> IngestResult:
         """Store a delivery; raises CallbackNotFound or DeliveryRefused (from `guard`, run on the
         callback before the closed and duplicate checks). To a callback that takes no more
@@ -99,7 +133,8 @@ class Store(abc.ABC):
         one): a delivery with problems is stored as invalid. One into an expected set is
         counted against it (store/decisions.py). What the sender is answered comes from the
         callback's response spec, else `default_response`; it is stored with the delivery and
-        returned as `answered`."""
+        returned as `answered`. Its outcome is decided by the callback's own rule, then
+        (`builtin_outcomes`) the built-in ones, and stored with it."""
 
     @abc.abstractmethod
     async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
@@ -178,6 +213,14 @@ class Store(abc.ABC):
     async def group_counts(self, group: str, owner: str | None = None) -> dict[str, int]:
         """Callbacks of a group (minted by `owner`, if given) by status (every status present,
         zero included)."""
+
+    @abc.abstractmethod
+    async def group_summary(
+        self, group: str, owner: str | None = None, details: bool = True, limit: int = GROUP_LIST_LIMIT
+    ) -> GroupSummary:
+        """A group's callbacks (minted by `owner`, if given) by status and, those with a result,
+        by its outcome (every status and result outcome present, zero included); with
+        `details`, its first `limit` errors (by delivery id) and pending tokens (by creation)."""
 
     @abc.abstractmethod
     async def status_counts(self) -> dict[str, int]:

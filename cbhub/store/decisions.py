@@ -24,6 +24,7 @@ from cbhub.domain.model import (
 )
 from cbhub.domain.responses import Answer, ResponseSpec, answer_for
 from cbhub.domain.timing import settle_due
+from cbhub.domain.outcomes import INVALID_VERDICT, Verdict, classify
 from cbhub.errors import CallbackNotFound, IdempotencyConflict, SchemaTooNew
 from cbhub.store.base import IngestResult
 from cbhub.store.rows import arrives_late, new_delivery
@@ -64,15 +65,16 @@ class FindDuplicate(NamedTuple):
 
 class InsertDelivery(NamedTuple):
     """-> the new delivery's id. On time, the callback counts it in `deliveries`, takes it as
-    its latest (`last_delivery_id`) and, when `new_status` is set, changes status; late, it only
-    counts it in `late_deliveries`; invalid (with `problems`), stored with them and only counted
-    in `deliveries`."""
+    its latest (`last_delivery_id`) and its verdict's outcome as its own and, when `new_status`
+    is set, changes status; late, it only counts it in `late_deliveries`; invalid (with
+    `problems`), stored with them and only counted in `deliveries`."""
 
     callback_id: int
     group: str | None
     incoming: Incoming
     late: bool
     new_status: str | None
+    verdict: Verdict
     problems: tuple[str, ...] = ()
     answered: Answer | None = None
 
@@ -177,6 +179,7 @@ def ingest(
     keep_late: bool,
     check: ContractCheck | None = None,
     default_response: ResponseSpec | None = None,
+    builtin_outcomes: bool = True,
 ) -> Steps[IngestResult]:
     found = yield LoadCallback(incoming.token)
     if found is None:
@@ -206,12 +209,19 @@ def ingest(
         if callback.expected is not None:
             complete = yield from _arrive(found.id, callback.expected, incoming.correlation_id)
         new_status = RECEIVED if complete and callback.status == PENDING else None
-    delivery_id = yield InsertDelivery(found.id, callback.group, incoming, late, new_status, problems, answered)
+    # Decided once, here, where the callback's own rule is known; a duplicate (above) keeps
+    # the first one's. A delivery that does not fit the contract is invalid, whatever it says.
+    verdict = (
+        INVALID_VERDICT
+        if problems
+        else classify(incoming.raw, incoming.content_type, incoming.parsed, callback.outcome_rule, builtin_outcomes)
+    )
+    delivery_id = yield InsertDelivery(found.id, callback.group, incoming, late, new_status, verdict, problems, answered)
     if not late and not problems and callback.settle_ms is not None:
         # Latest wins: a newer result starts its settle window again.
         yield StartSettle(found.id, settle_due(incoming.received_at, callback.settle_ms))
         callback.settled_at = None
-    delivery = new_delivery(incoming, delivery_id, callback, late, problems, new_status, answered)
+    delivery = new_delivery(incoming, delivery_id, callback, late, problems, new_status, answered, verdict)
     return IngestResult(delivery, callback, duplicate=False, answered=answered)
 
 

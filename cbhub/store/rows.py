@@ -24,20 +24,21 @@ from cbhub.domain.model import (
     MintSpec,
 )
 from cbhub.domain.responses import Answer, parse_response
+from cbhub.domain.outcomes import RESULT_OUTCOMES, Verdict, parse_rule
 from cbhub.domain.signatures import VerifySpec
 from cbhub.domain.timing import overdue_due
 from cbhub.errors import CallbackClosed
-from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage
+from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage, GroupError
 
 # Both schemas name their columns alike; the row mappers below read them in this order.
 CALLBACK_COLUMNS = (
     "id, token, status, created_at, expires_at, label, group_name, metadata, deliveries, last_delivery_id,"
     " created_by, allow_ips, verify, late_deliveries, expect_total, expect_named, expect_arrived, expect_unexpected,"
-    " contract, response, settle_ms, settled_at, expect_within, overdue"
+    " contract, response, settle_ms, settled_at, expect_within, overdue, outcome, outcome_rule, error"
 )
 DELIVERY_COLUMNS = (
     "d.id, c.token, d.received_at, d.method, d.content_type, d.remote_addr, d.headers, d.query,"
-    " d.body, d.correlation_id, d.group_name, d.late, d.problems, d.answer"
+    " d.body, d.correlation_id, d.group_name, d.late, d.problems, d.answer, d.outcome, d.error"
 )
 DELIVERY_FROM = "deliveries d JOIN callbacks c ON c.id = d.callback_id"
 # Indexes into a CALLBACK_COLUMNS row, and its width.
@@ -88,6 +89,9 @@ def callback_from_row(row: Sequence[Any], text: Text = _same) -> Callback:
         settled_at=row[21],
         expect_within=row[22],
         overdue=bool(row[23]),
+        outcome=row[24],
+        outcome_rule=parse_rule(orjson.loads(row[25])) if row[25] is not None else None,
+        error=orjson.loads(row[26]) if row[26] is not None else None,
     )
 
 
@@ -107,6 +111,8 @@ def delivery_from_row(row: Sequence[Any], text: Text = _same) -> Delivery:
         late=bool(row[11]),
         problems=tuple(orjson.loads(row[12])) if row[12] is not None else (),
         answered=Answer.from_json(orjson.loads(row[13])) if row[13] is not None else None,
+        outcome=row[14],
+        error=orjson.loads(row[15]) if row[15] is not None else None,
     )
 
 
@@ -132,6 +138,23 @@ def by_status(rows: Sequence[Sequence[Any]]) -> dict[str, int]:
     return counts
 
 
+def by_status_and_outcome(rows: Sequence[Sequence[Any]]) -> tuple[dict[str, int], dict[str, int]]:
+    """(status, outcome, count) rows as counts of every status and of every result outcome,
+    zero included; a NULL outcome (no result yet) counts only by status."""
+    counts = dict.fromkeys(STATUSES, 0)
+    outcomes = dict.fromkeys(RESULT_OUTCOMES, 0)
+    for status, outcome, count in rows:
+        counts[status] = counts.get(status, 0) + count
+        if outcome is not None:
+            outcomes[outcome] = outcomes.get(outcome, 0) + count
+    return counts, outcomes
+
+
+def group_error(row: Sequence[Any], text: Text = _same) -> GroupError:
+    """A (token, label, correlation_id, error, delivery id) row."""
+    return GroupError(row[0], text(row[1]), text(row[2]), orjson.loads(row[3]) if row[3] is not None else None, row[4])
+
+
 def arrives_late(callback: Callback, at: int, keep_late: bool) -> bool:
     """Whether a delivery received at `at` comes after `callback` stopped taking deliveries
     (expired, cancelled, or received and past its expiry). Such a delivery is kept as late when
@@ -151,10 +174,11 @@ def new_delivery(
     problems: tuple[str, ...] = (),
     new_status: str | None = RECEIVED,
     answered: Answer | None = None,
+    verdict: Verdict | None = None,
 ) -> Delivery:
     """The stored delivery, counted on its callback: an on-time one takes `new_status` (if
-    any; from pending), with the delivery as its result; a late one is only counted, in
-    `late_deliveries`; an invalid one (with `problems`) only in `deliveries`."""
+    any; from pending), with the delivery as its result (and its outcome); a late one is only
+    counted, in `late_deliveries`; an invalid one (with `problems`) only in `deliveries`."""
     delivery = Delivery(
         id=delivery_id,
         token=incoming.token,
@@ -172,6 +196,8 @@ def new_delivery(
         answered=answered,
         _parsed=incoming.parsed,
     )
+    if verdict is not None:
+        delivery.outcome, delivery.error = verdict.outcome, verdict.error
     if late:
         callback.late_deliveries += 1
         return delivery
@@ -181,6 +207,7 @@ def new_delivery(
     if callback.status == PENDING and new_status is not None:
         callback.status = new_status
     callback.result = delivery
+    callback.outcome, callback.error = delivery.outcome, delivery.error
     return delivery
 
 
@@ -203,6 +230,8 @@ def delivery_where(
         clauses.append(f"c.created_by = {bind(where.owner)}")
     if where.late is not None:
         clauses.append(f"d.late = {bind(where.late)}")
+    if where.outcome is not None:
+        clauses.append(f"d.outcome = {bind(where.outcome)}")
     return " AND ".join(clauses)
 
 
@@ -216,7 +245,7 @@ def callback_where(
     for column, value in (("group_name", where.group), ("label", where.label)):
         if value is not None:
             clauses.append(f"{column} = {bind(name(value))}")
-    for column, value in (("status", where.status), ("created_by", where.owner)):
+    for column, value in (("status", where.status), ("created_by", where.owner), ("outcome", where.outcome)):
         if value is not None:
             clauses.append(f"{column} = {bind(value)}")
     if where.overdue is not None:
@@ -228,10 +257,10 @@ def callback_where(
 
 
 def delivery_values(
-    incoming: Incoming, name: Callable[[str | None], Any] = _same, answered: Answer | None = None
+    incoming: Incoming, verdict: Verdict, name: Callable[[str | None], Any] = _same, answered: Answer | None = None
 ) -> tuple[Any, ...]:
-    """A delivery's stored columns from received_at to answer, in the order both schemas
-    insert them (after callback_id and group_name)."""
+    """A delivery's stored columns from received_at to error, in the order both schemas
+    insert them (after callback_id and group_name): ..., dedupe_key, answer, outcome, error."""
     return (
         incoming.received_at,
         incoming.method,
@@ -243,13 +272,15 @@ def delivery_values(
         name(incoming.correlation_id),
         name(incoming.dedupe_key),
         orjson.dumps(answered.to_json()).decode() if answered is not None else None,
+        verdict.outcome,
+        verdict.error_json(),
     )
 
 
 def callback_values(spec: MintSpec, now: int, name: Callable[[str | None], Any] = _same) -> tuple[Any, ...]:
     """A new callback's columns: token, expires_at, label, group_name, metadata, created_by,
     allow_ips, verify, expect_total, expect_named, contract, response, settle_ms, expect_within,
-    overdue_due."""
+    overdue_due, outcome_rule."""
     return (
         new_token(),
         now + spec.ttl * 1000,
@@ -262,6 +293,7 @@ def callback_values(spec: MintSpec, now: int, name: Callable[[str | None], Any] 
         spec.contract.text() if spec.contract is not None else None,
         orjson.dumps(spec.response.to_json()).decode() if spec.response is not None else None,
         *timing_columns(spec, now),
+        orjson.dumps(spec.outcome_rule.to_json()).decode() if spec.outcome_rule is not None else None,
     )
 
 

@@ -12,11 +12,13 @@ answers, and never touch the store. Two rules are kept here, once:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -36,6 +38,7 @@ from cbhub.domain.model import (
     now_ms,
     short_token,
 )
+from cbhub.domain.outcomes import ERROR
 from cbhub.domain.responses import Answer, answer_for
 from cbhub.domain.timing import has_settled, quiet_until
 from cbhub.errors import (
@@ -49,6 +52,7 @@ from cbhub.errors import (
     StoreUnavailable,
 )
 from cbhub.store import CallbackPage, IngestResult, Store
+from cbhub.store.base import GroupSummary
 from cbhub.store.rows import arrives_late
 from cbhub.waiting.registry import Registry, Waiter
 
@@ -67,6 +71,10 @@ WAIT_BATCH = 100
 CONTRACTS_REMEMBERED = 10_000
 # No token is longer (the public route refuses longer ones unread, as unknown).
 MAX_TOKEN = 128
+# What a group's wait waits for: no callback pending, or that or a first error result.
+UNTIL_ALL = "all"
+UNTIL_FIRST_ERROR = "first_error"
+UNTILS = (UNTIL_ALL, UNTIL_FIRST_ERROR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +175,12 @@ class Hub:
         try:
             keep_late = self.config.callbacks.keep_late
             result = await self.store.ingest(
-                incoming, guard, keep_late, self._contract_check(incoming), self._default_response
+                incoming,
+                guard,
+                keep_late,
+                self._contract_check(incoming),
+                self._default_response,
+                self.config.outcomes.builtin,
             )
         except DeliveryRefused as exc:
             self._count_refusal(incoming.token, incoming.remote_addr, exc)
@@ -269,13 +282,19 @@ class Hub:
     # Waiting
 
     async def wait_for_callback(
-        self, token: str, after: int, timeout: float, owner: str | None = None, settle: float | None = None
+        self,
+        token: str,
+        after: int,
+        timeout: float,
+        owner: str | None = None,
+        settle: float | None = None,
+        until: str = UNTIL_ALL,
     ) -> CallbackUpdate | None:
         """The callback's deliveries with id > after as soon as there are some, or the callback
         once it can receive no more, or once it turns overdue; None when `timeout` passes
         first. With an `owner`, another key's callback is not found. A callback with an
-        expected set answers only once it is complete (received), closed or overdue. With a
-        settle window (`settle` seconds, else the callback's own), see _wait_settled. Invalid
+        expected set answers only once it is complete (received), closed or overdue, or
+        (`until` first_error) at its first delivery with an error outcome. With a settle window (`settle` seconds, else the callback's own), see _wait_settled. Invalid
         deliveries (see Delivery.problems) wake nobody."""
         # Late deliveries are left out: they come once the callback has nothing more to say.
         waiter = Waiter(DeliveryFilter(token=token, owner=owner, late=False))
@@ -284,10 +303,9 @@ class Hub:
             callback = await self._find(token, owner)
             settle_ms = max(1, round(settle * 1000)) if settle is not None else callback.settle_ms
             if callback.expected is not None:
-                # The hook for issue-level `until=first_error`: a set's wait could also end at
-                # the first delivery classified as an error, tested on each event below.
                 deadline = time.monotonic() + timeout
-                update = await self._wait_for_set(waiter, callback, after, timeout, owner)
+                first_error = until == UNTIL_FIRST_ERROR
+                update = await self._wait_for_set(waiter, callback, after, timeout, owner, first_error)
                 if update is None or settle_ms is None or update.callback.status != RECEIVED:
                     return update
                 # Complete: from here on, the latest delivery must also stay the latest.
@@ -319,25 +337,37 @@ class Hub:
             self.registry.remove(waiter)
 
     async def _wait_for_set(
-        self, waiter: Waiter, callback: Callback, after: int, timeout: float, owner: str | None
+        self, waiter: Waiter, callback: Callback, after: int, timeout: float, owner: str | None, first_error: bool
     ) -> CallbackUpdate | None:
         """Until the callback's expected set is complete (it turns received), it closes, or it
         turns overdue; then the callback as read now (with its missing ids) and its deliveries
-        after `after`."""
+        after `after`. With `first_error`, also as soon as a delivery after `after` is an error:
+        then those errors are the deliveries answered."""
         deadline = time.monotonic() + timeout
         overdue_before = callback.overdue  # a wait begun after it turned overdue is not told again
+        if first_error and (failures := await self._errors_after(waiter.where, after)):
+            return CallbackUpdate(callback, failures)
         while callback.status == PENDING and not callback.closed(now_ms()):
             if callback.overdue and not overdue_before:
                 return CallbackUpdate(callback, [])
             # A pending callback gets an event when it expires: no need to wake at its expiry.
             if not await waiter.wait(deadline - time.monotonic()):
                 return None
-            done = any(event.callback.status != PENDING or event.kind == OVERDUE for event in waiter.events)
+            events = waiter.events
+            done = any(event.callback.status != PENDING or event.kind == OVERDUE for event in events)
+            failed = first_error and any(e.delivery is not None and e.delivery.outcome == ERROR for e in events)
             waiter.rearm()  # no await since the events were read: none is missed
-            if done:
+            if done or failed:
                 callback = await self._find(token=callback.token, owner=owner)
+            if failed:
+                return CallbackUpdate(callback, await self._errors_after(waiter.where, after))
         deliveries = await self.store.find_deliveries(waiter.where, after, WAIT_BATCH)
         return CallbackUpdate(callback, deliveries)
+
+    async def _errors_after(self, where: DeliveryFilter, after: int) -> list[Delivery]:
+        """The deliveries after `after` with an error outcome: what a first-error wait answers."""
+        errors = DeliveryFilter(token=where.token, owner=where.owner, late=False, outcome=ERROR)
+        return await self.store.find_deliveries(errors, after, WAIT_BATCH)
 
     async def _wait_settled(
         self, waiter: Waiter, callback: Callback, after: int, timeout: float, settle_ms: int
@@ -400,18 +430,18 @@ class Hub:
         finally:
             self.registry.remove(waiter)
 
-    async def group_counts(self, group: str, owner: str | None = None) -> dict[str, int]:
-        counts = await self.store.group_counts(group, owner)
-        if not any(counts.values()):
+    async def group_summary(self, group: str, owner: str | None = None) -> GroupSummary:
+        """The group's counts, outcomes, first errors and pending tokens."""
+        summary = await self.store.group_summary(group, owner)
+        if not any(summary.counts.values()):
             raise GroupNotFound()
-        return counts
+        return dataclasses.replace(summary, overdue=await self.store.overdue_count(group, owner))
 
-    async def group_overdue(self, group: str, owner: str | None = None) -> int:
-        """How many of a group's callbacks turned overdue."""
-        return await self.store.overdue_count(group, owner)
-
-    async def wait_for_group(self, group: str, timeout: float, owner: str | None = None) -> dict[str, int] | None:
-        """The group's counts as soon as none of its callbacks is pending; None on timeout."""
+    async def wait_for_group(
+        self, group: str, timeout: float, owner: str | None = None, until: str = UNTIL_ALL
+    ) -> GroupSummary | None:
+        """The group's summary as soon as none of its callbacks is pending or, `until`
+        first_error, as soon as one has an error result; None on timeout."""
         waiter = Waiter(DeliveryFilter(group=group, owner=owner))
         self.registry.add(waiter)
         try:
@@ -419,9 +449,12 @@ class Hub:
             while True:
                 # Re-armed before the read: an event during the read triggers one more read.
                 waiter.rearm()
-                counts = await self.group_counts(group, owner)
-                if counts[PENDING] == 0:
-                    return counts
+                # The counts alone while waiting: the lists are read once, for the answer.
+                summary = await self.store.group_summary(group, owner, details=False)
+                if not any(summary.counts.values()):
+                    raise GroupNotFound()
+                if summary.counts[PENDING] == 0 or (until == UNTIL_FIRST_ERROR and summary.outcomes[ERROR]):
+                    return await self.group_summary(group, owner)
                 if not await waiter.wait(deadline - time.monotonic()):
                     return None
         finally:
@@ -532,13 +565,18 @@ class Hub:
 def _fingerprint(spec: MintSpec, count: int, batch: bool) -> str:
     """What a mint request asked for, so that a key reused for another request is told apart."""
     verify = spec.verify.to_json() if spec.verify is not None else None
-    shape = ["batch" if batch else "one", count, spec.ttl, spec.label, spec.group, spec.metadata, spec.allow_ips, verify]
-    if spec.expect is not None or spec.contract is not None:
-        # Only then: an older key's fingerprint stays what it was.
-        expect = None if spec.expect is None else orjson.dumps([spec.expect.correlation_ids, spec.expect.count]).decode()
-        shape += [expect, spec.contract.text() if spec.contract is not None else None]
-    if spec.response is not None:
-        shape.append(spec.response.to_json())  # appended only when set: older keys still match
-    if spec.settle_ms is not None or spec.expect_within is not None:
-        shape += [spec.settle_ms, spec.expect_within]  # only then: older keys keep their fingerprint
+    shape: list[Any] = ["batch" if batch else "one", count, spec.ttl, spec.label, spec.group, spec.metadata]
+    shape += [spec.allow_ips, verify]
+    expect = spec.expect
+    optional = {
+        "expect": [expect.correlation_ids, expect.count] if expect is not None else None,
+        "contract": spec.contract.text() if spec.contract is not None else None,
+        "response": spec.response.to_json() if spec.response is not None else None,
+        "settle_ms": spec.settle_ms,
+        "expect_within": spec.expect_within,
+        "outcome": spec.outcome_rule.to_json() if spec.outcome_rule is not None else None,
+    }
+    given = {name: value for name, value in optional.items() if value is not None}
+    if given:
+        shape.append(given)  # only then: a key used before these fields existed keeps its fingerprint
     return hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -139,4 +139,26 @@ _TIMING = [
     "CREATE UNIQUE INDEX callbacks_settled_seq ON callbacks (settled_seq) WHERE settled_seq IS NOT NULL",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4, _EXPECTED_SETS_AND_CONTRACTS, _SENDER_ANSWERS, _TIMING]
+# Outcomes, as in SQLite's _outcomes step.
+_OUTCOMES = [
+    "ALTER TABLE deliveries ADD COLUMN outcome TEXT NOT NULL DEFAULT 'unknown'",
+    "ALTER TABLE deliveries ADD COLUMN error TEXT",
+    "ALTER TABLE callbacks ADD COLUMN outcome TEXT",
+    "ALTER TABLE callbacks ADD COLUMN error TEXT",
+    "ALTER TABLE callbacks ADD COLUMN outcome_rule TEXT",
+    "UPDATE callbacks SET outcome = 'unknown' WHERE last_delivery_id IS NOT NULL",
+    "UPDATE deliveries SET outcome = 'invalid' WHERE problems IS NOT NULL",
+    "CREATE INDEX callbacks_group_outcome ON callbacks (group_name, status, outcome, id) WHERE group_name IS NOT NULL",
+    "CREATE INDEX callbacks_outcome_created ON callbacks (outcome, id) WHERE outcome IS NOT NULL",
+]
+
+MIGRATIONS: list[list[str]] = [
+    _V1,
+    _V2,
+    _V3,
+    _V4,
+    _EXPECTED_SETS_AND_CONTRACTS,
+    _SENDER_ANSWERS,
+    _TIMING,
+    _OUTCOMES,
+]

@@ -40,12 +40,20 @@ from cbhub.domain.model import (
     MintSpec,
 )
 from cbhub.domain.responses import ResponseSpec
+from cbhub.domain.outcomes import ERROR
 from cbhub.errors import (
     CbhubError,
     StoreUnavailable,
 )
 from cbhub.store import decisions
-from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage, IngestResult, Store
+from cbhub.store.base import (
+    GROUP_LIST_LIMIT,
+    IDEMPOTENCY_WINDOW_MS,
+    CallbackPage,
+    GroupSummary,
+    IngestResult,
+    Store,
+)
 from cbhub.store.group_commit import (
     Announce,
     GroupCommit,
@@ -70,12 +78,14 @@ from cbhub.store.rows import (
     LAST_DELIVERY_ID,
     Params,
     by_status,
+    by_status_and_outcome,
     callback_from_row,
     callback_values,
     callback_where,
     delivery_from_row,
     delivery_values,
     delivery_where,
+    group_error,
     listing_page,
     problems_value,
     purge_order,
@@ -121,15 +131,15 @@ CLOSINGS_AFTER = (
 INSERT_CALLBACKS = (
     "INSERT INTO callbacks (token, status, created_at, expires_at, label, group_name, metadata, created_by,"
     " allow_ips, verify, expect_total, expect_named, contract, response, settle_ms, expect_within, overdue_due,"
-    " created_seq)"
+    " outcome_rule, created_seq)"
     " SELECT t.token, 'pending', $2, t.expires_at, t.label, t.group_name, t.metadata, t.created_by, t.allow_ips,"
     " t.verify, t.expect_total, t.expect_named, t.contract, t.response, t.settle_ms, t.expect_within,"
-    " t.overdue_due, nextval('creation_seq')"
+    " t.overdue_due, t.outcome_rule, nextval('creation_seq')"
     " FROM unnest($1::text[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[], $7::text[], $8::text[],"
     " $9::text[], $10::integer[], $11::boolean[], $12::text[], $13::text[], $14::bigint[], $15::bigint[],"
-    " $16::bigint[])"
+    " $16::bigint[], $17::text[])"
     " AS t (token, expires_at, label, group_name, metadata, created_by, allow_ips, verify, expect_total,"
-    " expect_named, contract, response, settle_ms, expect_within, overdue_due)"
+    " expect_named, contract, response, settle_ms, expect_within, overdue_due, outcome_rule)"
     f" RETURNING {CALLBACK_COLUMNS}"
 )
 # Timers (domain/timing.py), as on SQLite; each marking takes a place in commit order, so that
@@ -172,19 +182,19 @@ CLAIM_KEY = (
 # The delivery and its callback's new state in one round trip.
 _INSERT_DELIVERY = (
     "WITH d AS (INSERT INTO deliveries (callback_id, group_name, received_at, method, content_type, remote_addr,"
-    " headers, query, body, correlation_id, dedupe_key, answer, late, problems)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, {late}, {problems}) RETURNING id)"
+    " headers, query, body, correlation_id, dedupe_key, answer, outcome, error, late, problems)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, {late}, {problems}) RETURNING id)"
 )
 INSERT_DELIVERY = _INSERT_DELIVERY.format(late="false", problems="NULL") + (
-    " UPDATE callbacks SET status = COALESCE($13, status), deliveries = deliveries + 1,"
-    " last_delivery_id = (SELECT id FROM d) WHERE id = $1 RETURNING last_delivery_id"
+    " UPDATE callbacks SET status = COALESCE($15, status), deliveries = deliveries + 1,"
+    " last_delivery_id = (SELECT id FROM d), outcome = $13, error = $14 WHERE id = $1 RETURNING last_delivery_id"
 )
 # A late one only counts on its callback: status and result stay as they were.
-INSERT_LATE_DELIVERY = _INSERT_DELIVERY.format(late="true", problems="$13") + (
+INSERT_LATE_DELIVERY = _INSERT_DELIVERY.format(late="true", problems="$15") + (
     " UPDATE callbacks SET late_deliveries = late_deliveries + 1 WHERE id = $1 RETURNING (SELECT id FROM d)"
 )
 # An invalid one (it does not fit the contract) is counted, never the result.
-INSERT_INVALID_DELIVERY = _INSERT_DELIVERY.format(late="false", problems="$13") + (
+INSERT_INVALID_DELIVERY = _INSERT_DELIVERY.format(late="false", problems="$15") + (
     " UPDATE callbacks SET deliveries = deliveries + 1 WHERE id = $1 RETURNING (SELECT id FROM d)"
 )
 # Expected sets: each step one keyed statement (see store/decisions.py).
@@ -229,6 +239,19 @@ GROUP_COUNTS = (
     " GROUP BY status"
 )
 STATUS_COUNTS = "SELECT status, COUNT(*) FROM callbacks GROUP BY status"
+GROUP_OUTCOME_COUNTS = (
+    "SELECT status, outcome, COUNT(*) FROM callbacks WHERE group_name = $1 AND ($2::text IS NULL OR created_by = $2)"
+    " GROUP BY status, outcome"
+)
+GROUP_ERRORS = (
+    "SELECT c.token, c.label, d.correlation_id, d.error, d.id FROM callbacks c JOIN deliveries d"
+    " ON d.id = c.last_delivery_id WHERE c.group_name = $1 AND c.outcome = 'error'"
+    " AND ($2::text IS NULL OR c.created_by = $2) ORDER BY d.id LIMIT $3"
+)
+GROUP_PENDING = (
+    f"SELECT token FROM callbacks WHERE group_name = $1 AND status = '{PENDING}'"
+    " AND ($2::text IS NULL OR created_by = $2) ORDER BY id LIMIT $3"
+)
 PING = "SELECT 1"
 HAS_SCHEMA_TABLE = "SELECT to_regclass('cbhub_schema') IS NOT NULL"
 SCHEMA_VERSION = "SELECT version FROM cbhub_schema"
@@ -514,9 +537,10 @@ class PostgresStore(Store):
         keep_late: bool = True,
         check: ContractCheck | None = None,
         default_response: ResponseSpec | None = None,
+        builtin_outcomes: bool = True,
     ) -> IngestResult:
         return await self._decide(
-            lambda: decisions.ingest(incoming, guard, keep_late, check, default_response), ingested
+            lambda: decisions.ingest(incoming, guard, keep_late, check, default_response, builtin_outcomes), ingested
         )
 
     async def cancel(self, token: str, now: int) -> tuple[Callback, bool]:
@@ -739,6 +763,16 @@ class PostgresStore(Store):
             )
         )
 
+    async def group_summary(
+        self, group: str, owner: str | None = None, details: bool = True, limit: int = GROUP_LIST_LIMIT
+    ) -> GroupSummary:
+        counts, outcomes = by_status_and_outcome(await self._fetch(GROUP_OUTCOME_COUNTS, _name(group), owner))
+        if not details:
+            return GroupSummary(counts, outcomes, [], [])
+        errors = await self._fetch(GROUP_ERRORS, _name(group), owner, limit) if outcomes[ERROR] else []
+        pending = await self._fetch(GROUP_PENDING, _name(group), owner, limit) if counts[PENDING] else []
+        return GroupSummary(counts, outcomes, [group_error(row, _text) for row in errors], [row[0] for row in pending])
+
     async def status_counts(self) -> dict[str, int]:
         return by_status(await self._fetch(STATUS_COUNTS))
 
@@ -759,8 +793,8 @@ async def _answer(conn: asyncpg.Connection, step: decisions.Step) -> Any:
         case decisions.FindDuplicate(callback_id, dedupe_key):
             row = await conn.fetchrow(SELECT_DUPLICATE, callback_id, _name(dedupe_key))
             return _delivery(row) if row is not None else None
-        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status, problems, answered):
-            values = (callback_id, _name(group), *delivery_values(incoming, _name, answered))
+        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status, verdict, problems, answered):
+            values = (callback_id, _name(group), *delivery_values(incoming, verdict, _name, answered))
             if late:
                 return await conn.fetchval(INSERT_LATE_DELIVERY, *values, problems_value(problems))
             if problems:

@@ -140,6 +140,26 @@ def _timing(conn: sqlite3.Connection) -> None:
     # GET /v1/callbacks?overdue=true, newest first, and the overdue count of a group.
     conn.execute("CREATE INDEX callbacks_overdue ON callbacks (group_name) WHERE overdue = TRUE")
     conn.execute("CREATE INDEX callbacks_overdue_created ON callbacks (overdue) WHERE overdue = TRUE")
+def _outcomes(conn: sqlite3.Connection) -> None:
+    # How each delivery went (ok, error, unknown, invalid) and what went wrong (JSON or NULL),
+    # decided when it was stored; rows stored before this are unknown.
+    conn.execute("ALTER TABLE deliveries ADD COLUMN outcome TEXT NOT NULL DEFAULT 'unknown'")
+    conn.execute("ALTER TABLE deliveries ADD COLUMN error TEXT")
+    # A callback's result's outcome (NULL while it has none) and error, so that a listing shows
+    # them without reading results; and its own rule (JSON or NULL).
+    conn.execute("ALTER TABLE callbacks ADD COLUMN outcome TEXT")
+    conn.execute("ALTER TABLE callbacks ADD COLUMN error TEXT")
+    conn.execute("ALTER TABLE callbacks ADD COLUMN outcome_rule TEXT")
+    # Existing results keep the outcome their deliveries were given.
+    conn.execute("UPDATE callbacks SET outcome = 'unknown' WHERE last_delivery_id IS NOT NULL")
+    # Deliveries stored with problems (they did not fit their callback's contract) are invalid.
+    conn.execute("UPDATE deliveries SET outcome = 'invalid' WHERE problems IS NOT NULL")
+    # A group's summary (counts by status and outcome, its errors, its pending tokens) from the
+    # index alone; and the listing by outcome, newest first.
+    conn.execute(
+        "CREATE INDEX callbacks_group_outcome ON callbacks (group_name, status, outcome) WHERE group_name IS NOT NULL"
+    )
+    conn.execute("CREATE INDEX callbacks_outcome_created ON callbacks (outcome) WHERE outcome IS NOT NULL")
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
@@ -150,4 +170,5 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _expected_sets_and_contracts,
     _sender_answers,
     _timing,
+    _outcomes,
 ]

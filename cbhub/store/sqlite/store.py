@@ -35,13 +35,21 @@ from cbhub.domain.model import (
     MintSpec,
 )
 from cbhub.domain.responses import ResponseSpec
+from cbhub.domain.outcomes import ERROR
 from cbhub.errors import (
     CbhubError,
     StoreError,
     StoreUnavailable,
 )
 from cbhub.store import decisions
-from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage, IngestResult, Store
+from cbhub.store.base import (
+    GROUP_LIST_LIMIT,
+    IDEMPOTENCY_WINDOW_MS,
+    CallbackPage,
+    GroupSummary,
+    IngestResult,
+    Store,
+)
 from cbhub.store.group_commit import (
     GroupCommit,
     OpFailed,
@@ -60,12 +68,14 @@ from cbhub.store.rows import (
     LAST_DELIVERY_ID,
     Params,
     by_status,
+    by_status_and_outcome,
     callback_from_row,
     callback_values,
     callback_where,
     delivery_from_row,
     delivery_values,
     delivery_where,
+    group_error,
     listing_page,
     problems_value,
     purge_order,
@@ -90,14 +100,17 @@ SELECT_DELIVERY_BY_ID = f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d
 SELECT_DUPLICATE = f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.callback_id = ? AND d.dedupe_key = ?"
 INSERT_DELIVERY = (
     "INSERT INTO deliveries (callback_id, group_name, received_at, method, content_type, remote_addr,"
-    " headers, query, body, correlation_id, dedupe_key, answer, late, problems)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " headers, query, body, correlation_id, dedupe_key, answer, outcome, error, late, problems)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 COUNT_ON_TIME_WITH_STATUS = (
-    "UPDATE callbacks SET status = ?, deliveries = deliveries + 1, last_delivery_id = ? WHERE id = ?"
+    "UPDATE callbacks SET status = ?, deliveries = deliveries + 1, last_delivery_id = ?, outcome = ?, error = ?"
+    " WHERE id = ?"
 )
 # Without the status, SQLite leaves the three indexes that hold it alone.
-COUNT_ON_TIME = "UPDATE callbacks SET deliveries = deliveries + 1, last_delivery_id = ? WHERE id = ?"
+COUNT_ON_TIME = (
+    "UPDATE callbacks SET deliveries = deliveries + 1, last_delivery_id = ?, outcome = ?, error = ? WHERE id = ?"
+)
 COUNT_LATE = "UPDATE callbacks SET late_deliveries = late_deliveries + 1 WHERE id = ?"
 # An invalid delivery (it does not fit the contract) is counted, never the result.
 COUNT_INVALID = "UPDATE callbacks SET deliveries = deliveries + 1 WHERE id = ?"
@@ -127,8 +140,9 @@ CLAIM_KEY = (
 RECORD_KEY = "UPDATE idempotency_keys SET callback_ids = ? WHERE scope = ? AND key = ?"
 INSERT_CALLBACK = (
     "INSERT INTO callbacks (token, expires_at, label, group_name, metadata, created_by, allow_ips, verify,"
-    " expect_total, expect_named, contract, response, settle_ms, expect_within, overdue_due, created_at, status)"
-    f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{PENDING}') RETURNING {CALLBACK_COLUMNS}"
+    " expect_total, expect_named, contract, response, settle_ms, expect_within, overdue_due, outcome_rule,"
+    f" created_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{PENDING}')"
+    f" RETURNING {CALLBACK_COLUMNS}"
 )
 # Timers (domain/timing.py): a delivery restarts its callback's settle window; the sweep marks
 # what is due, each once, through the partial indexes on the due times.
@@ -180,6 +194,16 @@ HAS_DUE = f"SELECT 1 FROM callbacks WHERE status = '{PENDING}' AND expires_at <=
 GROUP_COUNTS = "SELECT status, COUNT(*) FROM callbacks WHERE group_name = ? GROUP BY status"
 OWNED_GROUP_COUNTS = "SELECT status, COUNT(*) FROM callbacks WHERE group_name = ? AND created_by = ? GROUP BY status"
 STATUS_COUNTS = "SELECT status, COUNT(*) FROM callbacks GROUP BY status"
+_OWNED = "(? IS NULL OR created_by = ?)"
+GROUP_OUTCOME_COUNTS = (
+    f"SELECT status, outcome, COUNT(*) FROM callbacks WHERE group_name = ? AND {_OWNED} GROUP BY status, outcome"
+)
+GROUP_ERRORS = (
+    "SELECT c.token, c.label, d.correlation_id, d.error, d.id FROM callbacks c JOIN deliveries d"
+    f" ON d.id = c.last_delivery_id WHERE c.group_name = ? AND c.outcome = 'error' AND {_OWNED.replace('created_by', 'c.created_by')}"
+    " ORDER BY d.id LIMIT ?"
+)
+GROUP_PENDING = f"SELECT token FROM callbacks WHERE group_name = ? AND status = '{PENDING}' AND {_OWNED} ORDER BY id LIMIT ?"
 
 
 def backup_database(source: str | os.PathLike[str], dest: str | os.PathLike[str], pages_per_step: int = 1024) -> int:
@@ -367,9 +391,13 @@ class SQLiteStore(Store):
         keep_late: bool = True,
         check: ContractCheck | None = None,
         default_response: ResponseSpec | None = None,
+        builtin_outcomes: bool = True,
     ) -> IngestResult:
         result: IngestResult = await self._writes.submit(
-            self._deciding(lambda: decisions.ingest(incoming, guard, keep_late, check, default_response)), ingested
+            self._deciding(
+                lambda: decisions.ingest(incoming, guard, keep_late, check, default_response, builtin_outcomes)
+            ),
+            ingested,
         )
         return result
 
@@ -517,6 +545,16 @@ class SQLiteStore(Store):
             return by_status(await self._fetchall(GROUP_COUNTS, (group,)))
         return by_status(await self._fetchall(OWNED_GROUP_COUNTS, (group, owner)))
 
+    async def group_summary(
+        self, group: str, owner: str | None = None, details: bool = True, limit: int = GROUP_LIST_LIMIT
+    ) -> GroupSummary:
+        counts, outcomes = by_status_and_outcome(await self._fetchall(GROUP_OUTCOME_COUNTS, (group, owner, owner)))
+        if not details:
+            return GroupSummary(counts, outcomes, [], [])
+        errors = await self._fetchall(GROUP_ERRORS, (group, owner, owner, limit)) if outcomes[ERROR] else []
+        pending = await self._fetchall(GROUP_PENDING, (group, owner, owner, limit)) if counts[PENDING] else []
+        return GroupSummary(counts, outcomes, [group_error(row) for row in errors], [row[0] for row in pending])
+
     async def status_counts(self) -> dict[str, int]:
         return by_status(await self._fetchall(STATUS_COUNTS, ()))
 
@@ -531,19 +569,24 @@ def _answer(conn: sqlite3.Connection, step: decisions.Step) -> Any:
     match step:
         case decisions.LoadCallback(token):
             return _found(conn.execute(SELECT_CALLBACK_BY_TOKEN, (token,)).fetchone())
-        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status, problems, answered):
+        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status, verdict, problems, answered):
             values = (
-                callback_id, group, *delivery_values(incoming, answered=answered), late, problems_value(problems)
+                callback_id,
+                group,
+                *delivery_values(incoming, verdict, answered=answered),
+                late,
+                problems_value(problems),
             )
             delivery_id = conn.execute(INSERT_DELIVERY, values).lastrowid
+            stored_verdict = (verdict.outcome, verdict.error_json())  # as the delivery's row has them
             if late:
                 conn.execute(COUNT_LATE, (callback_id,))
             elif problems:
                 conn.execute(COUNT_INVALID, (callback_id,))
             elif new_status is not None:
-                conn.execute(COUNT_ON_TIME_WITH_STATUS, (new_status, delivery_id, callback_id))
+                conn.execute(COUNT_ON_TIME_WITH_STATUS, (new_status, delivery_id, *stored_verdict, callback_id))
             else:
-                conn.execute(COUNT_ON_TIME, (delivery_id, callback_id))
+                conn.execute(COUNT_ON_TIME, (delivery_id, *stored_verdict, callback_id))
             return delivery_id
         case decisions.LoadDelivery(delivery_id):
             return _delivery(conn, delivery_id)
