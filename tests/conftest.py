@@ -43,7 +43,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if metafunc.definition.get_closest_marker("sqlite_only"):
         return
     if getattr(metafunc.module, "ALL_BACKENDS", False) and "backend" in metafunc.fixturenames:
-        metafunc.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+        only_postgres = metafunc.definition.get_closest_marker("postgres_only") is not None
+        metafunc.parametrize("backend", ["postgres"] if only_postgres else ["sqlite", "postgres"], indirect=True)
 
 
 @pytest.fixture

@@ -307,9 +307,8 @@ async def test_an_overdue_settle_wait_answers_not_settled(client):
 # Many instances over one PostgreSQL database
 
 
+@pytest.mark.postgres_only  # instances share a database on PostgreSQL only
 async def test_every_instance_tells_its_subscribers_of_a_settling_and_an_overdue(backend, start_hub, config):
-    if backend != "postgres":
-        pytest.skip("instances share a database on PostgreSQL only")
     a, b = await start_hub(config), await start_hub(config)
     pending = await mint(a, expect_within=EXPECT, ttl=60)
     settling = await mint(a, settle=0.3)
