@@ -59,7 +59,15 @@ class Expect:
         return len(self.correlation_ids) if self.named else self.count
 
 
-def parse_expect(value: Any) -> Expect:
+def parse_expect(value: Any, name: str = "expect") -> Expect:
+    """An expected set from a mint request; raises SpecProblem naming `name` and what is wrong."""
+    try:
+        return _expect(value)
+    except SpecProblem as exc:
+        raise SpecProblem(f"{name}: {exc}") from None
+
+
+def _expect(value: Any) -> Expect:
     if not isinstance(value, dict) or len(value) != 1 or not ({"correlation_ids", "count"} & value.keys()):
         raise SpecProblem('must be {"correlation_ids": [...]} or {"count": N}')
     if "count" in value:
@@ -174,9 +182,16 @@ def _names(value: Any, what: str) -> tuple[str, ...]:
 CONTRACT_FIELDS = frozenset({"json_schema", "form_fields", "content_types", "reject"})
 
 
-def parse_contract(value: Any) -> Contract:
-    """A contract from a mint request; raises SpecProblem naming what is wrong (an invalid
-    schema says where)."""
+def parse_contract(value: Any, name: str = "contract") -> Contract:
+    """A contract from a mint request; raises SpecProblem naming `name` and what is wrong (an
+    invalid schema says where)."""
+    try:
+        return _contract(value)
+    except SpecProblem as exc:
+        raise SpecProblem(f"{name}: {exc}") from None
+
+
+def _contract(value: Any) -> Contract:
     if not isinstance(value, dict):
         raise SpecProblem("must be an object with json_schema, form_fields, content_types, reject")
     unknown = value.keys() - CONTRACT_FIELDS

@@ -7,18 +7,24 @@ from typing import Any
 from aiohttp import web
 
 from cbhub.config import CallbacksConfig
+from cbhub.domain.expectations import MAX_CONTRACT_BYTES, SpecProblem, parse_contract, parse_expect
 from cbhub.domain.filters import CallbackFilter
 from cbhub.domain.model import STATUSES, Callback, Delivery, MintSpec
-from cbhub.domain.outcomes import OUTCOMES
+from cbhub.domain.outcomes import OUTCOMES, RuleError, parse_rule
+from cbhub.domain.responses import ResponseSpecError, parse_response
+from cbhub.domain.signatures import SpecError, parse_spec
 from cbhub.errors import DeliveryNotFound, InvalidHeader
 from cbhub.http.errors import json_response
 from cbhub.http.keys import CONFIG, HUB, base_url, caller
 from cbhub.http.params import (
     AFTER,
+    CONTRACT_SHAPE,
     DELIVERY_FILTERS,
+    EXPECT_SHAPE,
     MAX_CURSOR,
-    ContractField,
-    ExpectField,
+    RESPONSE_SHAPE,
+    RULE_SHAPE,
+    VERIFY_SHAPE,
     FlagParam,
     IntField,
     IntParam,
@@ -26,12 +32,10 @@ from cbhub.http.params import (
     NameField,
     NetworksField,
     ObjectField,
-    ResponseField,
-    OutcomeRuleField,
     SecondsParam,
+    SpecField,
     TextParam,
     TokensParam,
-    VerifyField,
     query_filter,
 )
 from cbhub.http.timing import ExpectWithinField, SettleField, SettleParam, settle_ms
@@ -49,19 +53,40 @@ METADATA = ObjectField("metadata", "kept with the callback, returned as it is")
 ALLOW_IPS = NetworksField(
     "allow_ips", "IP addresses or CIDRs the callback URL accepts requests from (403 otherwise)"
 )
-VERIFY = VerifyField("verify", "signature check of every request: docs/security.md")
-RESPONSE = ResponseField(
-    "response", "what the callback URL answers a sender: a fixed answer or an echo (docs/api.md)"
+VERIFY = SpecField(
+    "verify", "signature check of every request: docs/security.md", parse_spec, SpecError, VERIFY_SHAPE
+)
+RESPONSE = SpecField(
+    "response",
+    "what the callback URL answers a sender: a fixed answer or an echo (docs/api.md)",
+    parse_response,
+    ResponseSpecError,
+    RESPONSE_SHAPE,
 )
 COUNT = IntField("count", 1, 1, MAX_BATCH, "how many callbacks to mint", required=True)
-EXPECT = ExpectField(
+EXPECT = SpecField(
     "expect",
     "the correlation ids this one URL awaits (named, or a count of distinct ones): pending until all arrived",
+    parse_expect,
+    SpecProblem,
+    EXPECT_SHAPE,
 )
-CONTRACT = ContractField(
-    "contract", "what a delivery must look like; one that does not fit is stored as invalid, never the result"
+CONTRACT = SpecField(
+    "contract",
+    "what a delivery must look like; one that does not fit is stored as invalid, never the result"
+    f" (at most {MAX_CONTRACT_BYTES} bytes as JSON)",
+    parse_contract,
+    SpecProblem,
+    CONTRACT_SHAPE,
 )
-OUTCOME_RULE = OutcomeRuleField("outcome", "how to read each delivery's outcome: which field, which values")
+OUTCOME_RULE = SpecField(
+    "outcome",
+    "how to read each delivery's outcome: which field, which values"
+    " (ok, error or both; compared as text, case-insensitively)",
+    parse_rule,
+    RuleError,
+    RULE_SHAPE,
+)
 
 
 def ttl_field(limits: CallbacksConfig) -> IntField:

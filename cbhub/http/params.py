@@ -10,23 +10,17 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Generic, Mapping, Protocol, TypeVar
+from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar
 
 import orjson
 from aiohttp import web
 
 from cbhub.domain import networks
 from cbhub.domain.expectations import (
-    MAX_CONTRACT_BYTES,
     MAX_CONTRACT_NAMES,
     MAX_COUNT,
     MAX_ID_LENGTH,
     MAX_NAMED_IDS,
-    Contract,
-    Expect,
-    SpecProblem,
-    parse_contract,
-    parse_expect,
 )
 from cbhub.domain.filters import DeliveryFilter
 from cbhub.domain.model import HIDDEN_HEADERS
@@ -34,9 +28,6 @@ from cbhub.domain.outcomes import (
     MAX_RULE_TEXT,
     MAX_RULE_VALUES,
     OUTCOMES,
-    OutcomeRule,
-    RuleError,
-    parse_rule,
 )
 from cbhub.domain.responses import (
     MAX_BODY_CHARS,
@@ -50,9 +41,6 @@ from cbhub.domain.responses import (
     STATUS_MAX,
     STATUS_MIN,
     TEXT_PLAIN,
-    ResponseSpec,
-    ResponseSpecError,
-    parse_response,
 )
 from cbhub.domain.signatures import (
     ENCODINGS,
@@ -64,9 +52,6 @@ from cbhub.domain.signatures import (
     STANDARD_WEBHOOKS,
     WHSEC_KEY_PATTERN,
     WHSEC_PREFIX,
-    SpecError,
-    VerifySpec,
-    parse_spec,
 )
 from cbhub.errors import (
     BadRequest,
@@ -93,6 +78,7 @@ class MultiQuery(Protocol):
 
 Body = Mapping[str, Any]
 D = TypeVar("D", int, None)
+S = TypeVar("S")
 
 
 # Query parameters. Absent and empty are the same: `?limit=` is no limit given.
@@ -450,87 +436,31 @@ class NetworksField:
 
 
 @dataclass(frozen=True, slots=True)
-class VerifyField:
-    """A signature check (cbhub.domain.signatures); absent or null: none."""
+class SpecField(Generic[S]):
+    """A JSON object a domain module reads and checks: a signature check, a response spec, an
+    outcome rule, an expected set, a contract. Absent or null: None. `read(value, name)`
+    raises `problem` with a message naming the part at fault; `shape` is the JSON Schema of
+    what `read` accepts, as far as a schema can say it."""
 
     name: str
     description: str
+    read: Callable[[Any, str], S]
+    problem: type[Exception]
+    shape: Schema
     required = False
 
-    def parse(self, body: Body) -> VerifySpec | None:
+    def parse(self, body: Body) -> S | None:
         value = body.get(self.name)
         if value is None:
             return None
         try:
-            return parse_spec(value, self.name)
-        except SpecError as exc:
-            # The message names the field and never repeats the secret.
+            return self.read(value, self.name)
+        except self.problem as exc:
+            # The message names the field (and never repeats a secret).
             raise BadRequest(str(exc), code=InvalidField.code) from None
 
     def schema(self) -> Schema:
-        # One object per scheme, each with its own required fields: what parse_spec accepts.
-        return {"nullable": True, "description": self.description, "oneOf": [_STANDARD_WEBHOOKS, _HMAC]}
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseField:
-    """What the callback URL answers a sender (cbhub.domain.responses); absent or null: the
-    server's default, cbhub's JSON receipt unless [ingest.response] sets one."""
-
-    name: str
-    description: str
-    required = False
-
-    def parse(self, body: Body) -> ResponseSpec | None:
-        value = body.get(self.name)
-        if value is None:
-            return None
-        try:
-            return parse_response(value, self.name)
-        except ResponseSpecError as exc:
-            raise BadRequest(str(exc), code=InvalidField.code) from None
-
-    def schema(self) -> Schema:
-        return {"nullable": True, "description": self.description, "oneOf": [_FIXED_ANSWER, _ECHO_ANSWER]}
-
-
-@dataclass(frozen=True, slots=True)
-class OutcomeRuleField:
-    """A callback's own outcome rule (cbhub.domain.outcomes); absent or null: none."""
-
-    name: str
-    description: str
-    required = False
-
-    def parse(self, body: Body) -> OutcomeRule | None:
-        value = body.get(self.name)
-        if value is None:
-            return None
-        try:
-            return parse_rule(value, self.name)
-        except RuleError as exc:
-            raise BadRequest(str(exc), code=InvalidField.code) from None
-
-    def schema(self) -> Schema:
-        # What parse_rule accepts; that ok and error share no value, and that one of them is
-        # given, the description says.
-        field = {"type": "string", "minLength": 1, "maxLength": MAX_RULE_TEXT}
-        word = {"oneOf": [{"type": "string", "maxLength": MAX_RULE_TEXT}, {"type": "number"}, {"type": "boolean"}]}
-        words = {"type": "array", "items": word, "maxItems": MAX_RULE_VALUES, "nullable": True}
-        return {
-            "type": "object",
-            "nullable": True,
-            "additionalProperties": False,
-            "required": ["field"],
-            "properties": {
-                "field": {**field, "description": 'a form field, a top-level JSON key, or a JSON Pointer ("/result/state")'},
-                "ok": {**words, "description": "values meaning success (absent: any value not in error)"},
-                "error": {**words, "description": "values meaning failure"},
-                "error_code": {**field, "nullable": True, "description": "the field holding the error's code"},
-                "error_message": {**field, "nullable": True, "description": "the field holding the error's message"},
-            },
-            "description": self.description + " (ok, error or both; compared as text, case-insensitively)",
-        }
+        return {"nullable": True, **self.shape, "description": self.description}
 
 
 # The patterns below say in JSON Schema (ECMAScript regular expressions) what Python accepts,
@@ -663,81 +593,83 @@ IP_NETWORK_PATTERN = (
     f"^{_SPACE}*(?:{_IPV4}(?:/{_IPV4_PREFIX})?|(?:{_IPV6})(?:/{_IPV6_PREFIX})?){_SPACE}*$"
 )
 
-
-@dataclass(frozen=True, slots=True)
-class ExpectField:
-    """An expected set (cbhub.domain.expectations): named correlation ids or a count; absent or
-    null: none (the first delivery completes the callback)."""
-
-    name: str
-    description: str
-    required = False
-
-    def parse(self, body: Body) -> Expect | None:
-        value = body.get(self.name)
-        if value is None:
-            return None
-        try:
-            return parse_expect(value)
-        except SpecProblem as exc:
-            raise InvalidField(self.name, str(exc)) from None
-
-    def schema(self) -> Schema:
-        named = {
-            "type": "array",
-            "minItems": 1,
-            "maxItems": MAX_NAMED_IDS,
-            "uniqueItems": True,
-            "items": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
-            "description": "each must arrive once, as a delivery's correlation_id",
-        }
-        return {
-            "nullable": True,
-            "description": self.description,
-            "oneOf": [
-                {"type": "object", "additionalProperties": False, "required": ["correlation_ids"],
-                 "properties": {"correlation_ids": named}},
-                {"type": "object", "additionalProperties": False, "required": ["count"],
-                 "properties": {"count": {"type": "integer", "minimum": 1, "maximum": MAX_COUNT}}},
-            ],
-        }
+# The shapes of the SpecFields' objects: what each domain parser accepts.
+VERIFY_SHAPE: Schema = {"oneOf": [_STANDARD_WEBHOOKS, _HMAC]}
+RESPONSE_SHAPE: Schema = {"oneOf": [_FIXED_ANSWER, _ECHO_ANSWER]}
 
 
-@dataclass(frozen=True, slots=True)
-class ContractField:
-    """What a delivery must look like (cbhub.domain.expectations.Contract); absent or null: anything."""
+def _rule_shape() -> Schema:
+    # What parse_rule accepts; that ok and error share no value, and that one of them is given,
+    # the description says.
+    field = {"type": "string", "minLength": 1, "maxLength": MAX_RULE_TEXT}
+    word = {"oneOf": [{"type": "string", "maxLength": MAX_RULE_TEXT}, {"type": "number"}, {"type": "boolean"}]}
+    words = {"type": "array", "items": word, "maxItems": MAX_RULE_VALUES, "nullable": True}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["field"],
+        "properties": {
+            "field": {**field, "description": 'a form field, a top-level JSON key, or a JSON Pointer ("/result/state")'},
+            "ok": {**words, "description": "values meaning success (absent: any value not in error)"},
+            "error": {**words, "description": "values meaning failure"},
+            "error_code": {**field, "nullable": True, "description": "the field holding the error's code"},
+            "error_message": {**field, "nullable": True, "description": "the field holding the error's message"},
+        },
+    }
 
-    name: str
-    description: str
-    required = False
 
-    def parse(self, body: Body) -> Contract | None:
-        value = body.get(self.name)
-        if value is None:
-            return None
-        try:
-            return parse_contract(value)
-        except SpecProblem as exc:
-            raise InvalidField(self.name, str(exc)) from None
-
-    def schema(self) -> Schema:
-        names = {
-            "type": "array",
-            "maxItems": MAX_CONTRACT_NAMES,
-            "items": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
-            "nullable": True,
-        }
-        # A schema is checked as a JSON Schema 2020-12 by the server; the document cannot say
-        # that, nor that one of the three checks must be given.
-        return {
-            "type": "object",
-            "nullable": True,
-            "additionalProperties": False,
-            "description": self.description + f" (at most {MAX_CONTRACT_BYTES} bytes as JSON)",
-            "properties": {
-                "json_schema": {"type": "object", "nullable": True, "description": "a JSON Schema 2020-12"},
-                "form_fields": {**names, "description": "fields that must be present and non-empty"},
-                "content_types": {**names, "description": "media types accepted, such as application/json"},
-                "reject": {"type": "boolean", "nullable": True, "description": "answer 422 to a delivery that does not fit (it is stored all the same)"},
+def _expect_shape() -> Schema:
+    named = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": MAX_NAMED_IDS,
+        "uniqueItems": True,
+        "items": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
+        "description": "each must arrive once, as a delivery's correlation_id",
+    }
+    return {
+        "oneOf": [
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["correlation_ids"],
+                "properties": {"correlation_ids": named},
             },
-        }
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["count"],
+                "properties": {"count": {"type": "integer", "minimum": 1, "maximum": MAX_COUNT}},
+            },
+        ],
+    }
+
+
+def _contract_shape() -> Schema:
+    names = {
+        "type": "array",
+        "maxItems": MAX_CONTRACT_NAMES,
+        "items": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
+        "nullable": True,
+    }
+    # A schema is checked as a JSON Schema 2020-12 by the server; the document cannot say that,
+    # nor that one of the three checks must be given.
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "json_schema": {"type": "object", "nullable": True, "description": "a JSON Schema 2020-12"},
+            "form_fields": {**names, "description": "fields that must be present and non-empty"},
+            "content_types": {**names, "description": "media types accepted, such as application/json"},
+            "reject": {
+                "type": "boolean",
+                "nullable": True,
+                "description": "answer 422 to a delivery that does not fit (it is stored all the same)",
+            },
+        },
+    }
+
+
+RULE_SHAPE = _rule_shape()
+EXPECT_SHAPE = _expect_shape()
+CONTRACT_SHAPE = _contract_shape()

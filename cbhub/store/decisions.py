@@ -22,9 +22,9 @@ from cbhub.domain.model import (
     Incoming,
     MintSpec,
 )
+from cbhub.domain.outcomes import INVALID_VERDICT, Verdict, classify
 from cbhub.domain.responses import Answer, ResponseSpec, answer_for
 from cbhub.domain.timing import settle_due
-from cbhub.domain.outcomes import INVALID_VERDICT, Verdict, classify
 from cbhub.errors import CallbackNotFound, IdempotencyConflict, SchemaTooNew
 from cbhub.store.base import IngestResult
 from cbhub.store.rows import arrives_late, new_delivery

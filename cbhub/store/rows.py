@@ -23,8 +23,8 @@ from cbhub.domain.model import (
     Incoming,
     MintSpec,
 )
-from cbhub.domain.responses import Answer, parse_response
 from cbhub.domain.outcomes import RESULT_OUTCOMES, Verdict, parse_rule
+from cbhub.domain.responses import Answer, parse_response
 from cbhub.domain.signatures import VerifySpec
 from cbhub.domain.timing import overdue_due
 from cbhub.errors import CallbackClosed

@@ -39,8 +39,8 @@ from cbhub.domain.model import (
     Incoming,
     MintSpec,
 )
-from cbhub.domain.responses import ResponseSpec
 from cbhub.domain.outcomes import ERROR
+from cbhub.domain.responses import ResponseSpec
 from cbhub.errors import (
     CbhubError,
     StoreUnavailable,
