@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, AsyncGenerator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Callable, Mapping, Protocol, TypeVar
 
 import aiohttp
 import orjson
@@ -299,51 +299,44 @@ class Backoff:
 # An attempt that lasted this long counts as a working connection: the next failure starts
 # the backoff over.
 HEALTHY_SECONDS = 10.0
+# What a resumed stream yields: deliveries, and (over a websocket) timer events too.
+Item = TypeVar("Item", Delivery, Delivery | TimerEvent)
 
 
-async def resume_events(
+def resume_events(
     socket: WebSocket, filters: Mapping[str, str], after: int, backoff: Backoff | None = None
 ) -> AsyncGenerator[Delivery | TimerEvent, None]:
     """`resume` over a websocket, with the timer events: a timer's event has no id to resume
     from, so one that fires while the connection is down is not told again (the callback's
     `settled_at` and `overdue` say it)."""
-    backoff = backoff or Backoff()
-    last = after
-    while True:
-        started = time.monotonic()
-        try:
-            async with aclosing(socket.events(filters, last)) as stream:
-                async for item in stream:
-                    if isinstance(item, Delivery):
-                        if item.id <= last:
-                            continue
-                        last = item.id
-                    backoff.reset()
-                    yield item
-        except Unavailable as exc:
-            if time.monotonic() - started >= HEALTHY_SECONDS:
-                backoff.reset()
-            delay = backoff.delay(exc.retry_after)
-            log.info("server unavailable (%s); reconnecting in %.1f s, resuming after delivery %d", exc, delay, last)
-            await asyncio.sleep(delay)
+    return _resuming(lambda last: socket.events(filters, last), after, backoff)
 
 
-async def resume(
+def resume(
     transport: Transport, filters: Mapping[str, str], after: int, backoff: Backoff | None = None
 ) -> AsyncGenerator[Delivery, None]:
     """Every delivery matching `filters` with id > after, forever, across reconnections."""
+    return _resuming(lambda last: transport.stream(filters, last), after, backoff)
+
+
+async def _resuming(
+    open_stream: Callable[[int], AsyncGenerator[Item, None]], after: int, backoff: Backoff | None
+) -> AsyncGenerator[Item, None]:
+    """What `open_stream(last)` yields, reopened after each outage from the last delivery
+    yielded, waiting out the backoff between tries."""
     backoff = backoff or Backoff()
     last = after
     while True:
         started = time.monotonic()
         try:
-            async with aclosing(transport.stream(filters, last)) as stream:
-                async for delivery in stream:
-                    if delivery.id <= last:
-                        continue  # a transport's replay overlapping what was yielded: never repeat
-                    last = delivery.id
+            async with aclosing(open_stream(last)) as stream:
+                async for item in stream:
+                    if isinstance(item, Delivery):
+                        if item.id <= last:
+                            continue  # a transport's replay overlapping what was yielded: never repeat
+                        last = item.id
                     backoff.reset()
-                    yield delivery
+                    yield item
         except Unavailable as exc:
             if time.monotonic() - started >= HEALTHY_SECONDS:
                 backoff.reset()
