@@ -92,6 +92,7 @@ async def test_a_delivery_that_does_not_fit_the_contract_is_invalid_and_never_th
 
     state = await read(client, f"/v1/callbacks/{token}")
     assert state["status"] == "pending" and state["outcome"] is None and state["result"] is None
+    assert state["deliveries"] == 1 and state["invalid_deliveries"] == 1
     invalid = await read(client, "/v1/deliveries", token=token, outcome="invalid")
     assert [d["id"] for d in invalid["deliveries"]] == [receipt["delivery_id"]]
 

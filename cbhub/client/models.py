@@ -156,6 +156,8 @@ class Callback:
     raw: dict[str, Any] = field(repr=False, compare=False)
     # Deliveries kept after it closed (each `Delivery.late`).
     late_deliveries: int = 0
+    # How many of its deliveries did not fit its contract (kept, never its result).
+    invalid_deliveries: int = 0
     # Its result's outcome and error; None while it has no result.
     outcome: str | None = None
     error: DeliveryError | None = None
@@ -190,6 +192,7 @@ class Callback:
             result=Delivery.from_json(result) if result is not None else None,
             raw=data,
             late_deliveries=data.get("late_deliveries", 0),
+            invalid_deliveries=data.get("invalid_deliveries", 0),
             outcome=data.get("outcome"),
             error=DeliveryError.from_json(data.get("error")),
             expected=Expected.from_json(expected) if expected is not None else None,

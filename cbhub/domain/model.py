@@ -129,6 +129,8 @@ class Callback:
     result: Delivery | None = None
     # Deliveries kept after it closed (see Delivery.late); not counted in `deliveries`.
     late_deliveries: int = 0
+    # Deliveries that did not fit its contract (see Delivery.problems); counted in `deliveries`.
+    invalid_deliveries: int = 0
     # The name of the API key that minted it; None when minted without keys.
     created_by: str | None = None
     # Guards on its public URL, set at mint: source networks (CIDRs) and a signature scheme.
@@ -164,6 +166,7 @@ class Callback:
             "metadata": self.metadata,
             "deliveries": self.deliveries,
             "late_deliveries": self.late_deliveries,
+            "invalid_deliveries": self.invalid_deliveries,
             "result": self.result.to_json() if self.result is not None else None,
             "created_by": self.created_by,
             "allow_ips": list(self.allow_ips),

@@ -143,6 +143,10 @@ SCHEMAS: dict[str, Any] = {
             "metadata": {"type": "object"},
             "deliveries": {"type": "integer"},
             "late_deliveries": {"type": "integer", "description": "deliveries kept after it closed"},
+            "invalid_deliveries": {
+                "type": "integer",
+                "description": "deliveries that did not fit its contract (counted in deliveries, never its result)",
+            },
             "result": {"allOf": [_ref("Delivery")], "nullable": True},
             "created_by": {"type": "string", "nullable": True, "description": "the name of the API key that minted it"},
             "allow_ips": {"type": "array", "items": {"type": "string"}},

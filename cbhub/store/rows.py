@@ -34,7 +34,8 @@ from cbhub.store.base import IDEMPOTENCY_WINDOW_MS, CallbackPage, GroupError
 CALLBACK_COLUMNS = (
     "id, token, status, created_at, expires_at, label, group_name, metadata, deliveries, last_delivery_id,"
     " created_by, allow_ips, verify, late_deliveries, expect_total, expect_named, expect_arrived, expect_unexpected,"
-    " contract, response, settle_ms, settled_at, expect_within, overdue, outcome, outcome_rule, error"
+    " contract, response, settle_ms, settled_at, expect_within, overdue, outcome, outcome_rule, error,"
+    " invalid_deliveries"
 )
 DELIVERY_COLUMNS = (
     "d.id, c.token, d.received_at, d.method, d.content_type, d.remote_addr, d.headers, d.query,"
@@ -92,6 +93,7 @@ def callback_from_row(row: Sequence[Any], text: Text = _same) -> Callback:
         outcome=row[24],
         outcome_rule=parse_rule(orjson.loads(row[25])) if row[25] is not None else None,
         error=orjson.loads(row[26]) if row[26] is not None else None,
+        invalid_deliveries=row[27],
     )
 
 
@@ -203,6 +205,7 @@ def new_delivery(
         return delivery
     callback.deliveries += 1
     if problems:
+        callback.invalid_deliveries += 1
         return delivery
     if callback.status == PENDING and new_status is not None:
         callback.status = new_status

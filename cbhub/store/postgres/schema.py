@@ -101,6 +101,7 @@ _EXPECTED_SETS_AND_CONTRACTS = [
     "ALTER TABLE callbacks ADD COLUMN expect_arrived INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE callbacks ADD COLUMN expect_unexpected INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE callbacks ADD COLUMN contract TEXT",
+    "ALTER TABLE callbacks ADD COLUMN invalid_deliveries INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE deliveries ADD COLUMN problems TEXT",
     """CREATE TABLE expected_ids (
         callback_id BIGINT NOT NULL,

@@ -195,7 +195,8 @@ INSERT_LATE_DELIVERY = _INSERT_DELIVERY.format(late="true", problems="$15") + (
 )
 # An invalid one (it does not fit the contract) is counted, never the result.
 INSERT_INVALID_DELIVERY = _INSERT_DELIVERY.format(late="false", problems="$15") + (
-    " UPDATE callbacks SET deliveries = deliveries + 1 WHERE id = $1 RETURNING (SELECT id FROM d)"
+    " UPDATE callbacks SET deliveries = deliveries + 1, invalid_deliveries = invalid_deliveries + 1 WHERE id = $1"
+    " RETURNING (SELECT id FROM d)"
 )
 # Expected sets: each step one keyed statement (see store/decisions.py).
 MARK_ARRIVED = (

@@ -108,6 +108,7 @@ def _expected_sets_and_contracts(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE callbacks ADD COLUMN expect_arrived INTEGER NOT NULL DEFAULT 0")
     conn.execute("ALTER TABLE callbacks ADD COLUMN expect_unexpected INTEGER NOT NULL DEFAULT 0")
     conn.execute("ALTER TABLE callbacks ADD COLUMN contract TEXT")
+    conn.execute("ALTER TABLE callbacks ADD COLUMN invalid_deliveries INTEGER NOT NULL DEFAULT 0")
     conn.execute("ALTER TABLE deliveries ADD COLUMN problems TEXT")
     # One row per expected id (named: all of them from the mint on; counted: each as it
     # arrives), so an arrival is one keyed update however large the set. `position` is the

@@ -113,7 +113,9 @@ COUNT_ON_TIME = (
 )
 COUNT_LATE = "UPDATE callbacks SET late_deliveries = late_deliveries + 1 WHERE id = ?"
 # An invalid delivery (it does not fit the contract) is counted, never the result.
-COUNT_INVALID = "UPDATE callbacks SET deliveries = deliveries + 1 WHERE id = ?"
+COUNT_INVALID = (
+    "UPDATE callbacks SET deliveries = deliveries + 1, invalid_deliveries = invalid_deliveries + 1 WHERE id = ?"
+)
 # Expected sets: each step one keyed statement (see store/decisions.py).
 MARK_ARRIVED = "UPDATE expected_ids SET arrived = 1 WHERE callback_id = ? AND correlation_id = ? AND arrived = 0"
 ADD_ARRIVAL = (
