@@ -84,7 +84,7 @@ class Postgres:
         self.server.start()
         if self.cores.server is not None:
             self._postmaster().cpu_affinity(sorted(self.cores.server))
-        self._pin_children()
+        self.pin_children()
 
     def stop(self) -> None:
         self.server.stop()
@@ -92,7 +92,7 @@ class Postgres:
     def _postmaster(self) -> psutil.Process:
         return psutil.Process(int((self.server.data / "postmaster.pid").read_text().split()[0]))
 
-    def _pin_children(self) -> None:
+    def pin_children(self) -> None:
         # Backends forked later inherit the postmaster's affinity; those already running do not.
         if self.cores.server is None:
             return
@@ -266,7 +266,7 @@ def postgres(ctx: Context) -> list[Figure]:
                 try:
                     # One at a time, so that those started are stopped if another fails to start.
                     servers.extend(_instances(ctx, setup, count, dsn, run))
-                    pg._pin_children()
+                    pg.pin_children()
                     _measure(ctx, figures, pg, setup, servers, dsn)
                 finally:
                     for server in servers:
@@ -285,7 +285,7 @@ def _measure(ctx: Context, figures: Figures, pg: Postgres, setup: str, servers: 
     loads = [load.Load(s.url, "POST", "/cb/", tokens, ctx.body, share, plan.ingest_seconds) for s in servers]
     warm_ups = [replace(each, seconds=plan.warm_up_seconds) for each in loads]
     load.drive_together(warm_ups, ctx.tool, ctx.cores, ctx.workdir)
-    pg._pin_children()  # the pools' connections opened during the warm-up
+    pg.pin_children()  # the pools' connections opened during the warm-up
     cbhub_before = sum(s.cpu_seconds() for s in servers)
     pg_before = pg.cpu_seconds() if dsn else 0.0
     batches_before = [_scrape(s) for s in servers]
@@ -340,14 +340,15 @@ def _why(figures: Figures) -> str:
     batch_one, batch_two = pair("deliveries per commit (group commit)")
     _, held = pair("ordering lock held (share of samples)")
     _, waited = pair("a writer waiting for the ordering lock (share of samples)")
+    verdict = "less than" if two < one else "more than"
+    ratio = two / one if one else float("nan")
     return (
-        f"PostgreSQL: two instances ingest {two / one:.2f} × what one instance does ({two:,.0f} against {one:,.0f} req/s), "
-        f"on the same server core(s). Why, in this run: every batch that hands out ids takes one advisory lock (the "
-        f"ordering lock, so that ids are handed out in commit order) and holds it to its commit, so the two "
-        f"instances' writers take turns (held in {held:.0f}% of the samples, a writer waiting for it in {waited:.0f}%); "
-        f"one database does every commit ({batch_one:.1f} → {batch_two:.1f} deliveries per commit, PostgreSQL CPU "
-        f"per request {pg_one:.0f} → {pg_two:.0f} µs); and each "
-        f"instance, woken by the other's NOTIFY, reads the other's commits back to announce them (cbhub CPU per "
-        f"request, both instances together, {cbhub_one:.0f} → {cbhub_two:.0f} µs)."
+        f"PostgreSQL: two instances ingest {verdict} one, {ratio:.2f} × ({two:,.0f} against {one:,.0f} req/s). "
+        f"In this run: every batch that hands out ids takes one advisory lock (the ordering lock, so that ids are "
+        f"handed out in commit order) and holds it to its commit, so the two instances' writers take turns (held "
+        f"in {held:.0f}% of the samples, a writer waiting for it in {waited:.0f}%); one database does every commit "
+        f"({batch_one:.1f} → {batch_two:.1f} deliveries per commit, PostgreSQL CPU per request {pg_one:.0f} → "
+        f"{pg_two:.0f} µs); and each instance, woken by the other's NOTIFY, reads the other's commits back to "
+        f"announce them (cbhub CPU per request, both instances together, {cbhub_one:.0f} → {cbhub_two:.0f} µs)."
     )
 
