@@ -9,16 +9,17 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
 
 from bench import load, nchan
-from cbhub.cli.eventloop import EVENT_LOOPS, resolve
+from bench.parts import PARTS
 from bench.plan import FULL, SMOKE
 from bench.procs import pin_self, plan_cores, raise_file_limit
 from bench.report import Figure, table, write_json
-from bench.suite import PARTS, Context
+from bench.suite import Context
+from cbhub.cli.eventloop import EVENT_LOOPS, resolve
 
 RESULTS = Path(__file__).with_name("results")
 

@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,6 +60,7 @@ class Load:
     body: bytes | None
     connections: int
     seconds: float
+    content_type: str = CONTENT_TYPE  # the body's
 
 
 def drive(load: Load, tool: str, cores: Cores, workdir: Path) -> LoadResult:
@@ -68,14 +70,41 @@ def drive(load: Load, tool: str, cores: Cores, workdir: Path) -> LoadResult:
     return asyncio.run(_drive_python(load))
 
 
+def drive_together(loads: Sequence[Load], tool: str, cores: Cores, workdir: Path) -> LoadResult:
+    """Apply several loads at once (on servers of their own, say), as one: their requests,
+    answers not 2xx and errors summed, the longest duration, and the worst of their p50s and
+    p99s (each generator sees only its own requests)."""
+    if tool == "wrk":
+        procs = [_start_wrk(load, cores, workdir, f"-{n}") for n, load in enumerate(loads)]
+        results = [_wrk_result(proc, load) for proc, load in zip(procs, loads)]
+    else:
+
+        async def all_of() -> list[LoadResult]:
+            return list(await asyncio.gather(*(_drive_python(load) for load in loads)))
+
+        results = asyncio.run(all_of())
+    return LoadResult(
+        requests=sum(r.requests for r in results),
+        seconds=max(r.seconds for r in results),
+        non_2xx=sum(r.non_2xx for r in results),
+        errors=sum(r.errors for r in results),
+        p50_ms=max(r.p50_ms for r in results),
+        p99_ms=max(r.p99_ms for r in results),
+    )
+
+
 def _drive_wrk(load: Load, cores: Cores, workdir: Path) -> LoadResult:
-    tokens_file = workdir / "tokens.txt"
+    return _wrk_result(_start_wrk(load, cores, workdir), load)
+
+
+def _start_wrk(load: Load, cores: Cores, workdir: Path, tag: str = "") -> subprocess.Popen[str]:
+    tokens_file = workdir / f"tokens{tag}.txt"
     tokens_file.write_text("\n".join(load.tokens) + "\n")
     args = [load.method, load.prefix, str(tokens_file)]
     if load.body is not None:
-        body_file = workdir / "body.bin"
+        body_file = workdir / f"body{tag}.bin"
         body_file.write_bytes(load.body)
-        args.append(str(body_file))
+        args += [str(body_file), load.content_type]
     threads = len(cores.load) if cores.load else 1
     command = [
         *cores.load_prefix(),
@@ -91,8 +120,19 @@ def _drive_wrk(load: Load, cores: Cores, workdir: Path) -> LoadResult:
         "--",
         *args,
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=load.seconds + 60, check=True)
-    line = next(line for line in reversed(done.stdout.splitlines()) if line.startswith("{"))
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wrk_result(proc: subprocess.Popen[str], load: Load) -> LoadResult:
+    try:
+        stdout, stderr = proc.communicate(timeout=load.seconds + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, stdout, stderr)
+    line = next(line for line in reversed(stdout.splitlines()) if line.startswith("{"))
     report = json.loads(line)
     return LoadResult(
         requests=report["requests"],
@@ -107,7 +147,7 @@ def _drive_wrk(load: Load, cores: Cores, workdir: Path) -> LoadResult:
 async def _drive_python(load: Load) -> LoadResult:
     latencies: list[float] = []
     counts = {"non_2xx": 0, "errors": 0}
-    headers = {"Content-Type": CONTENT_TYPE} if load.body is not None else {}
+    headers = {"Content-Type": load.content_type} if load.body is not None else {}
     budget = int(load.seconds * MAX_RATE)
     tokens = load.tokens
     connector = aiohttp.TCPConnector(limit=load.connections)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+import orjson
+
 BODY_BYTES = 1024
 CONTENT_TYPE = "application/x-www-form-urlencoded"
 
@@ -37,3 +39,30 @@ def marketing_cloud_body(request_id: str = MARKETING_CLOUD_FIELDS["RequestID"]) 
     # Padding the message with "x" grows the encoded form one byte per character.
     fields["ResultDetailXML"] = xml.format("x" * max(pad, 0))
     return urlencode(fields).encode()
+
+
+JSON_CONTENT_TYPE = "application/json"
+
+# A small contract for the JSON body: what a typical async API's completion notice promises.
+JSON_SCHEMA = {
+    "type": "object",
+    "required": ["id", "status", "result"],
+    "properties": {
+        "id": {"type": "string", "minLength": 1},
+        "status": {"enum": ["succeeded", "failed"]},
+        "result": {
+            "type": "object",
+            "required": ["rows"],
+            "properties": {"rows": {"type": "integer", "minimum": 0}, "message": {"type": "string"}},
+        },
+    },
+}
+
+
+def json_body(request_id: str = MARKETING_CLOUD_FIELDS["RequestID"]) -> bytes:
+    """A 1 KB JSON completion notice that satisfies JSON_SCHEMA (and whose `status` the
+    built-in JSON rule reads as ok)."""
+    document = {"id": request_id, "status": "succeeded", "result": {"rows": 1, "message": ""}}
+    pad = BODY_BYTES - len(orjson.dumps(document))
+    document["result"] = {"rows": 1, "message": "x" * max(pad, 0)}
+    return orjson.dumps(document)

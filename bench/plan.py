@@ -18,6 +18,8 @@ class Plan:
     held_waiters: int = 10_000
     stored: int = 1_000_000  # deliveries in the "grown" database
     floor_deliveries: int = 20_000  # stored by SQLite alone, for the ingest ceiling
+    classify_seconds: float = 5.0  # per kind of delivery and run, in the classify part
+    pg_wake_samples: int = 200  # one waiter at a time, in the postgres part
 
 
 FULL = Plan()
@@ -35,4 +37,6 @@ SMOKE = Plan(
     held_waiters=200,
     stored=5_000,
     floor_deliveries=500,
+    classify_seconds=1.0,
+    pg_wake_samples=10,
 )

@@ -9,6 +9,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -67,12 +68,16 @@ class PubSub:
             await asyncio.sleep(0.05)
 
 
-async def mint(session: aiohttp.ClientSession, base_url: str, count: int, ttl: int = 7200) -> list[str]:
-    """Mint `count` callbacks on a cbhub; their tokens."""
+async def mint(
+    session: aiohttp.ClientSession, base_url: str, count: int, ttl: int = 7200, fields: dict[str, Any] | None = None
+) -> list[str]:
+    """Mint `count` callbacks on a cbhub (with the mint `fields` given, such as a contract);
+    their tokens."""
     tokens: list[str] = []
     while len(tokens) < count:
         batch = min(MINT_BATCH, count - len(tokens))
-        async with session.post(f"{base_url}/v1/callbacks/batch", json={"count": batch, "ttl": ttl}) as response:
+        spec = {**(fields or {}), "count": batch, "ttl": ttl}
+        async with session.post(f"{base_url}/v1/callbacks/batch", json=spec) as response:
             if response.status != 201:
                 raise RuntimeError(f"minting failed: {response.status} {await response.text()}")
             tokens.extend(callback["token"] for callback in (await response.json())["callbacks"])

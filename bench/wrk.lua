@@ -1,5 +1,6 @@
 -- wrk script: each request goes to the next of many tokens, as callbacks arrive in real life.
--- Arguments (after wrk's "--"): METHOD PREFIX TOKENS_FILE [BODY_FILE]
+-- Arguments (after wrk's "--"): METHOD PREFIX TOKENS_FILE [BODY_FILE [CONTENT_TYPE]]
+-- (CONTENT_TYPE: the body's, default the form's; a JSON body passes application/json.)
 -- Requests go to PREFIX .. token, round-robin over the tokens; each thread starts elsewhere.
 -- done() prints one JSON line that the suite reads.
 
@@ -25,7 +26,7 @@ function init(args)
     local f = assert(io.open(args[4], "rb"))
     body = f:read("*a")
     f:close()
-    headers["Content-Type"] = "application/x-www-form-urlencoded"
+    headers["Content-Type"] = args[5] or "application/x-www-form-urlencoded"
   end
   i = (id * 7919) % n
 end

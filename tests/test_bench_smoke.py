@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 
 from bench import load
+from bench.postgres import missing_reason
 from bench.procs import plan_cores, start_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(250)
 def test_smoke_run_of_the_whole_suite(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     done = subprocess.run(
@@ -27,7 +28,7 @@ def test_smoke_run_of_the_whole_suite(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=140,
+        timeout=240,
     )
     print(done.stdout)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -36,6 +37,15 @@ def test_smoke_run_of_the_whole_suite(tmp_path: Path) -> None:
     assert any(name.startswith("ingest throughput") for name in names)
     assert any(name.startswith("wake latency") for name in names)
     assert any(name.startswith("memory per idle") for name in names)
+    # The wake in two parts: the software against nchan, the durable against software + commit.
+    assert any(name.startswith("SQLite alone: one commit of one delivery p99") for name in names)
+    assert any(name.endswith("p99, durable") for name in names)
+    # Outcome classification and contracts.
+    assert any(name.startswith("ingest CPU per request, JSON body, JSON Schema contract") for name in names)
+    assert any(name.startswith("outcome classification") for name in names)
+    if missing_reason() is None:
+        assert any(name == "ingest throughput, PostgreSQL, 2 instances" for name in names)
+        assert any(name.startswith("ordering lock held") for name in names)
     assert all(figure["cbhub"]["runs"] for figure in results["figures"])
 
 
