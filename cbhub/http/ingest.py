@@ -26,7 +26,7 @@ from cbhub.errors import (
 )
 from cbhub.http.errors import json_response
 from cbhub.http.forwarded import client_address
-from cbhub.http.keys import CONFIG, HUB, LIMITER, METRICS, REFUSAL_LIMITER
+from cbhub.http.keys import CLIENT_ADDRESS, CONFIG, HUB, LIMITER, METRICS, REFUSAL_LIMITER
 from cbhub.http.ratelimit import RateLimiter
 from cbhub.store import IngestResult
 
@@ -132,7 +132,7 @@ INGESTS = web.AppKey("ingests_in_flight", InFlight)
 async def receive(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     started = time.perf_counter()
-    remote_addr = client_address(request, request.app[CONFIG].server.trusted_proxies)
+    remote_addr = request[CLIENT_ADDRESS] = client_address(request, request.app[CONFIG].server.trusted_proxies)
     try:
         with request.app[INGESTS].track():
             try:
