@@ -92,7 +92,7 @@ class Hub:
         self.registry = registry if registry is not None else Registry()
         # The store tells every committed delivery and closing, ours and (over a shared
         # database) other instances', in commit order: the registry wakes whoever waits.
-        store.announce_to(self.registry.publish)
+        store.announce_to(self.registry.publish, self.registry.listening)
         self._expiry_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
         self._default_verify = config.ingest.verify.spec()

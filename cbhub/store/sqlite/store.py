@@ -246,7 +246,10 @@ class SQLiteStore(Store):
         self._writer_conn: sqlite3.Connection | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbhub-writer")
         self._reader: aiosqlite.Connection | None = None
-        self._writes: GroupCommit[WriteOp] = GroupCommit(self._commit, self._announce, on_commit)
+        # One process owns the file: when nobody listens here, nobody is told of a commit.
+        self._writes: GroupCommit[WriteOp] = GroupCommit(
+            self._commit, self._announce, on_commit, listening=lambda: self._listening()
+        )
         self._checkpointer = Checkpointer(self.path, synchronous)
 
     # Lifecycle
