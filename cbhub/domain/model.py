@@ -185,9 +185,12 @@ class Callback:
         return self.status in TERMINAL or self.expires_at <= at_ms
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Incoming:
-    """A request to a callback URL, read and ready to be stored."""
+    """A request to a callback URL, read and ready to be stored. Not frozen, like the other
+    records made for every request (Event, IngestResult): a frozen dataclass sets each field
+    through object.__setattr__, several times the cost of a plain slot; none is changed after
+    it is made."""
 
     token: str
     received_at: int
@@ -221,7 +224,7 @@ class MintSpec:
     outcome_rule: OutcomeRule | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """What the registry carries to waiters: a new callback, a new delivery, or a status change."""
 

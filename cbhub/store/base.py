@@ -50,7 +50,7 @@ class GroupSummary:
     overdue: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IngestResult:
     delivery: Delivery
     callback: Callback  # after this delivery, with `result` set
