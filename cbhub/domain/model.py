@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from cbhub.domain.bodies import ParsedBody, parse_body
+from cbhub.domain.bodies import FormScan, ParsedBody, parse_body
 from cbhub.domain.expectations import Contract, Expect, Expected
 from cbhub.domain.outcomes import UNKNOWN, OutcomeRule
 
@@ -204,6 +204,8 @@ class Incoming:
     parsed: ParsedBody | None  # None: parsed when first read
     # The sender's message id (webhook-id, svix-id or Idempotency-Key): a retry is stored once.
     dedupe_key: str | None
+    # A form body's fields that the correlation id and the outcome rules read, found on arrival.
+    scanned: FormScan | None = None
 
 
 @dataclass(frozen=True, slots=True)

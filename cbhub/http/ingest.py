@@ -11,8 +11,9 @@ import time
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from cbhub.domain.bodies import ParsedBody, correlation_of
+from cbhub.domain.bodies import FormScan, ParsedBody, scan
 from cbhub.domain.model import HIDDEN_HEADERS, Incoming, now_ms
+from cbhub.domain.outcomes import BUILTIN_FORM_FIELDS
 from cbhub.domain.responses import ANSWER_POLICY, Answer
 from cbhub.errors import (
     CallbackClosed,
@@ -26,7 +27,14 @@ from cbhub.errors import (
 )
 from cbhub.http.errors import json_response
 from cbhub.http.forwarded import client_address
-from cbhub.http.keys import CLIENT_ADDRESS, CONFIG, HUB, LIMITER, METRICS, REFUSAL_LIMITER
+from cbhub.http.keys import (
+    CLIENT_ADDRESS,
+    CONFIG,
+    HUB,
+    LIMITER,
+    METRICS,
+    REFUSAL_LIMITER,
+)
 from cbhub.http.ratelimit import RateLimiter
 from cbhub.store import IngestResult
 
@@ -200,8 +208,10 @@ async def _store(request: web.Request, remote_addr: str | None) -> IngestResult:
     content_type = request.headers.get("Content-Type")
     if content_type is not None:
         content_type = _header_text(content_type)
-    parsed, correlation = correlation_of(raw, content_type, config.callbacks.correlation_fields)
-    incoming = _incoming(request, remote_addr, raw, parsed, correlation, content_type, received_at)
+    # One scan of a form for what the correlation id and the built-in outcome rules read.
+    also = BUILTIN_FORM_FIELDS if config.outcomes.builtin else frozenset()
+    parsed, correlation, scanned = scan(raw, content_type, config.callbacks.correlation_fields, also)
+    incoming = _incoming(request, remote_addr, raw, parsed, correlation, content_type, received_at, scanned)
     return await request.app[HUB].ingest(incoming)
 
 
@@ -213,6 +223,7 @@ def _incoming(
     correlation: str | None,
     content_type: str | None = None,
     received_at: int | None = None,
+    scanned: FormScan | None = None,
 ) -> Incoming:
     return Incoming(
         token=request.match_info["token"],
@@ -226,6 +237,7 @@ def _incoming(
         correlation_id=correlation,
         parsed=parsed,
         dedupe_key=dedupe_key(request.headers),
+        scanned=scanned,
     )
 
 

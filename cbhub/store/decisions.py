@@ -214,7 +214,9 @@ def ingest(
     verdict = (
         INVALID_VERDICT
         if problems
-        else classify(incoming.raw, incoming.content_type, incoming.parsed, callback.outcome_rule, builtin_outcomes)
+        else classify(
+            incoming.raw, incoming.content_type, incoming.parsed, callback.outcome_rule, builtin_outcomes, incoming.scanned
+        )
     )
     delivery_id = yield InsertDelivery(found.id, callback.group, incoming, late, new_status, verdict, problems, answered)
     if not late and not problems and callback.settle_ms is not None:
