@@ -25,7 +25,7 @@ from cbhub.errors import (
     PayloadTooLarge,
     RateLimited,
 )
-from cbhub.http.errors import json_response
+from cbhub.http.errors import Handler, error_answer, json_response
 from cbhub.http.forwarded import client_address
 from cbhub.http.keys import (
     CLIENT_ADDRESS,
@@ -158,21 +158,30 @@ class Receiver:
         # One scan of a form for what the correlation id and the built-in outcome rules read.
         self.also_scanned = BUILTIN_FORM_FIELDS if config.outcomes.builtin else frozenset()
 
-    async def receive(self, request: web.Request) -> web.Response:
+    async def receive(self, request: web.Request) -> web.StreamResponse:
+        """Runs without the app's middlewares (see app.create_app): errors are answered here,
+        as the error middleware answers them."""
         metrics = self.metrics
         started = time.perf_counter()
         remote_addr = request[CLIENT_ADDRESS] = client_address(request, self.trusted_proxies)
         try:
-            with self.in_flight.track():
-                try:
-                    result = await self._store(request, remote_addr)
-                except REFUSED:
-                    if self.refusal_limiter is not None:
-                        _refuse_if_spent(self.refusal_limiter, remote_addr, REFUSALS_SPENT)
-                    raise
-        except Exception as exc:
-            metrics.count_delivery(exc.label if isinstance(exc, CbhubError) else "error")
-            raise
+            try:
+                with self.in_flight.track():
+                    try:
+                        result = await self._store(request, remote_addr)
+                    except REFUSED:
+                        if self.refusal_limiter is not None:
+                            _refuse_if_spent(self.refusal_limiter, remote_addr, REFUSALS_SPENT)
+                        raise
+            except Exception as exc:
+                metrics.count_delivery(exc.label if isinstance(exc, CbhubError) else "error")
+                raise
+            return self._answer(result, started)
+        except Exception as exc:  # asyncio.CancelledError is not an Exception: it goes on up
+            return error_answer(request, exc)
+
+    def _answer(self, result: IngestResult, started: float) -> web.Response:
+        metrics = self.metrics
         delivery = result.delivery
         metrics.count_delivery("duplicate" if result.duplicate else "late" if delivery.late else "stored")
         if not result.duplicate:
@@ -260,9 +269,12 @@ def _incoming(
     )
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application) -> list[Handler]:
+    """The callback routes; returns the handlers that answer their own errors and run without
+    the app's middlewares."""
     app[INGESTS] = InFlight()
     receiver = Receiver(app)
     for method in ("POST", "PUT", "PATCH"):
         app.router.add_route(method, "/cb/{token}", receiver.receive)
     app.router.add_get("/cb/{token}", handshake, allow_head=False)
+    return [receiver.receive]
