@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -156,11 +157,16 @@ def scan(
         except (UnicodeDecodeError, LookupError):
             pass  # parse_body explains it
         else:
-            names = also.union(fields)
+            names = _scanned_names(also, fields)
             found = form_fields(text, names)
             return None, _first_present(found, fields), FormScan(names, found)
     parsed = parse_body(raw, content_type)
     return parsed, correlation_id(parsed, fields), None
+
+
+@lru_cache(maxsize=64)
+def _scanned_names(also: frozenset[str], fields: tuple[str, ...]) -> frozenset[str]:
+    return also.union(fields)
 
 
 def _first_present(found: dict[str, str], fields: tuple[str, ...]) -> str | None:
@@ -176,13 +182,8 @@ def form_fields(text: str, names: frozenset[str]) -> dict[str, str]:
     decodes as parse_qsl(keep_blank_values=True) does). It stops once all are found: Marketing
     Cloud's fields come before its long ResultDetailXML."""
     found: dict[str, str] = {}
-    start, end = 0, len(text)
     wanted = len(names)
-    while start < end and len(found) < wanted:
-        stop = text.find("&", start)
-        if stop < 0:
-            stop = end
-        segment, start = text[start:stop], stop + 1
+    for segment in text.split("&"):
         if not segment:
             continue
         name, _, value = segment.partition("=")
@@ -190,4 +191,6 @@ def form_fields(text: str, names: frozenset[str]) -> dict[str, str]:
             name = unquote(name.replace("+", " "))
         if name in names and name not in found:
             found[name] = unquote(value.replace("+", " ")) if "%" in value or "+" in value else value
+            if len(found) == wanted:
+                break
     return found
