@@ -13,6 +13,7 @@ import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import aiohttp
 
@@ -45,12 +46,19 @@ class Context:
     def path(self, name: str) -> Path:
         return self.workdir / name
 
-    def start_cbhub(self, db: Path, log_name: str, env: dict[str, str] | None = None) -> Server:
+    def start_cbhub(self, db: Path, log_name: str, env: dict[str, str] | None = None, cores: Cores | None = None) -> Server:
         env = {"CBHUB_SERVER_EVENT_LOOP": self.event_loop, **(env or {})}
-        return start_cbhub(db, self.path(log_name), self.cores, env)
+        return start_cbhub(db, self.path(log_name), cores or self.cores, env)
 
-    def start_baseline(self) -> Server:
-        return start_baseline(self.path("baseline.log"), self.cores, self.event_loop)
+    def start_baseline(self, cores: Cores | None = None) -> Server:
+        return start_baseline(self.path("baseline.log"), cores or self.cores, self.event_loop)
+
+    def unpinned(self) -> Cores | None:
+        """Servers free to run on every core (the load generator's too), as on a VM with no
+        core to spare; None when the servers are not pinned in the first place."""
+        if self.cores.server is None or self.cores.load is None:
+            return None
+        return Cores(self.cores.server | self.cores.load, self.cores.load)
 
     def drive_posts(self, server: Server, tokens: list[str], seconds: float) -> load.LoadResult:
         posts = load.Load(server.url, "POST", "/cb/", tokens, self.body, self.plan.connections, seconds)
@@ -79,7 +87,8 @@ def _mint(server: Server, count: int) -> list[str]:
 
 
 def ingest(ctx: Context) -> list[Figure]:
-    """Durable ingest beside the baseline."""
+    """Durable ingest beside the baseline, servers pinned to their core; then both free to use
+    every core (the load generator's too)."""
     plan = ctx.plan
     rps = Figure("ingest throughput", "req/s", reference_name="baseline", target="≥ 0.6 × baseline",
                  check_ratio=lambda r: r >= 0.6)
@@ -91,9 +100,39 @@ def ingest(ctx: Context) -> list[Figure]:
     # What storing alone costs, and so the best ratio any durable service could reach here.
     sqlite_cpu = Figure("SQLite alone: CPU per delivery stored", "µs")
     ceiling = Figure("ingest ceiling: baseline ÷ (baseline + SQLite alone)", "×")
+
+    def floor() -> None:
+        storing = sqlite_cpu_per_delivery(
+            ctx.path(f"floor-{len(sqlite_cpu.cbhub.runs)}.db"), ctx.body, plan.tokens, plan.floor_deliveries
+        )
+        sqlite_cpu.cbhub.runs.append(storing)
+        baseline_cpu = cpu.reference.runs[-1]
+        ceiling.cbhub.runs.append(baseline_cpu / (baseline_cpu + storing))
+
+    _ingest_pairs(ctx, None, "ingest", {"rps": rps, "non_2xx": non_2xx, "p99": p99, "cpu": cpu}, after_each=floor)
+    figures = [rps, non_2xx, p99, cpu, sqlite_cpu, ceiling]
+    unpinned = ctx.unpinned()
+    if unpinned is not None:
+        free = {
+            "rps": Figure("ingest throughput, server unpinned", "req/s", reference_name="baseline"),
+            "non_2xx": Figure("ingest answers not 2xx, server unpinned", "count", reference_name="baseline", target="0",
+                              check_value=lambda v: v == 0),
+            "cpu": Figure("ingest server CPU per request, server unpinned", "µs", reference_name="baseline"),
+        }
+        _ingest_pairs(ctx, unpinned, "ingest-unpinned", free)
+        figures.extend(free.values())
+    return figures
+
+
+def _ingest_pairs(
+    ctx: Context, cores: Cores | None, tag: str, figures: dict[str, Figure], after_each: Callable[[], None] | None = None
+) -> None:
+    """cbhub and the baseline, each on `cores` (None: the servers' own), their runs alternating;
+    fills whichever of the figures rps, non_2xx, p99 and cpu are given."""
+    plan = ctx.plan
     with (
-        running(ctx.start_baseline()) as baseline,
-        running(ctx.start_cbhub(ctx.path("ingest.db"), "cbhub-ingest.log")) as cbhub,
+        running(ctx.start_baseline(cores)) as baseline,
+        running(ctx.start_cbhub(ctx.path(f"{tag}.db"), f"cbhub-{tag}.log", cores=cores)) as cbhub,
     ):
         tokens = _mint(cbhub, plan.tokens)
         ctx.drive_posts(baseline, tokens, plan.warm_up_seconds)
@@ -103,17 +142,16 @@ def ingest(ctx: Context) -> list[Figure]:
                 cpu_before = server.cpu_seconds()
                 result = ctx.drive_posts(server, tokens, plan.ingest_seconds)
                 cpu_used = server.cpu_seconds() - cpu_before
-                getattr(cpu, side).runs.append(cpu_used / max(result.requests, 1) * 1e6)
-                getattr(rps, side).runs.append(result.rps)
-                getattr(non_2xx, side).runs.append(result.non_2xx + result.errors)
-                getattr(p99, side).runs.append(result.p99_ms)
-            storing = sqlite_cpu_per_delivery(
-                ctx.path(f"floor-{len(sqlite_cpu.cbhub.runs)}.db"), ctx.body, plan.tokens, plan.floor_deliveries
-            )
-            sqlite_cpu.cbhub.runs.append(storing)
-            baseline_cpu = cpu.reference.runs[-1]
-            ceiling.cbhub.runs.append(baseline_cpu / (baseline_cpu + storing))
-    return [rps, non_2xx, p99, cpu, sqlite_cpu, ceiling]
+                values = {
+                    "cpu": cpu_used / max(result.requests, 1) * 1e6,
+                    "rps": result.rps,
+                    "non_2xx": result.non_2xx + result.errors,
+                    "p99": result.p99_ms,
+                }
+                for name, figure in figures.items():
+                    getattr(figure, side).runs.append(values[name])
+            if after_each is not None:
+                after_each()
 
 
 def growth(ctx: Context) -> list[Figure]:

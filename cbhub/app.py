@@ -10,8 +10,8 @@ from aiohttp import web
 
 from cbhub.config import Config
 from cbhub.http import api, ingest, inspector, openapi, ops, realtime
-from cbhub.http.auth import Authenticator, auth_middleware
-from cbhub.http.errors import error_middleware
+from cbhub.http.auth import Authenticator, app_middleware
+from cbhub.http.errors import Handler
 from cbhub.http.ingest import INGESTS
 from cbhub.http.keys import CONFIG, HUB, LIMITER, METRICS, REFUSAL_LIMITER, STREAMS
 from cbhub.http.ratelimit import RateLimiter
@@ -28,10 +28,13 @@ MAX_REQUEST_LINE = 96 * 1024
 
 
 def create_app(config: Config, store: Store | None = None) -> web.Application:
-    # The error middleware is outermost: it renders the refusals of the ones inside it.
+    # The error middleware is outermost: it renders the refusals of the auth one inside it.
+    # Neither runs for the callback route (filled in by ingest.add_routes): it takes no API
+    # key and renders its own errors the same way.
     authenticator = Authenticator(config.auth.api_keys, config.auth.admin)
+    public: set[Handler] = set()
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware(authenticator)],
+        middlewares=[app_middleware(authenticator, public)],
         client_max_size=config.limits.max_body_bytes,
         # GET /v1/wait names up to 1,000 tokens of at most 64 characters in its query: at most
         # 71 KB of request line (aiohttp's default stops at 8 KB).
@@ -49,7 +52,7 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
         app[LIMITER] = RateLimiter(config.ingest.rate_per_ip, config.ingest.burst)
     if config.ingest.refusal_rate_per_ip > 0:
         app[REFUSAL_LIMITER] = RateLimiter(config.ingest.refusal_rate_per_ip, config.ingest.refusal_burst)
-    ingest.add_routes(app)
+    public.update(ingest.add_routes(app))
     api.add_routes(app)
     ops.add_routes(app)
     openapi.add_routes(app)

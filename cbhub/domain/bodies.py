@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -118,10 +119,33 @@ def correlation_id(parsed: ParsedBody, fields: tuple[str, ...]) -> str | None:
     return None
 
 
+class FormScan:
+    """The first value of each of `names` present in a form body (decoded), scanned once on
+    arrival: the correlation id and the outcome rules read their fields from it."""
+
+    __slots__ = ("names", "found")
+
+    def __init__(self, names: frozenset[str], found: dict[str, str]) -> None:
+        self.names = names
+        self.found = found
+
+    def covers(self, names: frozenset[str]) -> bool:
+        return names <= self.names
+
+
 def correlation_of(raw: bytes, content_type: str | None, fields: tuple[str, ...]) -> tuple[ParsedBody | None, str | None]:
     """The body's correlation id, and its parsed form when finding the id parsed it anyway
     (None: it is parsed when first read, if ever). Always the same id as
-    `correlation_id(parse_body(raw, content_type), fields)`.
+    `correlation_id(parse_body(raw, content_type), fields)`."""
+    parsed, found, _ = scan(raw, content_type, fields)
+    return parsed, found
+
+
+def scan(
+    raw: bytes, content_type: str | None, fields: tuple[str, ...], also: frozenset[str] = frozenset()
+) -> tuple[ParsedBody | None, str | None, FormScan | None]:
+    """As correlation_of, and for a form body the scan of `fields` and `also` (the fields the
+    outcome rules read), so that the body is read once on arrival, not once for each.
 
     A form body, the common case, is only scanned for the fields named: decoding every value
     (a result XML is percent-escaped throughout) is most of the cost of taking a callback in,
@@ -133,23 +157,40 @@ def correlation_of(raw: bytes, content_type: str | None, fields: tuple[str, ...]
         except (UnicodeDecodeError, LookupError):
             pass  # parse_body explains it
         else:
-            return None, _form_correlation_id(text, fields)
+            names = _scanned_names(also, fields)
+            found = form_fields(text, names)
+            return None, _first_present(found, fields), FormScan(names, found)
     parsed = parse_body(raw, content_type)
-    return parsed, correlation_id(parsed, fields)
+    return parsed, correlation_id(parsed, fields), None
 
 
-def _form_correlation_id(text: str, fields: tuple[str, ...]) -> str | None:
-    # Splits and decodes as parse_qsl(text, keep_blank_values=True) does, but decodes only the
-    # values of the fields named; a repeated field counts by its first value, as in parse_form.
-    first: dict[str, str] = {}
-    for name_value in text.split("&"):
-        if not name_value:
-            continue
-        name, _, value = name_value.partition("=")
-        name = unquote(name.replace("+", " "))
-        if name in fields and name not in first:
-            first[name] = unquote(value.replace("+", " "))
+@lru_cache(maxsize=64)
+def _scanned_names(also: frozenset[str], fields: tuple[str, ...]) -> frozenset[str]:
+    return also.union(fields)
+
+
+def _first_present(found: dict[str, str], fields: tuple[str, ...]) -> str | None:
+    # A repeated field counts by its first value, as in parse_form; an empty one is skipped.
     for name in fields:
-        if first.get(name):
-            return first[name]
+        if found.get(name):
+            return found[name]
     return None
+
+
+def form_fields(text: str, names: frozenset[str]) -> dict[str, str]:
+    """The first value of each of `names` present in a form, decoding nothing else (splits and
+    decodes as parse_qsl(keep_blank_values=True) does). It stops once all are found: Marketing
+    Cloud's fields come before its long ResultDetailXML."""
+    found: dict[str, str] = {}
+    wanted = len(names)
+    for segment in text.split("&"):
+        if not segment:
+            continue
+        name, _, value = segment.partition("=")
+        if "%" in name or "+" in name:
+            name = unquote(name.replace("+", " "))
+        if name in names and name not in found:
+            found[name] = unquote(value.replace("+", " ")) if "%" in value or "+" in value else value
+            if len(found) == wanted:
+                break
+    return found

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from cbhub.domain.bodies import ParsedBody, parse_body
+from cbhub.domain.bodies import FormScan, ParsedBody, parse_body
 from cbhub.domain.expectations import Contract, Expect, Expected
 from cbhub.domain.outcomes import UNKNOWN, OutcomeRule
 
@@ -188,9 +188,12 @@ class Callback:
         return self.status in TERMINAL or self.expires_at <= at_ms
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Incoming:
-    """A request to a callback URL, read and ready to be stored."""
+    """A request to a callback URL, read and ready to be stored. Not frozen, like the other
+    records made for every request (Event, IngestResult): a frozen dataclass sets each field
+    through object.__setattr__, several times the cost of a plain slot; none is changed after
+    it is made."""
 
     token: str
     received_at: int
@@ -204,6 +207,8 @@ class Incoming:
     parsed: ParsedBody | None  # None: parsed when first read
     # The sender's message id (webhook-id, svix-id or Idempotency-Key): a retry is stored once.
     dedupe_key: str | None
+    # A form body's fields that the correlation id and the outcome rules read, found on arrival.
+    scanned: FormScan | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +229,7 @@ class MintSpec:
     outcome_rule: OutcomeRule | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """What the registry carries to waiters: a new callback, a new delivery, or a status change."""
 

@@ -22,7 +22,14 @@ from urllib.parse import unquote
 
 import orjson
 
-from cbhub.domain.bodies import FORM_TYPE, ParsedBody, media_type, parse_body
+from cbhub.domain.bodies import (
+    FORM_TYPE,
+    FormScan,
+    ParsedBody,
+    form_fields,
+    media_type,
+    parse_body,
+)
 
 OK = "ok"
 ERROR = "error"
@@ -38,6 +45,8 @@ MARKETING_CLOUD_STATUS = ("OverallStatusCode", "StatusCode")
 MARKETING_CLOUD_OK = "ok"
 MARKETING_CLOUD_FIELDS = (*MARKETING_CLOUD_STATUS, "ErrorCode", "StatusMessage")
 _BUILTIN_FORM_FIELDS = frozenset(MARKETING_CLOUD_FIELDS)
+# What the built-in rules read of a form: scanned on arrival with the correlation fields.
+BUILTIN_FORM_FIELDS = _BUILTIN_FORM_FIELDS
 JSON_STATUS_KEYS = ("status", "state")
 JSON_OK = frozenset({"ok", "success", "succeeded", "completed", "done"})
 JSON_ERROR = frozenset({"error", "failed", "failure"})
@@ -192,43 +201,33 @@ def _resolve(document: Any, tokens: tuple[str, ...]) -> Any:
     return document
 
 
-def _form_fields(text: str, names: frozenset[str]) -> dict[str, str]:
-    """The first value of each of `names` present in a form, decoding nothing else (splits and
-    decodes as parse_qsl(keep_blank_values=True) does). It stops once all are found: Marketing
-    Cloud's fields come before its long ResultDetailXML."""
-    found: dict[str, str] = {}
-    start, end = 0, len(text)
-    while start < end and len(found) < len(names):
-        stop = text.find("&", start)
-        if stop < 0:
-            stop = end
-        segment, start = text[start:stop], stop + 1
-        if not segment:
-            continue
-        name, _, value = segment.partition("=")
-        if "%" in name or "+" in name:
-            name = unquote(name.replace("+", " "))
-        if name in names and name not in found:
-            found[name] = unquote(value.replace("+", " "))
-    return found
-
-
-def _read_body(raw: bytes, content_type: str | None, parsed: ParsedBody | None, rule: OutcomeRule | None, builtin: bool) -> _Body | None:
+def _read_body(
+    raw: bytes,
+    content_type: str | None,
+    parsed: ParsedBody | None,
+    rule: OutcomeRule | None,
+    builtin: bool,
+    scanned: FormScan | None = None,
+) -> _Body | None:
     """The body as the rules read it, or None when no rule can read it."""
     if not raw:
         return None
+    names = _BUILTIN_FORM_FIELDS if builtin else frozenset()
+    if rule is not None:
+        names = names.union(rule.fields())
+    if scanned is not None and scanned.covers(names):
+        # A form scanned on arrival for these fields (and maybe more): nothing to read again.
+        found = scanned.found
+        return _Body({name: found[name] for name in names if name in found}, None)
     kind, charset = media_type(content_type)
     if kind == FORM_TYPE:
-        names = _BUILTIN_FORM_FIELDS if builtin else frozenset()
-        if rule is not None:
-            names = names.union(rule.fields())
         if parsed is not None and isinstance(parsed.body, dict):
             return _Body({name: v for name in names if (v := _text(parsed.body.get(name))) is not None}, None)
         try:
             text = raw.decode(charset or "utf-8")
         except (UnicodeDecodeError, LookupError):
             return None
-        return _Body(_form_fields(text, names), None)
+        return _Body(form_fields(text, names), None)
     if parsed is None:
         parsed = parse_body(raw, content_type)
     if isinstance(parsed.body, (dict, list)):
@@ -242,12 +241,15 @@ def classify(
     parsed: ParsedBody | None = None,
     rule: OutcomeRule | None = None,
     builtin: bool = True,
+    scanned: FormScan | None = None,
 ) -> Verdict:
     """The outcome of a body received as (raw, content_type); `parsed` is its parsed form when
-    the caller has it already (None: read here as far as needed). Never raises."""
+    the caller has it already (None: read here as far as needed), `scanned` the fields of a
+    form body found on arrival (used when they include every field the rules read). Never
+    raises."""
     if rule is None and not builtin:
         return UNKNOWN_VERDICT
-    body = _read_body(raw, content_type, parsed, rule, builtin)
+    body = _read_body(raw, content_type, parsed, rule, builtin, scanned)
     if body is None:
         return UNKNOWN_VERDICT
     if rule is not None:

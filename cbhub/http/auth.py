@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from typing import Mapping
+from typing import Container, Mapping
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from cbhub.errors import InvalidApiKey, MissingApiKey
-from cbhub.http.errors import Handler
+from cbhub.http.errors import Handler, error_answer
 from cbhub.http.keys import ANONYMOUS, CALLER, Caller
 from cbhub.observe.logs import loggable_path
 
@@ -98,5 +98,24 @@ def auth_middleware(authenticator: Authenticator) -> Middleware:
         if _under_api(request):
             request[CALLER] = authenticator.caller_for(request)
         return await handler(request)
+
+    return middleware
+
+
+def app_middleware(authenticator: Authenticator, public: Container[Handler]) -> Middleware:
+    """The error middleware around the auth middleware, as one; a handler in `public` (the
+    callback route, which renders its own errors with error_answer and takes no API key) is
+    called as it is, paying for neither."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if handler in public:
+            return await handler(request)
+        try:
+            if _under_api(request):
+                request[CALLER] = authenticator.caller_for(request)
+            return await handler(request)
+        except Exception as exc:  # asyncio.CancelledError is not an Exception: it goes on up
+            return error_answer(request, exc)
 
     return middleware

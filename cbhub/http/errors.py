@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -63,16 +62,21 @@ def error_frame(name: Any, error: CbhubError) -> dict[str, Any]:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except CbhubError as exc:
+    except Exception as exc:  # asyncio.CancelledError is not an Exception: it goes on up
+        return error_answer(request, exc)
+
+
+def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The answer to `exc`, raised while handling `request`: the error middleware's, and the
+    callback route's own (which runs without middlewares)."""
+    if isinstance(exc, CbhubError):
         error = exc
-    except web.HTTPException as exc:
+    elif isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         return error_response(from_http(exc))
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, loggable_path(request))
+    else:
+        log.error("unhandled error on %s %s", request.method, loggable_path(request), exc_info=exc)
         return error_response(CbhubError())
     # The server's own faults are worth an operator's eye; a client's mistakes are not.
     level = logging.WARNING if error.status >= 500 else logging.DEBUG

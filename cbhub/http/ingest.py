@@ -11,8 +11,9 @@ import time
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from cbhub.domain.bodies import ParsedBody, correlation_of
+from cbhub.domain.bodies import FormScan, ParsedBody, scan
 from cbhub.domain.model import HIDDEN_HEADERS, Incoming, now_ms
+from cbhub.domain.outcomes import BUILTIN_FORM_FIELDS
 from cbhub.domain.responses import ANSWER_POLICY, Answer
 from cbhub.errors import (
     CallbackClosed,
@@ -24,9 +25,16 @@ from cbhub.errors import (
     PayloadTooLarge,
     RateLimited,
 )
-from cbhub.http.errors import json_response
+from cbhub.http.errors import Handler, error_answer, json_response
 from cbhub.http.forwarded import client_address
-from cbhub.http.keys import CONFIG, HUB, LIMITER, METRICS, REFUSAL_LIMITER
+from cbhub.http.keys import (
+    CLIENT_ADDRESS,
+    CONFIG,
+    HUB,
+    LIMITER,
+    METRICS,
+    REFUSAL_LIMITER,
+)
 from cbhub.http.ratelimit import RateLimiter
 from cbhub.store import IngestResult
 
@@ -67,12 +75,16 @@ def dedupe_key(headers: CIMultiDictProxy[str]) -> str | None:
     return None
 
 
+REQUESTS_SPENT = "too many requests from this address"
+REFUSALS_SPENT = "too many refused requests from this address"
+
+
 def _rate_limit(request: web.Request, remote_addr: str | None) -> None:
     """429 once this address has spent its burst (ingest.rate_per_ip, off by default): every
     request counts, real callbacks too."""
     limiter = request.app.get(LIMITER)
     if limiter is not None:
-        _refuse_if_spent(limiter, remote_addr, "too many requests from this address")
+        _refuse_if_spent(limiter, remote_addr, REQUESTS_SPENT)
 
 
 def _slow_down_refusals(request: web.Request, remote_addr: str | None) -> None:
@@ -81,7 +93,7 @@ def _slow_down_refusals(request: web.Request, remote_addr: str | None) -> None:
     refusals are charged: a request to an open callback is never refused for a rate."""
     limiter = request.app.get(REFUSAL_LIMITER)
     if limiter is not None:
-        _refuse_if_spent(limiter, remote_addr, "too many refused requests from this address")
+        _refuse_if_spent(limiter, remote_addr, REFUSALS_SPENT)
 
 
 def _refuse_if_spent(limiter: RateLimiter, remote_addr: str | None, why: str) -> None:
@@ -129,34 +141,81 @@ class InFlight:
 INGESTS = web.AppKey("ingests_in_flight", InFlight)
 
 
-async def receive(request: web.Request) -> web.Response:
-    metrics = request.app[METRICS]
-    started = time.perf_counter()
-    remote_addr = client_address(request, request.app[CONFIG].server.trusted_proxies)
-    try:
-        with request.app[INGESTS].track():
+class Receiver:
+    """The callback route's handler, with what it uses of the app looked up once, when the
+    routes are added, rather than on every request (a missing key, such as an unset rate
+    limiter, costs a raised and caught KeyError each time it is looked up)."""
+
+    def __init__(self, app: web.Application) -> None:
+        config = app[CONFIG]
+        self.hub = app[HUB]
+        self.metrics = app[METRICS]
+        self.in_flight = app[INGESTS]
+        self.trusted_proxies = config.server.trusted_proxies
+        self.limiter = app.get(LIMITER)
+        self.refusal_limiter = app.get(REFUSAL_LIMITER)
+        self.correlation_fields = config.callbacks.correlation_fields
+        # One scan of a form for what the correlation id and the built-in outcome rules read.
+        self.also_scanned = BUILTIN_FORM_FIELDS if config.outcomes.builtin else frozenset()
+
+    async def receive(self, request: web.Request) -> web.StreamResponse:
+        """Runs without the app's middlewares (see app.create_app): errors are answered here,
+        as the error middleware answers them."""
+        metrics = self.metrics
+        started = time.perf_counter()
+        remote_addr = request[CLIENT_ADDRESS] = client_address(request, self.trusted_proxies)
+        try:
             try:
-                result = await _store(request, remote_addr)
-            except REFUSED:
-                _slow_down_refusals(request, remote_addr)
+                with self.in_flight.track():
+                    try:
+                        result = await self._store(request, remote_addr)
+                    except REFUSED:
+                        if self.refusal_limiter is not None:
+                            _refuse_if_spent(self.refusal_limiter, remote_addr, REFUSALS_SPENT)
+                        raise
+            except Exception as exc:
+                metrics.count_delivery(exc.label if isinstance(exc, CbhubError) else "error")
                 raise
-    except Exception as exc:
-        metrics.count_delivery(exc.label if isinstance(exc, CbhubError) else "error")
-        raise
-    delivery = result.delivery
-    metrics.count_delivery("duplicate" if result.duplicate else "late" if delivery.late else "stored")
-    if not result.duplicate:
-        metrics.count_outcome(delivery.outcome)
-    metrics.ingest_seconds.observe(time.perf_counter() - started)
-    contract = result.callback.contract
-    if delivery.problems and contract is not None and contract.reject:
-        # Stored all the same (and counted so above): a sender that retries on a 4xx is told.
-        raise ContractViolation(delivery.problems, delivery.id)
-    if result.answered is not None:
-        return answer_response(result.answered)
-    return json_response(
-        {"ok": True, "delivery_id": delivery.id, "duplicate": result.duplicate, "late": delivery.late}
-    )
+            return self._answer(result, started)
+        except Exception as exc:  # asyncio.CancelledError is not an Exception: it goes on up
+            return error_answer(request, exc)
+
+    def _answer(self, result: IngestResult, started: float) -> web.Response:
+        metrics = self.metrics
+        delivery = result.delivery
+        metrics.count_delivery("duplicate" if result.duplicate else "late" if delivery.late else "stored")
+        if not result.duplicate:
+            metrics.count_outcome(delivery.outcome)
+        metrics.ingest_seconds.observe(time.perf_counter() - started)
+        contract = result.callback.contract
+        if delivery.problems and contract is not None and contract.reject:
+            # Stored all the same (and counted so above): a sender that retries on a 4xx is told.
+            raise ContractViolation(delivery.problems, delivery.id)
+        if result.answered is not None:
+            return answer_response(result.answered)
+        return json_response(
+            {"ok": True, "delivery_id": delivery.id, "duplicate": result.duplicate, "late": delivery.late}
+        )
+
+    async def _store(self, request: web.Request, remote_addr: str | None) -> IngestResult:
+        if self.limiter is not None:
+            _refuse_if_spent(self.limiter, remote_addr, REQUESTS_SPENT)
+        token = request.match_info["token"]
+        # Before the body is read: an outsider costs no more than its headers.
+        self.hub.admit(token, remote_addr)
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise CallbackNotFound(token)
+        received_at = now_ms()
+        try:
+            raw = await request.read()  # bounded by the app's client_max_size
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge() from None
+        content_type = request.headers.get("Content-Type")
+        if content_type is not None:
+            content_type = _header_text(content_type)
+        parsed, correlation, scanned = scan(raw, content_type, self.correlation_fields, self.also_scanned)
+        incoming = _incoming(request, remote_addr, raw, parsed, correlation, content_type, received_at, scanned)
+        return await self.hub.ingest(incoming)
 
 
 def answer_response(answer: Answer) -> web.Response:
@@ -184,27 +243,6 @@ async def handshake(request: web.Request) -> web.Response:
     return answer_response(answer)
 
 
-async def _store(request: web.Request, remote_addr: str | None) -> IngestResult:
-    config = request.app[CONFIG]
-    _rate_limit(request, remote_addr)
-    token = request.match_info["token"]
-    # Before the body is read: an outsider costs no more than its headers.
-    request.app[HUB].admit(token, remote_addr)
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise CallbackNotFound(token)
-    received_at = now_ms()
-    try:
-        raw = await request.read()  # bounded by the app's client_max_size
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge() from None
-    content_type = request.headers.get("Content-Type")
-    if content_type is not None:
-        content_type = _header_text(content_type)
-    parsed, correlation = correlation_of(raw, content_type, config.callbacks.correlation_fields)
-    incoming = _incoming(request, remote_addr, raw, parsed, correlation, content_type, received_at)
-    return await request.app[HUB].ingest(incoming)
-
-
 def _incoming(
     request: web.Request,
     remote_addr: str | None,
@@ -213,6 +251,7 @@ def _incoming(
     correlation: str | None,
     content_type: str | None = None,
     received_at: int | None = None,
+    scanned: FormScan | None = None,
 ) -> Incoming:
     return Incoming(
         token=request.match_info["token"],
@@ -226,11 +265,16 @@ def _incoming(
         correlation_id=correlation,
         parsed=parsed,
         dedupe_key=dedupe_key(request.headers),
+        scanned=scanned,
     )
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application) -> list[Handler]:
+    """The callback routes; returns the handlers that answer their own errors and run without
+    the app's middlewares."""
     app[INGESTS] = InFlight()
+    receiver = Receiver(app)
     for method in ("POST", "PUT", "PATCH"):
-        app.router.add_route(method, "/cb/{token}", receive)
+        app.router.add_route(method, "/cb/{token}", receiver.receive)
     app.router.add_get("/cb/{token}", handshake, allow_head=False)
+    return [receiver.receive]

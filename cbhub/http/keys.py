@@ -46,6 +46,9 @@ LIMITER = web.AppKey("limiter", RateLimiter)
 REFUSAL_LIMITER = web.AppKey("refusal_limiter", RateLimiter)
 # Set by the auth middleware on every /v1 request.
 CALLER = web.RequestKey("caller", Caller)
+# Set by the callback route: the sender's address as client_address found it (None: unknown
+# behind a trusted proxy), so the access log does not look it up again.
+CLIENT_ADDRESS: web.RequestKey[str | None] = web.RequestKey("client_address")
 
 
 def caller(request: web.Request) -> Caller:

@@ -67,17 +67,23 @@ class BatchingStreamHandler(logging.StreamHandler[TextIO]):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record) + self.terminator
+            line = self.format(record)
         except Exception:
             self.handleError(record)
             return
+        self._hold(line, record.levelno)
+
+    def write_line(self, line: str, level: int) -> None:
+        """Write a line formatted by the caller, as `emit` writes a record's (the access log's
+        way: see AccessLine)."""
+        with self.lock:  # type: ignore[union-attr]  # as Handler.handle holds it around emit
+            self._hold(line, level)
+
+    def _hold(self, line: str, level: int) -> None:
+        line += self.terminator
         self._lines.append(line)
         self._size += len(line)
-        if (
-            record.levelno >= logging.WARNING
-            or self._size >= self.max_bytes
-            or time.monotonic() - self._written_at >= self.delay
-        ):
+        if level >= logging.WARNING or self._size >= self.max_bytes or time.monotonic() - self._written_at >= self.delay:
             self.flush()
         elif self._flusher is None:
             # Started on the first line held back: writes out what waits, every `delay`.
@@ -124,6 +130,66 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+
+
+class _Stamp:
+    """What a formatter's formatTime reads of a record."""
+
+    __slots__ = ("created", "msecs")
+
+    def __init__(self, created: float) -> None:
+        self.created = created
+        self.msecs = float(int((created - int(created)) * 1000))
+
+
+class AccessLine:
+    """Writes one logger's INFO lines straight to the handler that would write them, without
+    a LogRecord: the line is the same as the record's would be, formatted by the same
+    formatter's rules (TextFormatter, JsonFormatter) and held by the same BatchingStreamHandler.
+    Used when that is all logging would do with the record: the logger and its ancestors have
+    no handler or filter of their own, the root logger has exactly one BatchingStreamHandler
+    with one of cbhub's formatters and no filter. Otherwise (a test capturing records, a
+    configuration of one's own) `target()` is None and the caller logs a record as usual."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def target(self) -> BatchingStreamHandler | None:
+        """The handler to write to, checked on every call (a handler may be added any time):
+        a walk of two or three loggers, far cheaper than a record."""
+        node: logging.Logger | None = self.logger
+        root = logging.root
+        while node is not None and node is not root:
+            if node.handlers or node.filters or not node.propagate or node.disabled:
+                return None
+            node = node.parent
+        handlers = root.handlers
+        if len(handlers) != 1 or root.filters:
+            return None
+        handler = handlers[0]
+        if type(handler) is not BatchingStreamHandler or handler.filters or handler.level > logging.INFO:
+            return None
+        if type(handler.formatter) not in (TextFormatter, JsonFormatter):
+            return None
+        return handler
+
+    def write(self, handler: BatchingStreamHandler, message: str, extra: dict[str, Any]) -> None:
+        """`message` (already formatted) with `extra` as `logger.info(message, extra=extra)`
+        would write it through `handler`."""
+        formatter = handler.formatter
+        stamp = _Stamp(time.time())
+        if type(formatter) is TextFormatter:
+            line = f"{formatter.formatTime(stamp)} INFO {self.logger.name}: {message}"  # type: ignore[arg-type]
+        else:
+            entry: dict[str, Any] = {
+                "time": datetime.fromtimestamp(stamp.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
+                "level": "info",
+                "logger": self.logger.name,
+                "message": message,
+            }
+            entry.update(extra)
+            line = orjson.dumps(entry, default=str).decode()
+        handler.write_line(line, logging.INFO)
 
 
 # logging.Formatter's own default_msec_format, which its type leaves optional.

@@ -50,7 +50,7 @@ class GroupSummary:
     overdue: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IngestResult:
     delivery: Delivery
     callback: Callback  # after this delivery, with `result` set
@@ -72,19 +72,29 @@ def _ignore(event: Event) -> None:
     pass
 
 
+def _always() -> bool:
+    return True
+
+
 class Store(abc.ABC):
     """Every write is durable (committed) when its coroutine returns."""
 
     # Told every committed event; see announce_to.
     _publish: Callable[[Event], None] = staticmethod(_ignore)
+    # Whether anyone may want events now; see announce_to.
+    _listening: Callable[[], bool] = staticmethod(_always)
 
-    def announce_to(self, publish: Callable[[Event], None]) -> None:
+    def announce_to(self, publish: Callable[[Event], None], listening: Callable[[], bool] | None = None) -> None:
         """Have `publish` told every delivery and every closing (cancel, expiry) committed from
         now on, each once, in commit order (delivery ids ascending), before the write that made
         it returns. Where several processes share one database, the events committed by the
         others are told too: this is how a waiter on one instance hears of a callback posted to
-        another. Call it before open()."""
+        another. `listening()`, when given, says whether anyone subscribes at the moment a
+        commit is announced: a store may then skip making events nobody would be told of (a
+        waiter registered later reads the commit). Call it before open()."""
         self._publish = publish
+        if listening is not None:
+            self._listening = listening
 
     @abc.abstractmethod
     async def open(self) -> None:

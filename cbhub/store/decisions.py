@@ -77,6 +77,9 @@ class InsertDelivery(NamedTuple):
     verdict: Verdict
     problems: tuple[str, ...] = ()
     answered: Answer | None = None
+    # The verdict is the callback's outcome and error already: a backend may leave them be
+    # (writing a column touches every index that holds it, even with the same value).
+    same_outcome: bool = False
 
 
 # An expected set's steps: each is one keyed statement on expected_ids, whatever the set's size.
@@ -214,9 +217,14 @@ def ingest(
     verdict = (
         INVALID_VERDICT
         if problems
-        else classify(incoming.raw, incoming.content_type, incoming.parsed, callback.outcome_rule, builtin_outcomes)
+        else classify(
+            incoming.raw, incoming.content_type, incoming.parsed, callback.outcome_rule, builtin_outcomes, incoming.scanned
+        )
     )
-    delivery_id = yield InsertDelivery(found.id, callback.group, incoming, late, new_status, verdict, problems, answered)
+    same_outcome = verdict.outcome == callback.outcome and verdict.error == callback.error
+    delivery_id = yield InsertDelivery(
+        found.id, callback.group, incoming, late, new_status, verdict, problems, answered, same_outcome
+    )
     if not late and not problems and callback.settle_ms is not None:
         # Latest wins: a newer result starts its settle window again.
         yield StartSettle(found.id, settle_due(incoming.received_at, callback.settle_ms))

@@ -99,9 +99,14 @@ class GroupCommit(Generic[Op]):
         run_batch: Callable[[list[Op]], Awaitable[list[Any]]],
         announce: Callable[[list[Event]], Awaitable[None]],
         on_commit: Callable[[int, float], None] | None = None,
+        listening: Callable[[], bool] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self._announce = announce
+        # None: every batch is announced. Otherwise a batch committed while nobody listens makes
+        # no events (asked after the commit, in the same step of the loop as the announcing:
+        # a waiter that registers later reads what was committed).
+        self._listening = listening
         # Told (batch size, seconds) after each commit: metrics hook in here.
         self._on_commit = on_commit
         self._pending: list[_Write[Op]] = []
@@ -164,6 +169,17 @@ class GroupCommit(Generic[Op]):
             self.writable = True
         if self._on_commit is not None:
             self._on_commit(len(batch), time.perf_counter() - started)
+        if self._listening is None or self._listening():
+            await self._announce_batch(batch, results)
+        for write, result in zip(batch, results):
+            if write.future.done():
+                continue
+            if isinstance(result, Exception):
+                write.future.set_exception(result)
+            else:
+                write.future.set_result(result)
+
+    async def _announce_batch(self, batch: list[_Write[Op]], results: list[Any]) -> None:
         events = [
             event
             for write, result in zip(batch, results)
@@ -175,13 +191,6 @@ class GroupCommit(Generic[Op]):
         except Exception:
             # Committed all the same: the writers are answered; waiters find it by reading.
             log.exception("announcing %d committed events failed", len(events))
-        for write, result in zip(batch, results):
-            if write.future.done():
-                continue
-            if isinstance(result, Exception):
-                write.future.set_exception(result)
-            else:
-                write.future.set_result(result)
 
     async def _run_without_failures(self, ops: list[Op]) -> list[Any]:
         """One result per op: an op that fails other than by refusing rolls its batch back, and

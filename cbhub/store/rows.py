@@ -189,7 +189,7 @@ def new_delivery(
         content_type=incoming.content_type,
         remote_addr=incoming.remote_addr,
         headers=incoming.headers,
-        query=parse_form(incoming.query_string),
+        query=parse_form(incoming.query_string) if incoming.query_string else {},
         raw=incoming.raw,
         correlation_id=incoming.correlation_id,
         group=callback.group,

@@ -75,6 +75,8 @@ MAX_TOKEN = 128
 UNTIL_ALL = "all"
 UNTIL_FIRST_ERROR = "first_error"
 UNTILS = (UNTIL_ALL, UNTIL_FIRST_ERROR)
+# A callback whose contract the hub does not remember (beside None: remembered, without one).
+_UNKNOWN: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,7 @@ class Hub:
         self.registry = registry if registry is not None else Registry()
         # The store tells every committed delivery and closing, ours and (over a shared
         # database) other instances', in commit order: the registry wakes whoever waits.
-        store.announce_to(self.registry.publish)
+        store.announce_to(self.registry.publish, self.registry.listening)
         self._expiry_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
         self._default_verify = config.ingest.verify.spec()
@@ -145,13 +147,16 @@ class Hub:
         if len(self._contracts) > CONTRACTS_REMEMBERED:
             self._contracts.popitem(last=False)
 
-    def _contract_check(self, incoming: Incoming) -> ContractCheck:
+    def _contract_check(self, incoming: Incoming) -> ContractCheck | None:
         """The check the store runs on the delivery's callback, asked only when it has a
         contract. When the hub knows the contract (minted here, or a delivery seen before), the
         delivery is checked here, on the event loop; else the store's writer checks it (once
-        per callback: the hub remembers the contract from the answer)."""
-        known = self._contracts.get(incoming.token)
-        if known is not None:
+        per callback: the hub remembers the contract from the answer). None when the hub
+        knows the callback has none: nothing to check, nothing to build."""
+        known = self._contracts.get(incoming.token, _UNKNOWN)
+        if known is None:
+            return None
+        if known is not _UNKNOWN:
             problems = known.problems(incoming.raw, incoming.content_type, incoming.parsed)
             return lambda contract: problems if contract == known else contract.problems(
                 incoming.raw, incoming.content_type, incoming.parsed

@@ -149,6 +149,10 @@ class Registry:
             if not subscribers:
                 del self._by_key[key]
 
+    def listening(self) -> bool:
+        """Whether any subscriber is registered (an empty key's set is dropped at once)."""
+        return bool(self._by_key)
+
     def publish(self, event: Event) -> None:
         # A copy: a woken subscriber may remove itself while we iterate. A subscriber filed
         # under two of the event's keys is pushed the event once.

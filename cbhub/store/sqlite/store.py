@@ -111,6 +111,9 @@ COUNT_ON_TIME_WITH_STATUS = (
 COUNT_ON_TIME = (
     "UPDATE callbacks SET deliveries = deliveries + 1, last_delivery_id = ?, outcome = ?, error = ? WHERE id = ?"
 )
+# The same, when the delivery's outcome and error are the callback's already: the callbacks'
+# outcome indexes are left untouched.
+COUNT_ON_TIME_SAME_OUTCOME = "UPDATE callbacks SET deliveries = deliveries + 1, last_delivery_id = ? WHERE id = ?"
 COUNT_LATE = "UPDATE callbacks SET late_deliveries = late_deliveries + 1 WHERE id = ?"
 # An invalid delivery (it does not fit the contract) is counted, never the result.
 COUNT_INVALID = (
@@ -248,7 +251,10 @@ class SQLiteStore(Store):
         self._writer_conn: sqlite3.Connection | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbhub-writer")
         self._reader: aiosqlite.Connection | None = None
-        self._writes: GroupCommit[WriteOp] = GroupCommit(self._commit, self._announce, on_commit)
+        # One process owns the file: when nobody listens here, nobody is told of a commit.
+        self._writes: GroupCommit[WriteOp] = GroupCommit(
+            self._commit, self._announce, on_commit, listening=lambda: self._listening()
+        )
         self._checkpointer = Checkpointer(self.path, synchronous)
 
     # Lifecycle
@@ -571,7 +577,7 @@ def _answer(conn: sqlite3.Connection, step: decisions.Step) -> Any:
     match step:
         case decisions.LoadCallback(token):
             return _found(conn.execute(SELECT_CALLBACK_BY_TOKEN, (token,)).fetchone())
-        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status, verdict, problems, answered):
+        case decisions.InsertDelivery(callback_id, group, incoming, late, new_status, verdict, problems, answered, same_outcome):
             values = (
                 callback_id,
                 group,
@@ -587,6 +593,8 @@ def _answer(conn: sqlite3.Connection, step: decisions.Step) -> Any:
                 conn.execute(COUNT_INVALID, (callback_id,))
             elif new_status is not None:
                 conn.execute(COUNT_ON_TIME_WITH_STATUS, (new_status, delivery_id, *stored_verdict, callback_id))
+            elif same_outcome:
+                conn.execute(COUNT_ON_TIME_SAME_OUTCOME, (delivery_id, callback_id))
             else:
                 conn.execute(COUNT_ON_TIME, (delivery_id, *stored_verdict, callback_id))
             return delivery_id
