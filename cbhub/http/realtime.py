@@ -29,6 +29,7 @@ from cbhub.errors import (
     WebsocketRequired,
 )
 from cbhub.http.errors import error_frame
+from cbhub.http.heartbeat import Heartbeat
 from cbhub.http.keys import CONFIG, HUB, STREAMS, base_url, caller
 from cbhub.http.params import (
     AFTER,
@@ -54,6 +55,8 @@ CLOSE_TIMEOUT = 5.0
 SSE_KEEPALIVE = b": keep-alive\n\n"
 # The name of an SSE stream's one subscription (it is never shown).
 SSE_SUBSCRIPTION = "events"
+# The one heartbeat of every websocket of the app.
+HEARTBEAT = web.AppKey("heartbeat", Heartbeat)
 
 # What each route reads, declared once (published by cbhub.http.openapi).
 ONCE = FlagParam("once", "close after the first delivery")
@@ -69,14 +72,14 @@ EVENTS_PARAMS = (*DELIVERY_FILTERS, REPLAY_AFTER)
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     """GET /v1/ws: subscribe and unsubscribe by frames."""
-    _require_upgrade(request)
+    ws = _upgradable(request)
     feed = request.app[STREAMS].open("websocket")
-    return await _run_websocket(request, feed, once=False)
+    return await _run_websocket(request, ws, feed, once=False)
 
 
 async def callback_websocket(request: web.Request) -> web.StreamResponse:
     """GET /v1/callbacks/{token}/ws: one callback's deliveries, subscribed on connect."""
-    _require_upgrade(request)
+    ws = _upgradable(request)
     token = request.match_info["token"]
     after = AFTER.parse(request.query)
     once = ONCE.parse(request.query)
@@ -85,29 +88,43 @@ async def callback_websocket(request: web.Request) -> web.StreamResponse:
     confirm = {"type": "subscribed", "id": token}
     where = DeliveryFilter(token=token, owner=caller(request).owner)
     await _subscribe_or_refuse(request, feed, token, where, after, confirm)
-    return await _run_websocket(request, feed, once)
+    return await _run_websocket(request, ws, feed, once)
 
 
-def _require_upgrade(request: web.Request) -> None:
-    if not web.WebSocketResponse().can_prepare(request).ok:
+def _upgradable(request: web.Request) -> web.WebSocketResponse:
+    """The response that upgrades this request, refusing one that asks for no websocket."""
+    # Pings are the shared heartbeat's (aiohttp's would be a timer per socket): pongs come to
+    # the reading loop, which tells the heartbeat the peer is alive, and answers pings.
+    ws = web.WebSocketResponse(autoping=False, max_msg_size=MAX_FRAME_BYTES)
+    if not ws.can_prepare(request).ok:
         raise WebsocketRequired()
+    return ws
 
 
-async def _run_websocket(request: web.Request, feed: Feed, once: bool) -> web.StreamResponse:
+async def _run_websocket(request: web.Request, ws: web.WebSocketResponse, feed: Feed, once: bool) -> web.StreamResponse:
     streams = request.app[STREAMS]
+    heartbeat = request.app[HEARTBEAT]
+    transport = request.transport
     try:
-        ws = web.WebSocketResponse(heartbeat=request.app[CONFIG].realtime.heartbeat, max_msg_size=MAX_FRAME_BYTES)
         await ws.prepare(request)
         writer = _Writer(ws, feed, once)
+        if transport is not None:
+            heartbeat.watch(transport)
         try:
             async for message in ws:
-                if message.type is WSMsgType.TEXT:
+                if transport is not None:
+                    heartbeat.heard(transport)
+                if message.type is WSMsgType.PING:
+                    await ws.pong(message.data)
+                elif message.type is WSMsgType.TEXT:
                     await _handle_frame(feed, message.data, caller(request).owner)
                 elif message.type is WSMsgType.BINARY:
                     feed.reply(error_frame(None, InvalidFrame("frames must be text frames holding JSON")))
                 elif message.type is WSMsgType.ERROR:
                     break
         finally:
+            if transport is not None:
+                heartbeat.forget(transport)
             # Ends the feed (if the writer has not already): the writer closes the socket.
             streams.close(feed)
             await writer.finished()
@@ -417,6 +434,7 @@ async def _subscribe_or_refuse(
 
 
 def add_routes(app: web.Application) -> None:
+    app[HEARTBEAT] = Heartbeat(app[CONFIG].realtime.heartbeat)
     router = app.router
     router.add_get("/v1/ws", websocket, allow_head=False)
     router.add_get("/v1/callbacks/{token}/ws", callback_websocket, allow_head=False)
