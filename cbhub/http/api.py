@@ -11,6 +11,7 @@ from cbhub.domain.filters import CallbackFilter
 from cbhub.domain.model import STATUSES, Callback, Delivery, MintSpec
 from cbhub.domain.outcomes import OUTCOMES
 from cbhub.errors import DeliveryNotFound, InvalidHeader
+from cbhub.http.deadline import held
 from cbhub.http.errors import json_response
 from cbhub.http.keys import CONFIG, HUB, base_url, caller
 from cbhub.http.params import (
@@ -241,6 +242,7 @@ async def wait_callback(request: web.Request) -> web.StreamResponse:
     after = AFTER.parse(request.query)
     settle = WAIT_SETTLE.parse(request.query)
     until = UNTIL.parse(request.query) or UNTIL_ALL
+    held(request)
     update = await request.app[HUB].wait_for_callback(
         request.match_info["token"], after, timeout, caller(request).owner, settle, until
     )
@@ -267,6 +269,7 @@ async def wait_many(request: web.Request) -> web.StreamResponse:
     tokens = WAIT_TOKENS.parse(request.query)
     mode = WAIT_MODE.parse(request.query) or "all"
     timeout = TIMEOUT.parse(request.query, request.app[CONFIG].callbacks.max_wait)
+    held(request)
     ready = await request.app[HUB].wait_for_many(tokens, mode == "all", timeout, caller(request).owner)
     if ready is None:
         return web.Response(status=204)
@@ -281,6 +284,8 @@ async def list_deliveries(request: web.Request) -> web.Response:
     after = AFTER.parse(query)
     limit = PAGE_LIMIT.parse(query)
     wait = WAIT.parse(query, request.app[CONFIG].callbacks.max_wait)
+    if wait > 0:
+        held(request)
     deliveries = await request.app[HUB].wait_for_deliveries(where, after, limit, wait)
     next_after = deliveries[-1].id if deliveries else after
     return json_response({"deliveries": _deliveries_json(deliveries), "next_after": next_after})
@@ -322,6 +327,7 @@ async def wait_group(request: web.Request) -> web.StreamResponse:
     group = request.match_info["group"]
     timeout = TIMEOUT.parse(request.query, request.app[CONFIG].callbacks.max_wait)
     until = UNTIL.parse(request.query) or UNTIL_ALL
+    held(request)
     summary = await request.app[HUB].wait_for_group(group, timeout, caller(request).owner, until)
     if summary is None:
         return web.Response(status=204)

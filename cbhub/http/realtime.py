@@ -28,6 +28,7 @@ from cbhub.errors import (
     SubscriptionNotFound,
     WebsocketRequired,
 )
+from cbhub.http.deadline import held
 from cbhub.http.errors import error_frame
 from cbhub.http.heartbeat import Heartbeat
 from cbhub.http.keys import CONFIG, HUB, STREAMS, base_url, caller
@@ -131,6 +132,7 @@ async def _run_websocket(request: web.Request, ws: web.WebSocketResponse, feed: 
     transport = request.transport
     try:
         await ws.prepare(request)
+        held(request)
         writer = _Writer(ws, feed, once)
         if transport is not None:
             heartbeat.watch(transport)
@@ -382,6 +384,7 @@ async def _stream_events(
         response = web.StreamResponse(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         response.content_type = "text/event-stream"
         await response.prepare(request)
+        held(request)
         try:
             await response.write(b": subscribed\n\n")  # the client sees the stream open at once
             keepalive = request.app[CONFIG].realtime.heartbeat
