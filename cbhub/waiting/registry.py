@@ -120,7 +120,9 @@ class Waiter:
 
 class Registry:
     def __init__(self) -> None:
-        self._by_key: dict[Key, set[Subscriber]] = {}
+        # Under each key, its one subscriber itself, or a set of them once there are several:
+        # most keys (a token) have one waiter, and a set for it would weigh 0.2 KB more.
+        self._by_key: dict[Key, Subscriber | set[Subscriber]] = {}
         self._shut_down = False
 
     @property
@@ -131,8 +133,15 @@ class Registry:
         if self._shut_down:
             subscriber.shut_down()  # told at once, and not filed: nothing will come
             return
+        by_key = self._by_key
         for key in subscriber.keys:
-            self._by_key.setdefault(key, set()).add(subscriber)
+            filed = by_key.get(key)
+            if filed is None:
+                by_key[key] = subscriber
+            elif isinstance(filed, set):
+                filed.add(subscriber)
+            elif filed is not subscriber:
+                by_key[key] = {filed, subscriber}
 
     def shut_down(self) -> None:
         """Tell every subscriber, present and future, that the server is stopping."""
@@ -141,18 +150,24 @@ class Registry:
             subscriber.shut_down()
 
     def remove(self, subscriber: Subscriber) -> None:
+        by_key = self._by_key
         for key in subscriber.keys:
-            subscribers = self._by_key.get(key)
-            if subscribers is None:
+            filed = by_key.get(key)
+            if filed is None:
                 continue
-            subscribers.discard(subscriber)
-            if not subscribers:
-                del self._by_key[key]
+            if isinstance(filed, set):
+                filed.discard(subscriber)
+                if len(filed) == 1:
+                    by_key[key] = next(iter(filed))
+                elif not filed:
+                    del by_key[key]
+            elif filed is subscriber:
+                del by_key[key]
 
     def publish(self, event: Event) -> None:
         # A copy: a woken subscriber may remove itself while we iterate. A subscriber filed
         # under two of the event's keys is pushed the event once.
-        found = [tuple(filed) for key in keys_of(event) if (filed := self._by_key.get(key))]
+        found = [_filed(filed) for key in keys_of(event) if (filed := self._by_key.get(key)) is not None]
         if len(found) == 1:
             for subscriber in found[0]:
                 subscriber.push(event)
@@ -166,7 +181,7 @@ class Registry:
 
     def _subscribers(self) -> set[Subscriber]:
         """Each registered subscriber once, however many keys it is filed under."""
-        return {subscriber for subscribers in self._by_key.values() for subscriber in subscribers}
+        return {subscriber for filed in self._by_key.values() for subscriber in _filed(filed)}
 
     def __len__(self) -> int:
         """How many subscribers are registered (0 when nobody waits)."""
@@ -177,3 +192,8 @@ class Registry:
         for subscriber in self._subscribers():
             counts[subscriber.kind] = counts.get(subscriber.kind, 0) + 1
         return counts
+
+
+def _filed(filed: Subscriber | set[Subscriber]) -> tuple[Subscriber, ...]:
+    """The subscribers filed under one key, as a copy."""
+    return tuple(filed) if isinstance(filed, set) else (filed,)
