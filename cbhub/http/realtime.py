@@ -38,10 +38,12 @@ from cbhub.http.params import (
     MAX_CURSOR,
     FlagParam,
     IntParam,
+    Query,
     field_int,
     field_name,
     query_filter,
     refuse_unknown_fields,
+    transient_query,
 )
 from cbhub.waiting.subscriptions import IDLE, NOTHING, End, Feed, Idle, Notice, Reply
 
@@ -82,8 +84,10 @@ async def callback_websocket(request: web.Request) -> web.StreamResponse:
     """GET /v1/callbacks/{token}/ws: one callback's deliveries, subscribed on connect."""
     ws = _upgradable(request)
     token = request.match_info["token"]
-    after = AFTER.parse(request.query)
-    once = ONCE.parse(request.query)
+    query = transient_query(request)
+    after = AFTER.parse(query)
+    once = ONCE.parse(query)
+    del query  # read: not kept by this frame while the socket is open
     feed = request.app[STREAMS].open("websocket")
     # Subscribed before the upgrade, so that an unknown token is a plain 404.
     confirm = {"type": "subscribed", "id": token}
@@ -308,7 +312,7 @@ async def callback_events(request: web.Request) -> web.StreamResponse:
     EventSource to stop reconnecting."""
     token = request.match_info["token"]
     owner = caller(request).owner
-    after = _resume_point(request, AFTER) or 0
+    after = _resume_point(request, transient_query(request), AFTER) or 0
     followed = await request.app[HUB].follow(token, after, owner)
     if followed is None:
         return web.Response(status=204)
@@ -321,11 +325,14 @@ async def events(request: web.Request) -> web.StreamResponse:
     """GET /v1/events?group=|token=|correlation_id=: what arrives from now (or from `after`);
     without a filter, everything the caller's key may see. Callbacks minted within the filters
     come as `created`."""
-    where = query_filter(request.query, caller(request).owner)
-    return await _stream_events(request, where, _resume_point(request, REPLAY_AFTER), created=True)
+    query = transient_query(request)
+    where = query_filter(query, caller(request).owner)
+    after = _resume_point(request, query, REPLAY_AFTER)
+    del query  # read: not kept by this frame while the stream is open
+    return await _stream_events(request, where, after, created=True)
 
 
-def _resume_point(request: web.Request, after: IntParam[Any]) -> int | None:
+def _resume_point(request: web.Request, query: Query, after: IntParam[Any]) -> int | None:
     """Where a stream starts: Last-Event-ID (an EventSource reconnecting) beats ?after=."""
     header = request.headers.get("Last-Event-ID", "").strip()
     if header:
@@ -333,7 +340,7 @@ def _resume_point(request: web.Request, after: IntParam[Any]) -> int | None:
         if not (header.isascii() and header.isdigit()) or int(header) > MAX_CURSOR:
             raise InvalidHeader("Last-Event-ID", f"must be a delivery id, got {header[:40]!r}")
         return int(header)
-    return after.parse(request.query)
+    return after.parse(query)
 
 
 class _UntilClosed:
