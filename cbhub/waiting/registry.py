@@ -98,15 +98,18 @@ class Waiter:
         """True once an event arrived (perhaps before this call), False on timeout; raises
         ShuttingDown when the server stops first."""
         if not self.events and timeout > 0 and not self._shut_down:
-            if self._woken.done():  # cancelled by an earlier timeout
-                self._woken = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            if self._woken.done():  # resolved by an earlier timeout
+                self._woken = loop.create_future()
             # Awaited directly, not through wait_for and a shield: a wake-up is one step of the
-            # loop, not three (and the waiter holds two futures and a frame fewer).
+            # loop, not three (and the waiter holds two futures and a frame fewer). The timeout
+            # resolves the future too, rather than cancelling through asyncio.timeout, whose
+            # context manager and its state would stay with every idle waiter.
+            timer = loop.call_later(timeout, _resolve, self._woken)
             try:
-                async with asyncio.timeout(timeout):
-                    await self._woken
-            except TimeoutError:
-                pass
+                await self._woken
+            finally:
+                timer.cancel()
         if self._shut_down:
             raise ShuttingDown()
         return bool(self.events)
@@ -116,6 +119,11 @@ class Waiter:
         self.events.clear()
         if self._woken.done():
             self._woken = asyncio.get_running_loop().create_future()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class Registry:
