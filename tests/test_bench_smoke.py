@@ -36,6 +36,7 @@ def test_smoke_run_of_the_whole_suite(tmp_path: Path) -> None:
     assert any(name.startswith("ingest throughput") for name in names)
     assert any(name.startswith("wake latency") for name in names)
     assert any(name.startswith("memory per idle") for name in names)
+    assert any(name.startswith("memory per long-poll,") and "at once" in name for name in names)
     assert all(figure["cbhub"]["runs"] for figure in results["figures"])
 
 
