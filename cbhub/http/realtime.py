@@ -74,26 +74,66 @@ EVENTS_PARAMS = (*DELIVERY_FILTERS, REPLAY_AFTER)
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    """GET /v1/ws: subscribe and unsubscribe by frames."""
+    """GET /v1/ws: subscribe and unsubscribe by frames; GET /v1/callbacks/{token}/ws: one
+    callback's deliveries, subscribed on connect.
+
+    One coroutine for both routes, which reads the socket itself: a socket spends its whole
+    life in it, and every coroutine it awaited through would be kept that long (0.3 KB each)."""
     ws = _upgradable(request)
-    feed = request.app[STREAMS].open("websocket")
-    return await _run_websocket(request, ws, feed, once=False)
+    token = request.match_info.get("token")
+    after, once = _callback_options(request) if token is not None else (None, False)
+    streams = request.app[STREAMS]
+    feed = streams.open("websocket")
+    if token is not None:
+        await _subscribe_callback(request, feed, token, after)
+    heartbeat = request.app[HEARTBEAT]
+    transport = request.transport
+    try:
+        await ws.prepare(request)
+        held(request)
+        writer = _Writer(ws, feed, once)
+        if transport is not None:
+            heartbeat.watch(transport)
+        try:
+            # receive() itself, not `async for`: no __anext__ coroutine kept while idle.
+            while (message := await ws.receive()).type not in _CLOSING:
+                if transport is not None:
+                    heartbeat.heard(transport)
+                if message.type is WSMsgType.PING:
+                    await ws.pong(message.data)
+                elif message.type is WSMsgType.TEXT:
+                    await _handle_frame(feed, message.data, caller(request).owner)
+                elif message.type is WSMsgType.BINARY:
+                    feed.reply(error_frame(None, InvalidFrame("frames must be text frames holding JSON")))
+                elif message.type is WSMsgType.ERROR:
+                    break
+        finally:
+            if transport is not None:
+                heartbeat.forget(transport)
+            # Ends the feed (if the writer has not already): the writer closes the socket.
+            streams.close(feed)
+            await writer.finished()
+        return ws
+    finally:
+        streams.close(feed)
 
 
-async def callback_websocket(request: web.Request) -> web.StreamResponse:
-    """GET /v1/callbacks/{token}/ws: one callback's deliveries, subscribed on connect."""
-    ws = _upgradable(request)
-    token = request.match_info["token"]
+# What ends the reading of a socket, as `async for` over it would end.
+_CLOSING = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
+
+
+def _callback_options(request: web.Request) -> tuple[int | None, bool]:
+    """A callback socket's `after` and `once`."""
     query = transient_query(request)
-    after = AFTER.parse(query)
-    once = ONCE.parse(query)
-    del query  # read: not kept by this frame while the socket is open
-    feed = request.app[STREAMS].open("websocket")
-    # Subscribed before the upgrade, so that an unknown token is a plain 404.
+    return AFTER.parse(query), ONCE.parse(query)
+
+
+async def _subscribe_callback(request: web.Request, feed: Feed, token: str, after: int | None) -> None:
+    """Subscribe a callback's socket to its deliveries before the upgrade, so that an unknown
+    token is a plain 404."""
     confirm = {"type": "subscribed", "id": token}
     where = DeliveryFilter(token=token, owner=caller(request).owner)
     await _subscribe_or_refuse(request, feed, token, where, after, confirm)
-    return await _run_websocket(request, ws, feed, once)
 
 
 class _Socket(web.WebSocketResponse[Literal[True]]):
@@ -130,54 +170,25 @@ def _upgradable(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def _run_websocket(request: web.Request, ws: web.WebSocketResponse, feed: Feed, once: bool) -> web.StreamResponse:
-    streams = request.app[STREAMS]
-    heartbeat = request.app[HEARTBEAT]
-    transport = request.transport
-    try:
-        await ws.prepare(request)
-        held(request)
-        writer = _Writer(ws, feed, once)
-        if transport is not None:
-            heartbeat.watch(transport)
-        try:
-            async for message in ws:
-                if transport is not None:
-                    heartbeat.heard(transport)
-                if message.type is WSMsgType.PING:
-                    await ws.pong(message.data)
-                elif message.type is WSMsgType.TEXT:
-                    await _handle_frame(feed, message.data, caller(request).owner)
-                elif message.type is WSMsgType.BINARY:
-                    feed.reply(error_frame(None, InvalidFrame("frames must be text frames holding JSON")))
-                elif message.type is WSMsgType.ERROR:
-                    break
-        finally:
-            if transport is not None:
-                heartbeat.forget(transport)
-            # Ends the feed (if the writer has not already): the writer closes the socket.
-            streams.close(feed)
-            await writer.finished()
-        return ws
-    finally:
-        streams.close(feed)
-
-
 class _Writer:
     """A websocket's one writer: sends what the feed gives, then closes as the feed ended.
 
     Its task runs only while the feed has something to send: thousands of idle subscribers
-    hold no task, coroutine or future of their own (about 1.4 KB each)."""
+    hold no task, coroutine or future of their own (about 1.4 KB each). The feed calls the
+    writer itself when there is news (a bound method kept by the feed would weigh more)."""
+
+    __slots__ = ("_feed", "_once", "_task", "_ws")
 
     def __init__(self, ws: web.WebSocketResponse, feed: Feed, once: bool) -> None:
         self._ws = ws
         self._feed = feed
         self._once = once
         self._task: asyncio.Task[None] | None = None
-        feed.on_ready = self._start
-        self._start()
+        feed.on_ready = self
+        self()
 
-    def _start(self) -> None:
+    def __call__(self) -> None:
+        """Start sending, unless already sending."""
         if self._task is None:
             self._task = asyncio.create_task(self._send())
 
@@ -471,6 +482,6 @@ def add_routes(app: web.Application) -> None:
     app[HEARTBEAT] = Heartbeat(app[CONFIG].realtime.heartbeat)
     router = app.router
     router.add_get("/v1/ws", websocket, allow_head=False)
-    router.add_get("/v1/callbacks/{token}/ws", callback_websocket, allow_head=False)
+    router.add_get("/v1/callbacks/{token}/ws", websocket, allow_head=False)
     router.add_get("/v1/events", events, allow_head=False)
     router.add_get("/v1/callbacks/{token}/events", callback_events, allow_head=False)

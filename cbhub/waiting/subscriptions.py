@@ -217,6 +217,22 @@ class Subscription:
 class Feed:
     """One connection's outgoing stream and its subscriptions."""
 
+    # Slots: one feed per open websocket or event stream, most of them idle.
+    __slots__ = (
+        "kind",
+        "_registry",
+        "_store",
+        "_max_subscriptions",
+        "max_backlog",
+        "_subscriptions",
+        "_queue",
+        "_replaying",
+        "_unsent",
+        "_wake",
+        "on_ready",
+        "ended",
+    )
+
     def __init__(self, registry: Registry, store: Store, limits: RealtimeConfig, kind: str) -> None:
         self.kind = kind
         self._registry = registry
