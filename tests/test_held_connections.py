@@ -53,7 +53,7 @@ def waiting(runner: DeadlineAppRunner, kind: str) -> bool:
 async def test_a_held_long_poll_gives_back_its_read_timer(served):
     runner, url = served
     token = await mint(url)
-    reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    _, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
     writer.write(f"GET /v1/callbacks/{token}/wait?timeout=60 HTTP/1.1\r\nHost: cbhub\r\n\r\n".encode())
     await eventually(lambda: waiting(runner, "long_poll"))
     [held] = protocols(runner)
@@ -72,7 +72,7 @@ async def test_a_websocket_gives_back_its_read_timer(served):
 
 
 async def test_the_next_request_on_a_connection_that_was_held_still_has_its_deadline(served):
-    runner, url = served
+    _, url = served
     token = await mint(url)
     reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
     writer.write(f"GET /v1/callbacks/{token}/wait?timeout=0.05 HTTP/1.1\r\nHost: cbhub\r\n\r\n".encode())

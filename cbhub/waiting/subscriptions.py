@@ -219,18 +219,18 @@ class Feed:
 
     # Slots: one feed per open websocket or event stream, most of them idle.
     __slots__ = (
-        "kind",
-        "_registry",
-        "_store",
         "_max_subscriptions",
-        "max_backlog",
-        "_subscriptions",
         "_queue",
+        "_registry",
         "_replaying",
+        "_store",
+        "_subscriptions",
         "_unsent",
         "_wake",
-        "on_ready",
         "ended",
+        "kind",
+        "max_backlog",
+        "on_ready",
     )
 
     def __init__(self, registry: Registry, store: Store, limits: RealtimeConfig, kind: str) -> None:
