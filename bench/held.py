@@ -1,7 +1,9 @@
 """Held waiters: the server's resident memory while it holds many idle waiters.
 
 The clients are bare sockets (a request written, nothing read), so that this process can hold
-ten thousand of them cheaply; the server cannot tell them from real clients.
+ten thousand of them cheaply; the server cannot tell them from real clients, but they come 200
+at a time. The storm is the other case: real HTTP clients (aiohttp's, a connection each)
+opening their long-polls all at once, as a fleet of workers restarting together does.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from bench.targets import PubSub
 CONNECTING_AT_ONCE = 200
 WARM_UP = 50
 SETTLE = 1.0
+STORM_WARM_UP = 20
 
 
 def _request(target: PubSub, kind: str, channel: str) -> bytes:
@@ -69,4 +72,43 @@ async def bytes_per_waiter(target: PubSub, kind: str, count: int, timeout: float
             after = target.server.rss()
         finally:
             await _close(writers)
+    return (after - before) / count
+
+
+async def _poll(session: aiohttp.ClientSession, url: str) -> None:
+    async with session.get(url) as response:
+        await response.read()
+
+
+async def _storm(target: PubSub, control: aiohttp.ClientSession, channels: list[str], timeout: float) -> int:
+    """Open a long-poll on each channel at once, each from its own connection; the server's
+    RSS once it holds them all. Every poll is cancelled (its connection closed) on return."""
+    base = target.server.url
+    # Those of an earlier storm may still be held (the bare baseline sleeps on after its
+    # client is gone).
+    already = await target.held(control, "long_poll")
+    # No limit on connections: every request is sent at once, on a connection of its own.
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as storm:
+        polls = [asyncio.ensure_future(_poll(storm, base + target.wait_path(channel))) for channel in channels]
+        try:
+            await target.until_held(control, "long_poll", already + len(channels), timeout=timeout)
+            await asyncio.sleep(SETTLE)
+            return target.server.rss()
+        finally:
+            for poll in polls:
+                poll.cancel()
+            await asyncio.gather(*polls, return_exceptions=True)
+
+
+async def storm_bytes_per_waiter(target: PubSub, count: int, timeout: float = 120.0) -> float:
+    """Growth of the server's RSS per long-poll when `count` aiohttp clients open their
+    long-polls at once, read once the server holds them all."""
+    async with asyncio.timeout(timeout), aiohttp.ClientSession() as control:
+        channels = await target.channels(control, count + STORM_WARM_UP)
+        # A few first, so one-off costs are not counted per waiter.
+        await _storm(target, control, channels[:STORM_WARM_UP], timeout / 4)
+        await asyncio.sleep(SETTLE)
+        before = target.server.rss()
+        after = await _storm(target, control, channels[STORM_WARM_UP:], timeout / 2)
     return (after - before) / count

@@ -16,6 +16,7 @@ class Plan:
     lookup_seconds: float = 4.0
     wake_waiters: int = 500
     held_waiters: int = 10_000
+    storm_waiters: int = 5_000  # long-polls opened all at once by aiohttp clients
     stored: int = 1_000_000  # deliveries in the "grown" database
     floor_deliveries: int = 20_000  # stored by SQLite alone, for the ingest ceiling
     classify_seconds: float = 5.0  # per kind of delivery and run, in the classify part
@@ -35,6 +36,7 @@ SMOKE = Plan(
     lookup_seconds=1.0,
     wake_waiters=20,
     held_waiters=200,
+    storm_waiters=100,
     stored=5_000,
     floor_deliveries=500,
     classify_seconds=1.0,

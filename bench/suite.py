@@ -20,7 +20,7 @@ import aiohttp
 from bench import load, nchan
 from bench.floor import sqlite_commit_latencies, sqlite_cpu_per_delivery
 from bench.growth import build_database, sample_tokens
-from bench.held import bytes_per_waiter
+from bench.held import bytes_per_waiter, storm_bytes_per_waiter
 from bench.payload import marketing_cloud_body
 from bench.plan import Plan
 from bench.procs import Cores, Server, start_baseline, start_cbhub
@@ -312,5 +312,20 @@ def held(ctx: Context) -> list[Figure]:
             with running(ctx.start_baseline()) as bare:
                 per_waiter = asyncio.run(bytes_per_waiter(PubSub("aiohttp", bare), kind, plan.held_waiters))
                 over_bare[kind].reference.runs.append(per_waiter / KIB)
-    return [*figures.values(), *over_bare.values()]
+    return [*figures.values(), *over_bare.values(), _storm(ctx)]
+
+
+def _storm(ctx: Context) -> Figure:
+    """Memory per long-poll when aiohttp clients open them all at once, beside bare aiohttp."""
+    plan = ctx.plan
+    figure = Figure(f"memory per long-poll, {plan.storm_waiters:,} opened at once by aiohttp clients", "KiB",
+                    reference_name="bare aiohttp")
+    for run in range(plan.runs):
+        with running(ctx.start_cbhub(ctx.path(f"storm-{run}.db"), f"cbhub-storm-{run}.log")) as server:
+            per_waiter = asyncio.run(storm_bytes_per_waiter(PubSub("cbhub", server), plan.storm_waiters))
+            figure.cbhub.runs.append(per_waiter / KIB)
+        with running(ctx.start_baseline()) as bare:
+            per_waiter = asyncio.run(storm_bytes_per_waiter(PubSub("aiohttp", bare), plan.storm_waiters))
+            figure.reference.runs.append(per_waiter / KIB)
+    return figure
 

@@ -46,6 +46,7 @@ def test_smoke_run_of_the_whole_suite(tmp_path: Path) -> None:
     if missing_reason() is None:
         assert any(name == "ingest throughput, PostgreSQL, 2 instances" for name in names)
         assert any(name.startswith("ordering lock held") for name in names)
+    assert any(name.startswith("memory per long-poll,") and "at once" in name for name in names)
     assert all(figure["cbhub"]["runs"] for figure in results["figures"])
 
 

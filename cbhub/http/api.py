@@ -14,6 +14,7 @@ from cbhub.domain.outcomes import OUTCOMES, RuleError, parse_rule
 from cbhub.domain.responses import ResponseSpecError, parse_response
 from cbhub.domain.signatures import SpecError, parse_spec
 from cbhub.errors import DeliveryNotFound, InvalidHeader
+from cbhub.http.deadline import held
 from cbhub.http.errors import json_response
 from cbhub.http.keys import CONFIG, HUB, base_url, caller
 from cbhub.http.params import (
@@ -37,6 +38,7 @@ from cbhub.http.params import (
     TextParam,
     TokensParam,
     query_filter,
+    transient_query,
 )
 from cbhub.http.timing import ExpectWithinField, SettleField, SettleParam, settle_ms
 from cbhub.store.base import GroupSummary
@@ -262,10 +264,13 @@ async def cancel_callback(request: web.Request) -> web.Response:
 
 
 async def wait_callback(request: web.Request) -> web.StreamResponse:
-    timeout = TIMEOUT.parse(request.query, request.app[CONFIG].callbacks.max_wait)
-    after = AFTER.parse(request.query)
-    settle = WAIT_SETTLE.parse(request.query)
-    until = UNTIL.parse(request.query) or UNTIL_ALL
+    query = transient_query(request)
+    timeout = TIMEOUT.parse(query, request.app[CONFIG].callbacks.max_wait)
+    after = AFTER.parse(query)
+    settle = WAIT_SETTLE.parse(query)
+    until = UNTIL.parse(query) or UNTIL_ALL
+    del query  # read: not kept by this frame while the request is held
+    held(request)
     update = await request.app[HUB].wait_for_callback(
         request.match_info["token"], after, timeout, caller(request).owner, settle, until
     )
@@ -289,9 +294,12 @@ async def missing_ids(request: web.Request) -> web.Response:
     page = found[:limit]
     return json_response({"missing": page, "next_after": page[-1] if len(found) > limit else None})
 async def wait_many(request: web.Request) -> web.StreamResponse:
-    tokens = WAIT_TOKENS.parse(request.query)
-    mode = WAIT_MODE.parse(request.query) or "all"
-    timeout = TIMEOUT.parse(request.query, request.app[CONFIG].callbacks.max_wait)
+    query = transient_query(request)
+    tokens = WAIT_TOKENS.parse(query)
+    mode = WAIT_MODE.parse(query) or "all"
+    timeout = TIMEOUT.parse(query, request.app[CONFIG].callbacks.max_wait)
+    del query
+    held(request)
     ready = await request.app[HUB].wait_for_many(tokens, mode == "all", timeout, caller(request).owner)
     if ready is None:
         return web.Response(status=204)
@@ -301,11 +309,14 @@ async def wait_many(request: web.Request) -> web.StreamResponse:
 
 
 async def list_deliveries(request: web.Request) -> web.Response:
-    query = request.query
+    query = transient_query(request)
     where = query_filter(query, owner=caller(request).owner)
     after = AFTER.parse(query)
     limit = PAGE_LIMIT.parse(query)
     wait = WAIT.parse(query, request.app[CONFIG].callbacks.max_wait)
+    del query
+    if wait > 0:
+        held(request)
     deliveries = await request.app[HUB].wait_for_deliveries(where, after, limit, wait)
     next_after = deliveries[-1].id if deliveries else after
     return json_response({"deliveries": _deliveries_json(deliveries), "next_after": next_after})
@@ -345,8 +356,11 @@ async def group_status(request: web.Request) -> web.Response:
 
 async def wait_group(request: web.Request) -> web.StreamResponse:
     group = request.match_info["group"]
-    timeout = TIMEOUT.parse(request.query, request.app[CONFIG].callbacks.max_wait)
-    until = UNTIL.parse(request.query) or UNTIL_ALL
+    query = transient_query(request)
+    timeout = TIMEOUT.parse(query, request.app[CONFIG].callbacks.max_wait)
+    until = UNTIL.parse(query) or UNTIL_ALL
+    del query
+    held(request)
     summary = await request.app[HUB].wait_for_group(group, timeout, caller(request).owner, until)
     if summary is None:
         return web.Response(status=204)

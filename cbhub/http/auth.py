@@ -92,16 +92,6 @@ def _under_api(request: web.Request) -> bool:
     return resource is not None and resource.canonical.startswith(API_PREFIX + "/")
 
 
-def auth_middleware(authenticator: Authenticator) -> Middleware:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if _under_api(request):
-            request[CALLER] = authenticator.caller_for(request)
-        return await handler(request)
-
-    return middleware
-
-
 def app_middleware(authenticator: Authenticator, public: Container[Handler]) -> Middleware:
     """The error middleware around the auth middleware, as one; a handler in `public` (the
     callback route, which renders its own errors with error_answer and takes no API key) is

@@ -76,6 +76,15 @@ class DeadlineRequestHandler(web.RequestHandler):
         if len(self._messages) > queued:
             self._headers_received(self._messages[-1][1])
 
+    def release_read_timer(self) -> None:
+        """Drop the connection's read timer now if no request is being received: a request
+        that will be held (a long-poll, a websocket, an event stream) would otherwise keep
+        it, with its callback, until it fires read_timeout after the request began. The next
+        request on the connection makes a new one."""
+        if self._read_due is None and self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
     def _request_started(self) -> None:
         due = self._loop.time() + self._read_timeout
         self._read_due = due
@@ -109,6 +118,14 @@ class DeadlineRequestHandler(web.RequestHandler):
         # No answer, as nginx and Go give none: the sender is not sending, and a handler
         # already reading the body is cancelled (handler_cancellation) with the connection.
         self.force_close()
+
+
+def held(request: web.BaseRequest) -> None:
+    """Say that `request`, received whole, will be held open: its connection's read timer goes
+    (under a server without the read deadline, such as a test's, nothing happens)."""
+    protocol = request.protocol
+    if isinstance(protocol, DeadlineRequestHandler):
+        protocol.release_read_timer()
 
 
 class DeadlineServer(web.Server):

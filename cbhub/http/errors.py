@@ -58,16 +58,8 @@ def error_frame(name: Any, error: CbhubError) -> dict[str, Any]:
     return {"type": "error", "id": name, **error.to_json()}
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except Exception as exc:  # asyncio.CancelledError is not an Exception: it goes on up
-        return error_answer(request, exc)
-
-
 def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
-    """The answer to `exc`, raised while handling `request`: the error middleware's, and the
+    """The answer to `exc`, raised while handling `request`: the app middleware's, and the
     callback route's own (which runs without middlewares)."""
     if isinstance(exc, CbhubError):
         error = exc

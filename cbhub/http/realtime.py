@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -28,7 +28,9 @@ from cbhub.errors import (
     SubscriptionNotFound,
     WebsocketRequired,
 )
+from cbhub.http.deadline import held
 from cbhub.http.errors import error_frame
+from cbhub.http.heartbeat import Heartbeat
 from cbhub.http.keys import CONFIG, HUB, STREAMS, base_url, caller
 from cbhub.http.params import (
     AFTER,
@@ -36,10 +38,12 @@ from cbhub.http.params import (
     MAX_CURSOR,
     FlagParam,
     IntParam,
+    Query,
     field_int,
     field_name,
     query_filter,
     refuse_unknown_fields,
+    transient_query,
 )
 from cbhub.waiting.subscriptions import IDLE, NOTHING, End, Feed, Idle, Notice, Reply
 
@@ -54,6 +58,8 @@ CLOSE_TIMEOUT = 5.0
 SSE_KEEPALIVE = b": keep-alive\n\n"
 # The name of an SSE stream's one subscription (it is never shown).
 SSE_SUBSCRIPTION = "events"
+# The one heartbeat of every websocket of the app.
+HEARTBEAT = web.AppKey("heartbeat", Heartbeat)
 
 # What each route reads, declared once (published by cbhub.http.openapi).
 ONCE = FlagParam("once", "close after the first delivery")
@@ -68,46 +74,42 @@ EVENTS_PARAMS = (*DELIVERY_FILTERS, REPLAY_AFTER)
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    """GET /v1/ws: subscribe and unsubscribe by frames."""
-    _require_upgrade(request)
-    feed = request.app[STREAMS].open("websocket")
-    return await _run_websocket(request, feed, once=False)
+    """GET /v1/ws: subscribe and unsubscribe by frames; GET /v1/callbacks/{token}/ws: one
+    callback's deliveries, subscribed on connect.
 
-
-async def callback_websocket(request: web.Request) -> web.StreamResponse:
-    """GET /v1/callbacks/{token}/ws: one callback's deliveries, subscribed on connect."""
-    _require_upgrade(request)
-    token = request.match_info["token"]
-    after = AFTER.parse(request.query)
-    once = ONCE.parse(request.query)
-    feed = request.app[STREAMS].open("websocket")
-    # Subscribed before the upgrade, so that an unknown token is a plain 404.
-    confirm = {"type": "subscribed", "id": token}
-    where = DeliveryFilter(token=token, owner=caller(request).owner)
-    await _subscribe_or_refuse(request, feed, token, where, after, confirm)
-    return await _run_websocket(request, feed, once)
-
-
-def _require_upgrade(request: web.Request) -> None:
-    if not web.WebSocketResponse().can_prepare(request).ok:
-        raise WebsocketRequired()
-
-
-async def _run_websocket(request: web.Request, feed: Feed, once: bool) -> web.StreamResponse:
+    One coroutine for both routes, which reads the socket itself: a socket spends its whole
+    life in it, and every coroutine it awaited through would be kept that long (0.3 KB each)."""
+    ws = _upgradable(request)
+    token = request.match_info.get("token")
+    after, once = _callback_options(request) if token is not None else (None, False)
     streams = request.app[STREAMS]
+    feed = streams.open("websocket")
+    if token is not None:
+        await _subscribe_callback(request, feed, token, after)
+    heartbeat = request.app[HEARTBEAT]
+    transport = request.transport
     try:
-        ws = web.WebSocketResponse(heartbeat=request.app[CONFIG].realtime.heartbeat, max_msg_size=MAX_FRAME_BYTES)
         await ws.prepare(request)
+        held(request)
         writer = _Writer(ws, feed, once)
+        if transport is not None:
+            heartbeat.watch(transport)
         try:
-            async for message in ws:
-                if message.type is WSMsgType.TEXT:
+            # receive() itself, not `async for`: no __anext__ coroutine kept while idle.
+            while (message := await ws.receive()).type not in _CLOSING:
+                if transport is not None:
+                    heartbeat.heard(transport)
+                if message.type is WSMsgType.PING:
+                    await ws.pong(message.data)
+                elif message.type is WSMsgType.TEXT:
                     await _handle_frame(feed, message.data, caller(request).owner)
                 elif message.type is WSMsgType.BINARY:
                     feed.reply(error_frame(None, InvalidFrame("frames must be text frames holding JSON")))
                 elif message.type is WSMsgType.ERROR:
                     break
         finally:
+            if transport is not None:
+                heartbeat.forget(transport)
             # Ends the feed (if the writer has not already): the writer closes the socket.
             streams.close(feed)
             await writer.finished()
@@ -116,21 +118,77 @@ async def _run_websocket(request: web.Request, feed: Feed, once: bool) -> web.St
         streams.close(feed)
 
 
+# What ends the reading of a socket, as `async for` over it would end.
+_CLOSING = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
+
+
+def _callback_options(request: web.Request) -> tuple[int | None, bool]:
+    """A callback socket's `after` and `once`."""
+    query = transient_query(request)
+    return AFTER.parse(query), ONCE.parse(query)
+
+
+async def _subscribe_callback(request: web.Request, feed: Feed, token: str, after: int | None) -> None:
+    """Subscribe a callback's socket to its deliveries before the upgrade, so that an unknown
+    token is a plain 404."""
+    confirm = {"type": "subscribed", "id": token}
+    where = DeliveryFilter(token=token, owner=caller(request).owner)
+    await _subscribe_or_refuse(request, feed, token, where, after, confirm)
+
+
+class _Socket(web.WebSocketResponse[Literal[True]]):
+    """aiohttp's websocket response, with every attribute an open socket will have set at once.
+
+    aiohttp sets most of them later, in prepare(), after the first ones made by the class's
+    first instance. CPython shares one table of attribute names between the instances of a
+    class, but lets it grow less with every instance made: when many sockets open at once
+    (each made, then awaiting its subscription before prepare), the table stops growing before
+    those names are in it, and every socket of the process carries a dict of its own, 0.8 KB
+    each. Set here, in the order aiohttp would, to the values aiohttp's class gives them."""
+
+    def __init__(self) -> None:
+        # Pings are the shared heartbeat's (aiohttp's would be a timer per socket): pongs come
+        # to the reading loop, which tells the heartbeat the peer is alive, and answers pings.
+        super().__init__(autoping=False, max_msg_size=MAX_FRAME_BYTES)
+        self._loop = None
+        self._keep_alive = None
+        self._must_be_empty_body = None
+        self._req = None
+        self._payload_writer = None
+        self._ws_protocol = None
+        self._writer = None
+        self._reader = None
+        self._parser = None
+        self._waiting = False
+
+
+def _upgradable(request: web.Request) -> web.WebSocketResponse:
+    """The response that upgrades this request, refusing one that asks for no websocket."""
+    ws = _Socket()
+    if not ws.can_prepare(request).ok:
+        raise WebsocketRequired()
+    return ws
+
+
 class _Writer:
     """A websocket's one writer: sends what the feed gives, then closes as the feed ended.
 
     Its task runs only while the feed has something to send: thousands of idle subscribers
-    hold no task, coroutine or future of their own (about 1.4 KB each)."""
+    hold no task, coroutine or future of their own (about 1.4 KB each). The feed calls the
+    writer itself when there is news (a bound method kept by the feed would weigh more)."""
+
+    __slots__ = ("_feed", "_once", "_task", "_ws")
 
     def __init__(self, ws: web.WebSocketResponse, feed: Feed, once: bool) -> None:
         self._ws = ws
         self._feed = feed
         self._once = once
         self._task: asyncio.Task[None] | None = None
-        feed.on_ready = self._start
-        self._start()
+        feed.on_ready = self
+        self()
 
-    def _start(self) -> None:
+    def __call__(self) -> None:
+        """Start sending, unless already sending."""
         if self._task is None:
             self._task = asyncio.create_task(self._send())
 
@@ -265,7 +323,7 @@ async def callback_events(request: web.Request) -> web.StreamResponse:
     EventSource to stop reconnecting."""
     token = request.match_info["token"]
     owner = caller(request).owner
-    after = _resume_point(request, AFTER) or 0
+    after = _resume_point(request, transient_query(request), AFTER) or 0
     followed = await request.app[HUB].follow(token, after, owner)
     if followed is None:
         return web.Response(status=204)
@@ -278,11 +336,14 @@ async def events(request: web.Request) -> web.StreamResponse:
     """GET /v1/events?group=|token=|correlation_id=: what arrives from now (or from `after`);
     without a filter, everything the caller's key may see. Callbacks minted within the filters
     come as `created`."""
-    where = query_filter(request.query, caller(request).owner)
-    return await _stream_events(request, where, _resume_point(request, REPLAY_AFTER), created=True)
+    query = transient_query(request)
+    where = query_filter(query, caller(request).owner)
+    after = _resume_point(request, query, REPLAY_AFTER)
+    del query  # read: not kept by this frame while the stream is open
+    return await _stream_events(request, where, after, created=True)
 
 
-def _resume_point(request: web.Request, after: IntParam[Any]) -> int | None:
+def _resume_point(request: web.Request, query: Query, after: IntParam[Any]) -> int | None:
     """Where a stream starts: Last-Event-ID (an EventSource reconnecting) beats ?after=."""
     header = request.headers.get("Last-Event-ID", "").strip()
     if header:
@@ -290,7 +351,7 @@ def _resume_point(request: web.Request, after: IntParam[Any]) -> int | None:
         if not (header.isascii() and header.isdigit()) or int(header) > MAX_CURSOR:
             raise InvalidHeader("Last-Event-ID", f"must be a delivery id, got {header[:40]!r}")
         return int(header)
-    return after.parse(request.query)
+    return after.parse(query)
 
 
 class _UntilClosed:
@@ -341,6 +402,7 @@ async def _stream_events(
         response = web.StreamResponse(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         response.content_type = "text/event-stream"
         await response.prepare(request)
+        held(request)
         try:
             await response.write(b": subscribed\n\n")  # the client sees the stream open at once
             keepalive = request.app[CONFIG].realtime.heartbeat
@@ -417,8 +479,9 @@ async def _subscribe_or_refuse(
 
 
 def add_routes(app: web.Application) -> None:
+    app[HEARTBEAT] = Heartbeat(app[CONFIG].realtime.heartbeat)
     router = app.router
     router.add_get("/v1/ws", websocket, allow_head=False)
-    router.add_get("/v1/callbacks/{token}/ws", callback_websocket, allow_head=False)
+    router.add_get("/v1/callbacks/{token}/ws", websocket, allow_head=False)
     router.add_get("/v1/events", events, allow_head=False)
     router.add_get("/v1/callbacks/{token}/events", callback_events, allow_head=False)

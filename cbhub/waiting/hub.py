@@ -317,20 +317,27 @@ class Hub:
                 callback, timeout = update.callback, max(0.0, deadline - time.monotonic())
             if settle_ms is not None:
                 return await self._wait_settled(waiter, callback, after, timeout, settle_ms)
-            deliveries: list[Delivery] = []
             if callback.result is not None and callback.result.id > after:
                 deliveries = await self.store.find_deliveries(waiter.where, after, WAIT_BATCH)
+                if deliveries:
+                    return CallbackUpdate(callback, deliveries)
             now = now_ms()
-            if deliveries or callback.closed(now):
-                return CallbackUpdate(callback, deliveries)
+            if callback.closed(now):
+                return CallbackUpdate(callback, [])
             if callback.status != PENDING:
                 # A received callback gets no "expired" event (it stays received): wake at its
                 # expiry to tell the waiter that nothing more will come.
                 timeout = min(timeout, (callback.expires_at - now) / 1000)
+            # Not the callback as read, while the wait lasts (0.5 KB a waiter): what it needs.
+            expires_at = callback.expires_at
+            del callback
             deadline = time.monotonic() + timeout
             while True:
                 if not await waiter.wait(deadline - time.monotonic()):
-                    return CallbackUpdate(callback, []) if callback.closed(now_ms()) else None
+                    if now_ms() < expires_at:
+                        return None
+                    # Closed by its expiry meanwhile (a status change would have woken it).
+                    return CallbackUpdate(await self._find(token, owner), [])
                 # A settling answers only a wait with a settle window.
                 events = [e for e in waiter.events if e.kind != SETTLED]
                 fresh = [e.delivery for e in events if e.delivery is not None and e.delivery.id > after]

@@ -98,15 +98,18 @@ class Waiter:
         """True once an event arrived (perhaps before this call), False on timeout; raises
         ShuttingDown when the server stops first."""
         if not self.events and timeout > 0 and not self._shut_down:
-            if self._woken.done():  # cancelled by an earlier timeout
-                self._woken = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            if self._woken.done():  # resolved by an earlier timeout
+                self._woken = loop.create_future()
             # Awaited directly, not through wait_for and a shield: a wake-up is one step of the
-            # loop, not three (and the waiter holds two futures and a frame fewer).
+            # loop, not three (and the waiter holds two futures and a frame fewer). The timeout
+            # resolves the future too, rather than cancelling through asyncio.timeout, whose
+            # context manager and its state would stay with every idle waiter.
+            timer = loop.call_later(timeout, _resolve, self._woken)
             try:
-                async with asyncio.timeout(timeout):
-                    await self._woken
-            except TimeoutError:
-                pass
+                await self._woken
+            finally:
+                timer.cancel()
         if self._shut_down:
             raise ShuttingDown()
         return bool(self.events)
@@ -118,9 +121,16 @@ class Waiter:
             self._woken = asyncio.get_running_loop().create_future()
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class Registry:
     def __init__(self) -> None:
-        self._by_key: dict[Key, set[Subscriber]] = {}
+        # Under each key, its one subscriber itself, or a set of them once there are several:
+        # most keys (a token) have one waiter, and a set for it would weigh 0.2 KB more.
+        self._by_key: dict[Key, Subscriber | set[Subscriber]] = {}
         self._shut_down = False
 
     @property
@@ -131,8 +141,15 @@ class Registry:
         if self._shut_down:
             subscriber.shut_down()  # told at once, and not filed: nothing will come
             return
+        by_key = self._by_key
         for key in subscriber.keys:
-            self._by_key.setdefault(key, set()).add(subscriber)
+            filed = by_key.get(key)
+            if filed is None:
+                by_key[key] = subscriber
+            elif isinstance(filed, set):
+                filed.add(subscriber)
+            elif filed is not subscriber:
+                by_key[key] = {filed, subscriber}
 
     def shut_down(self) -> None:
         """Tell every subscriber, present and future, that the server is stopping."""
@@ -141,13 +158,19 @@ class Registry:
             subscriber.shut_down()
 
     def remove(self, subscriber: Subscriber) -> None:
+        by_key = self._by_key
         for key in subscriber.keys:
-            subscribers = self._by_key.get(key)
-            if subscribers is None:
+            filed = by_key.get(key)
+            if filed is None:
                 continue
-            subscribers.discard(subscriber)
-            if not subscribers:
-                del self._by_key[key]
+            if isinstance(filed, set):
+                filed.discard(subscriber)
+                if len(filed) == 1:
+                    by_key[key] = next(iter(filed))
+                elif not filed:
+                    del by_key[key]
+            elif filed is subscriber:
+                del by_key[key]
 
     def listening(self) -> bool:
         """Whether any subscriber is registered (an empty key's set is dropped at once)."""
@@ -156,7 +179,7 @@ class Registry:
     def publish(self, event: Event) -> None:
         # A copy: a woken subscriber may remove itself while we iterate. A subscriber filed
         # under two of the event's keys is pushed the event once.
-        found = [tuple(filed) for key in keys_of(event) if (filed := self._by_key.get(key))]
+        found = [_filed(filed) for key in keys_of(event) if (filed := self._by_key.get(key)) is not None]
         if len(found) == 1:
             for subscriber in found[0]:
                 subscriber.push(event)
@@ -170,7 +193,7 @@ class Registry:
 
     def _subscribers(self) -> set[Subscriber]:
         """Each registered subscriber once, however many keys it is filed under."""
-        return {subscriber for subscribers in self._by_key.values() for subscriber in subscribers}
+        return {subscriber for filed in self._by_key.values() for subscriber in _filed(filed)}
 
     def __len__(self) -> int:
         """How many subscribers are registered (0 when nobody waits)."""
@@ -181,3 +204,8 @@ class Registry:
         for subscriber in self._subscribers():
             counts[subscriber.kind] = counts.get(subscriber.kind, 0) + 1
         return counts
+
+
+def _filed(filed: Subscriber | set[Subscriber]) -> tuple[Subscriber, ...]:
+    """The subscribers filed under one key, as a copy."""
+    return tuple(filed) if isinstance(filed, set) else (filed,)

@@ -217,6 +217,22 @@ class Subscription:
 class Feed:
     """One connection's outgoing stream and its subscriptions."""
 
+    # Slots: one feed per open websocket or event stream, most of them idle.
+    __slots__ = (
+        "_max_subscriptions",
+        "_queue",
+        "_registry",
+        "_replaying",
+        "_store",
+        "_subscriptions",
+        "_unsent",
+        "_wake",
+        "ended",
+        "kind",
+        "max_backlog",
+        "on_ready",
+    )
+
     def __init__(self, registry: Registry, store: Store, limits: RealtimeConfig, kind: str) -> None:
         self.kind = kind
         self._registry = registry

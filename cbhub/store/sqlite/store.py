@@ -466,12 +466,17 @@ class SQLiteStore(Store):
         return self._reader
 
     async def _fetchone(self, sql: str, params: Sequence[Any]) -> Row | None:
-        async with self._open_reader().execute(sql, params) as cursor:
-            return await cursor.fetchone()
+        # Every query read this way finds at most one row (a unique key, a count, LIMIT 1).
+        rows = await self._fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def _fetchall(self, sql: str, params: Sequence[Any]) -> list[Row]:
-        async with self._open_reader().execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        # Executed, read and its cursor let go in one trip to the reader's thread, not three
+        # (execute, fetch, close): reads that arrive together (thousands of long-polls opened
+        # at once) then use the cached statement one after another. With a cursor open
+        # between trips, each of them made SQLite prepare a statement of its own, and the
+        # freed statements left the heap full of holes (17 KB per waiter kept after a storm).
+        return list(await self._open_reader().execute_fetchall(sql, params))
 
     async def has_due(self, now: int) -> bool:
         row = await self._fetchone(HAS_DUE, (now,))
