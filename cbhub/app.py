@@ -28,9 +28,9 @@ MAX_REQUEST_LINE = 96 * 1024
 
 
 def create_app(config: Config, store: Store | None = None) -> web.Application:
-    # The error middleware is outermost: it renders the refusals of the auth one inside it.
-    # Neither runs for the callback route (filled in by ingest.add_routes): it takes no API
-    # key and renders its own errors the same way.
+    # One middleware identifies the caller of /v1 routes and renders every refusal. It does
+    # nothing for the callback route (filled in by ingest.add_routes): that takes no API key and
+    # renders its own errors through the same function.
     authenticator = Authenticator(config.auth.api_keys, config.auth.admin)
     public: set[Handler] = set()
     app = web.Application(
