@@ -47,6 +47,8 @@ class Figure:
     # The target, as a test of the ratio (cbhub / reference) or of cbhub's own median.
     check_ratio: Callable[[float], bool] | None = None
     check_value: Callable[[float], bool] | None = None
+    # The target as the most cbhub's median may exceed the reference's, in the figure's unit.
+    most_above: float | None = None
     note: str = ""
 
     @property
@@ -64,6 +66,8 @@ class Figure:
             verdicts.append(self.check_ratio(self.ratio))
         if self.check_value is not None and self.cbhub.median is not None:
             verdicts.append(self.check_value(self.cbhub.median))
+        if self.most_above is not None and self.cbhub.median is not None and self.reference.median is not None:
+            verdicts.append(self.cbhub.median - self.reference.median <= self.most_above)
         return all(verdicts) if verdicts else None
 
     def to_json(self) -> dict[str, Any]:
