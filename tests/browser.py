@@ -13,11 +13,21 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 # Debian's package puts it here; Playwright's own browser builds cannot be downloaded.
 CHROMIUM = "/usr/bin/chromium"
 HAVE_CHROMIUM = os.path.exists(CHROMIUM)
 # Set by .ci/run, which installs chromium and curl: there, the browser tests must run.
 REQUIRE_BROWSER_ENV = "CBHUB_REQUIRE_BROWSER"
+# Skipped only on a machine without chromium (a developer's); CI installs it and sets
+# CBHUB_REQUIRE_BROWSER, so there a missing browser fails instead. Every browser test module
+# takes this as its `pytestmark`.
+if not HAVE_CHROMIUM and os.environ.get(REQUIRE_BROWSER_ENV):
+    raise RuntimeError(f"no chromium at {CHROMIUM}, and {REQUIRE_BROWSER_ENV} is set: apt-get install chromium")
+NEEDS_CHROMIUM = pytest.mark.skipif(
+    not HAVE_CHROMIUM, reason=f"no chromium at {CHROMIUM}: apt-get install chromium (CI installs it and runs these)"
+)
 CHROMIUM_FLAGS = [
     "--no-sandbox",  # the tests run as root
     "--disable-gpu",

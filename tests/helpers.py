@@ -73,6 +73,11 @@ async def assert_error(response: aiohttp.ClientResponse, status: int, code: str)
 # The timeouts are generous on purpose; they only bound how long a failing test takes.
 
 
+# How often `eventually` asks again. The wait is for the condition, however long it takes up to
+# the timeout; this is only the pause between two looks.
+POLL_SECONDS = 0.01
+
+
 async def eventually(
     predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, what: str = "the condition"
 ) -> None:
@@ -86,7 +91,7 @@ async def eventually(
         if held:
             return
         assert loop.time() < deadline, f"{what} did not hold within {timeout} s"
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(POLL_SECONDS)
 
 
 def eventually_sync(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "the condition") -> None:
@@ -94,7 +99,7 @@ def eventually_sync(predicate: Callable[[], bool], timeout: float = 10.0, what: 
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"{what} did not hold within {timeout} s"
-        time.sleep(0.01)
+        time.sleep(POLL_SECONDS)
 
 
 WAITERS_LINE = re.compile(r'^cbhub_waiters\{kind="(\w+)"\} (\S+)$', re.M)

@@ -17,6 +17,7 @@ from browser import (
     CHROMIUM,
     CHROMIUM_FLAGS,
     HAVE_CHROMIUM,
+    NEEDS_CHROMIUM,
     REQUIRE_BROWSER_ENV,
     Relay,
     call,
@@ -26,13 +27,7 @@ from browser import (
 )
 from helpers import MARKETING_CLOUD_FIELDS
 
-# Skipped only on a machine without chromium (a developer's); CI installs it and sets
-# CBHUB_REQUIRE_BROWSER, so there a missing browser fails instead.
-if not HAVE_CHROMIUM and os.environ.get(REQUIRE_BROWSER_ENV):
-    raise RuntimeError(f"no chromium at {CHROMIUM}, and {REQUIRE_BROWSER_ENV} is set: apt-get install chromium")
-pytestmark = pytest.mark.skipif(
-    not HAVE_CHROMIUM, reason=f"no chromium at {CHROMIUM}: apt-get install chromium (CI installs it and runs these)"
-)
+pytestmark = NEEDS_CHROMIUM
 
 if HAVE_CHROMIUM:
     from playwright.sync_api import Browser, Page, expect, sync_playwright

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import pytest
-from browser import HAVE_CHROMIUM, mint, post_form
+from browser import HAVE_CHROMIUM, NEEDS_CHROMIUM, mint, post_form
 from test_inspector_browser import WITHIN, browser, hub, open_page, row, screenshot  # noqa: F401 (fixtures)
 
-pytestmark = pytest.mark.skipif(not HAVE_CHROMIUM, reason="no chromium: apt-get install chromium")
+pytestmark = NEEDS_CHROMIUM
 
 if HAVE_CHROMIUM:
     from playwright.sync_api import expect
