@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import resource
 import signal
@@ -93,6 +94,24 @@ def backup_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# Collect the youngest generation after this many new container objects instead of CPython's
+# 700: every callback request makes a few dozen (aiohttp's request and response, cbhub's
+# records), so the default ran a collection every few requests, about 8 µs of CPU per request
+# under load (measured in `python -m bench`). Nothing is kept longer than one such interval.
+YOUNG_COLLECTION_THRESHOLD = 20_000
+
+
+def settle_garbage_collector() -> None:
+    """Once the server is up: what startup made (modules, the app, its routes) lives as long as
+    the process, so it is moved out of the collector's sight (gc.freeze), and collections of
+    young objects run less often (YOUNG_COLLECTION_THRESHOLD). Full collections then walk only
+    what serving made, never the startup heap."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)
+
+
 def raise_open_files_limit() -> str:
     """Raise the soft limit on open files to the hard one; what the limit now is, for the log.
 
@@ -170,6 +189,7 @@ async def serve(config: Config) -> None:
             log.info("client API: %d API keys (%s)", len(config.auth.api_keys), ", ".join(config.auth.api_keys))
         else:
             log.info("client API: no API keys; anyone who can reach the server can use it")
+        settle_garbage_collector()
         await stop.wait()
         await site.stop()  # no new connections
         await stop_gracefully(app, max(config.server.shutdown_timeout - STRAGGLER_GRACE, 0.1))
