@@ -20,6 +20,9 @@ from cbhub.observe.logs import (
 
 MESSAGE = "POST /cb/abcdef… 200 1.2ms 127.0.0.1"
 EXTRA = {"method": "POST", "path": "/cb/abcdef…", "status": 200, "duration_ms": 1.23, "remote": "127.0.0.1", "bytes": 61}
+TOKEN = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+# The request the line tells of, as the access logger hands it over.
+FIELDS = ("POST", f"/cb/{TOKEN}", TOKEN, 200, 0.00123, "127.0.0.1", 61)
 
 
 @contextmanager
@@ -43,7 +46,7 @@ def _both_ways(handler: BatchingStreamHandler, stream: io.StringIO) -> tuple[str
     logger = logging.getLogger("cbhub.access")
     direct = AccessLine(logger)
     assert direct.target() is handler
-    direct.write(handler, MESSAGE, EXTRA)
+    direct.write(handler, FIELDS)
     logger.info("%s", MESSAGE, extra=EXTRA)
     handler.flush()
     first, second = stream.getvalue().splitlines()
@@ -86,3 +89,23 @@ def test_records_are_made_when_something_else_listens() -> None:
             assert direct.target() is None
         finally:
             logging.getLogger().removeHandler(own)
+
+
+def test_a_held_line_is_written_in_its_place_among_the_others() -> None:
+    with root_handler() as (handler, stream):
+        handler.setFormatter(TextFormatter())
+        handler.delay = 60  # nothing written until a warning (or the size) says so
+        handler.flush()  # the last write was just now
+        direct = AccessLine(logging.getLogger("cbhub.access"))
+        direct.write(handler, FIELDS)
+        logging.getLogger("cbhub.store").info("between")
+        assert stream.getvalue() == ""  # held, not yet formatted nor written
+        direct.write(handler, FIELDS)
+        logging.getLogger("cbhub").warning("after")
+        lines = [line.split(" ", 2)[2] for line in stream.getvalue().splitlines()]
+    assert lines == [
+        f"INFO cbhub.access: {MESSAGE}",
+        "INFO cbhub.store: between",
+        f"INFO cbhub.access: {MESSAGE}",
+        "WARNING cbhub: after",
+    ]
