@@ -102,6 +102,15 @@ class Server:
         times = psutil.Process(self._rss_pid or self.proc.pid).cpu_times()
         return times.user + times.system
 
+    def loop_thread_cpu_seconds(self) -> float:
+        """CPU time of the serving process's main thread alone: for cbhub and the baseline, the
+        one that runs the event loop (the rest are the writer, checkpoints, logs, ...)."""
+        pid = self._rss_pid or self.proc.pid
+        for thread in psutil.Process(pid).threads():
+            if thread.id == pid:
+                return float(thread.user_time + thread.system_time)
+        return 0.0
+
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -97,6 +97,11 @@ def ingest(ctx: Context) -> list[Figure]:
     p99 = Figure("ingest latency p99 under load", "ms", reference_name="baseline")
     # Steadier than requests per second on a shared machine: what one request costs the server.
     cpu = Figure("ingest server CPU per request", "µs", reference_name="baseline")
+    # Where it goes: the event loop's thread (HTTP, cbhub's handler, waking waiters) and the
+    # others (the SQLite writer above all; the baseline has none of its own).
+    loop_cpu = Figure("ingest CPU per request, event-loop thread", "µs", reference_name="baseline")
+    other_cpu = Figure("ingest CPU per request, other threads (writer, checkpoints, logs)", "µs",
+                       reference_name="baseline")
     # What storing alone costs, and so the best ratio any durable service could reach here.
     sqlite_cpu = Figure("SQLite alone: CPU per delivery stored", "µs")
     ceiling = Figure("ingest ceiling: baseline ÷ (baseline + SQLite alone)", "×")
@@ -109,8 +114,9 @@ def ingest(ctx: Context) -> list[Figure]:
         baseline_cpu = cpu.reference.runs[-1]
         ceiling.cbhub.runs.append(baseline_cpu / (baseline_cpu + storing))
 
-    _ingest_pairs(ctx, None, "ingest", {"rps": rps, "non_2xx": non_2xx, "p99": p99, "cpu": cpu}, after_each=floor)
-    figures = [rps, non_2xx, p99, cpu, sqlite_cpu, ceiling]
+    measured = {"rps": rps, "non_2xx": non_2xx, "p99": p99, "cpu": cpu, "loop_cpu": loop_cpu, "other_cpu": other_cpu}
+    _ingest_pairs(ctx, None, "ingest", measured, after_each=floor)
+    figures = [rps, non_2xx, p99, cpu, loop_cpu, other_cpu, sqlite_cpu, ceiling]
     unpinned = ctx.unpinned()
     if unpinned is not None:
         free = {
@@ -128,7 +134,7 @@ def _ingest_pairs(
     ctx: Context, cores: Cores | None, tag: str, figures: dict[str, Figure], after_each: Callable[[], None] | None = None
 ) -> None:
     """cbhub and the baseline, each on `cores` (None: the servers' own), their runs alternating;
-    fills whichever of the figures rps, non_2xx, p99 and cpu are given."""
+    fills whichever of the figures rps, non_2xx, p99, cpu, loop_cpu and other_cpu are given."""
     plan = ctx.plan
     with (
         running(ctx.start_baseline(cores)) as baseline,
@@ -139,11 +145,15 @@ def _ingest_pairs(
         ctx.drive_posts(cbhub, tokens, plan.warm_up_seconds)
         for _ in range(plan.runs):
             for side, server in (("reference", baseline), ("cbhub", cbhub)):
-                cpu_before = server.cpu_seconds()
+                cpu_before, loop_before = server.cpu_seconds(), server.loop_thread_cpu_seconds()
                 result = ctx.drive_posts(server, tokens, plan.ingest_seconds)
                 cpu_used = server.cpu_seconds() - cpu_before
+                loop_used = server.loop_thread_cpu_seconds() - loop_before
+                per_request = 1e6 / max(result.requests, 1)
                 values = {
-                    "cpu": cpu_used / max(result.requests, 1) * 1e6,
+                    "cpu": cpu_used * per_request,
+                    "loop_cpu": loop_used * per_request,
+                    "other_cpu": (cpu_used - loop_used) * per_request,
                     "rps": result.rps,
                     "non_2xx": result.non_2xx + result.errors,
                     "p99": result.p99_ms,
