@@ -204,7 +204,12 @@ def access_message(fields: AccessFields) -> tuple[str, dict[str, Any]]:
         "remote": remote,
         "bytes": sent,
     }
-    return f"{method} {shown} {status} {seconds * 1000:.1f}ms {remote}", extra
+    return _message(fields, shown), extra
+
+
+def _message(fields: AccessFields, shown: str) -> str:
+    method, _, _, status, seconds, remote, _ = fields
+    return f"{method} {shown} {status} {seconds * 1000:.1f}ms {remote}"
 
 
 class AccessLine:
@@ -244,11 +249,13 @@ class AccessLine:
         handler.write_later(self._line, (time.time(), handler.formatter, fields), logging.INFO)
 
     def _line(self, created: float, formatter: logging.Formatter, fields: AccessFields) -> str:
-        message, extra = access_message(fields)
         stamp = _Stamp(created)
         if type(formatter) is TextFormatter:
+            # The text line has no use for the JSON line's fields: only the message is made.
+            message = _message(fields, shortened_path(fields[1], fields[2]))
             line = f"{formatter.formatTime(stamp)} INFO {self.logger.name}: {message}"  # type: ignore[arg-type]
         else:
+            message, extra = access_message(fields)
             entry: dict[str, Any] = {
                 "time": datetime.fromtimestamp(stamp.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
                 "level": "info",
