@@ -150,6 +150,23 @@ async def test_the_log_is_one_json_object_per_line_and_never_shows_a_whole_token
     assert token not in log and token[:7] not in log
 
 
+async def test_the_access_lines_can_be_left_out_and_the_other_lines_stay(serve_process):
+    server = serve_process("--port", "0", "--log-format", "json", env={"CBHUB_LOG_ACCESS": "false"})
+    url = server.wait_until_serving()
+    async with aiohttp.ClientSession() as session:
+        [token] = await _mint(session, url, 1)
+        async with session.post(f"{url}/cb/{token}", data="a=1") as response:
+            assert response.status == 200
+        async with session.get(f"{url}/v1/callbacks/{token}") as response:
+            assert (await response.json())["result"]["body"] == {"a": "1"}
+    server.proc.send_signal(signal.SIGTERM)
+    code, log = await asyncio.to_thread(server.finish)
+    assert code == 0
+    loggers = {orjson.loads(line)["logger"] for line in log.splitlines() if line.strip()}
+    assert "cbhub" in loggers  # "serving on", "stopped", ...
+    assert "cbhub.access" not in loggers
+
+
 async def test_backup_while_the_server_takes_callbacks(serve_process, tmp_path):
     import sqlite3
     import subprocess

@@ -166,7 +166,7 @@ async def serve(config: Config) -> None:
         read_timeout=config.server.read_timeout,
         on_read_timeout=app[METRICS].read_timeouts.inc,
         handler_cancellation=True,  # a client that hangs up cancels its long-poll at once
-        access_log=logging.getLogger("cbhub.access"),
+        access_log=logging.getLogger("cbhub.access") if config.log.access else None,
         access_log_class=AccessLogger,
         # The real wait happens in stop_gracefully; this is only for what is left after it.
         shutdown_timeout=STRAGGLER_GRACE,
