@@ -129,6 +129,14 @@ async def test_sigterm_lets_an_ingest_in_flight_commit_and_answer_then_exits_0(s
     assert result["id"] == delivery_id and result["body"] == {"part": 1, "done": True}
 
 
+async def _stopped_json_log(server) -> tuple[str, list[dict]]:
+    """Stop a server started with --log-format json; its log, and the log as one object a line."""
+    server.proc.send_signal(signal.SIGTERM)
+    code, log = await asyncio.to_thread(server.finish)
+    assert code == 0, log
+    return log, [orjson.loads(line) for line in log.splitlines() if line.strip()]
+
+
 async def test_the_log_is_one_json_object_per_line_and_never_shows_a_whole_token(serve_process):
     server = serve_process("--port", "0", "--log-format", "json")
     url = server.wait_until_serving()
@@ -140,10 +148,7 @@ async def test_the_log_is_one_json_object_per_line_and_never_shows_a_whole_token
             assert response.status == 200
         async with session.post(f"{url}/cb/{token}zz", data="a=1") as response:
             assert response.status == 404
-    server.proc.send_signal(signal.SIGTERM)
-    code, log = await asyncio.to_thread(server.finish)
-    assert code == 0
-    entries = [orjson.loads(line) for line in log.splitlines() if line.strip()]
+    log, entries = await _stopped_json_log(server)
     access = [e for e in entries if e["logger"] == "cbhub.access"]
     assert [(e["method"], e["status"]) for e in access] == [("POST", 201), ("POST", 200), ("GET", 200), ("POST", 404)]
     assert access[1]["path"] == f"/cb/{token[:6]}…"
@@ -159,10 +164,8 @@ async def test_the_access_lines_can_be_left_out_and_the_other_lines_stay(serve_p
             assert response.status == 200
         async with session.get(f"{url}/v1/callbacks/{token}") as response:
             assert (await response.json())["result"]["body"] == {"a": "1"}
-    server.proc.send_signal(signal.SIGTERM)
-    code, log = await asyncio.to_thread(server.finish)
-    assert code == 0
-    loggers = {orjson.loads(line)["logger"] for line in log.splitlines() if line.strip()}
+    _, entries = await _stopped_json_log(server)
+    loggers = {entry["logger"] for entry in entries}
     assert "cbhub" in loggers  # "serving on", "stopped", ...
     assert "cbhub.access" not in loggers
 
