@@ -160,7 +160,7 @@ async def test_the_access_lines_can_be_left_out_and_the_other_lines_stay(serve_p
     url = server.wait_until_serving()
     async with aiohttp.ClientSession() as session:
         [token] = await _mint(session, url, 1)
-        async with session.post(f"{url}/cb/{token}", data="a=1") as response:
+        async with session.post(f"{url}/cb/{token}", data={"a": "1"}) as response:
             assert response.status == 200
         async with session.get(f"{url}/v1/callbacks/{token}") as response:
             assert (await response.json())["result"]["body"] == {"a": "1"}
